@@ -1,0 +1,478 @@
+//! What the host has: PCI network functions (PFs and their VFs), their netdevs, RDMA
+//! and uverbs devices, port attributes, and the GPUs. Read-only, below a [`HostRoot`].
+//!
+//! Attributes that a half-configured host may lack are [`Attr`]s rather than errors, so
+//! one broken VF never hides the other 63 and `inspect` can say exactly what is missing.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Serialize, Serializer};
+
+use crate::attr::{self, Gid, Guid, LinkLayer, ParseError, PhysState, PortState, Rate};
+use crate::host::{self, HostError, HostRoot};
+use crate::pci::PciAddr;
+
+/// Mellanox/NVIDIA networking PCI vendor id.
+pub const VENDOR_MELLANOX: u16 = 0x15b3;
+/// NVIDIA GPU PCI vendor id.
+pub const VENDOR_NVIDIA: u16 = 0x10de;
+/// The kernel driver a usable ConnectX function is bound to.
+pub const DRIVER_MLX5: &str = "mlx5_core";
+
+/// An attribute as found: a value, absent, or present but not in the kernel's format.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attr<T> {
+    Value(T),
+    Missing(PathBuf),
+    Invalid { path: PathBuf, error: ParseError },
+}
+
+impl<T> Attr<T> {
+    fn read(path: PathBuf, parse: impl FnOnce(&str) -> Result<T, ParseError>) -> Self {
+        match host::read_attr(&path) {
+            Ok(raw) => match parse(&raw) {
+                Ok(v) => Attr::Value(v),
+                Err(error) => Attr::Invalid { path, error },
+            },
+            Err(HostError::Missing { .. }) => Attr::Missing(path),
+            Err(e) => Attr::Invalid {
+                error: ParseError {
+                    expected: "a readable attribute",
+                    found: e.to_string(),
+                },
+                path,
+            },
+        }
+    }
+
+    pub fn value(&self) -> Option<&T> {
+        match self {
+            Attr::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl<T: fmt::Display> Attr<T> {
+    /// The value as the kernel prints it, or what is wrong with it.
+    pub fn describe(&self) -> String {
+        match self {
+            Attr::Value(v) => v.to_string(),
+            Attr::Missing(p) => format!("missing ({})", p.display()),
+            Attr::Invalid { path, error } => format!("unreadable ({}: {error})", path.display()),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Attr<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Attr::Value(v) => v.serialize(s),
+            _ => s.serialize_none(),
+        }
+    }
+}
+
+/// A network interface of a PCI function, as the host's network namespace sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Netdev {
+    pub name: String,
+    pub ifindex: Attr<u32>,
+}
+
+/// Port `N` of an RDMA device (`infiniband/<dev>/ports/N`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RdmaPort {
+    pub port: u32,
+    #[serde(serialize_with = "display")]
+    pub state: Attr<PortState>,
+    #[serde(serialize_with = "display")]
+    pub phys_state: Attr<PhysState>,
+    #[serde(serialize_with = "hex_lid")]
+    pub lid: Attr<u16>,
+    #[serde(serialize_with = "hex_lid")]
+    pub sm_lid: Attr<u16>,
+    pub link_layer: Attr<LinkLayer>,
+    #[serde(serialize_with = "display")]
+    pub rate: Attr<Rate>,
+    #[serde(serialize_with = "display")]
+    pub gid0: Attr<Gid>,
+}
+
+fn display<T: fmt::Display, S: Serializer>(a: &Attr<T>, s: S) -> Result<S::Ok, S::Error> {
+    match a.value() {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+fn hex_lid<S: Serializer>(a: &Attr<u16>, s: S) -> Result<S::Ok, S::Error> {
+    match a.value() {
+        Some(v) => s.collect_str(&format_args!("{v:#x}")),
+        None => s.serialize_none(),
+    }
+}
+
+/// The RDMA device of a PCI function (`<bdf>/infiniband/<name>`: mlx5_ib is bound).
+#[derive(Clone, Debug, Serialize)]
+pub struct RdmaDevice {
+    pub name: String,
+    pub node_guid: Attr<Guid>,
+    pub ports: Vec<RdmaPort>,
+}
+
+impl RdmaDevice {
+    /// Port 1: the only port of a ConnectX VF.
+    pub fn port1(&self) -> Option<&RdmaPort> {
+        self.ports
+            .iter()
+            .find(|p| p.port == 1)
+            .or(self.ports.first())
+    }
+}
+
+/// The verbs character device of a function (`<bdf>/infiniband_verbs/uverbsN`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Uverbs {
+    /// `uverbsN`: the device node is `/dev/infiniband/uverbsN`.
+    pub name: String,
+    /// The RDMA device it belongs to (`ibdev`).
+    pub ibdev: Attr<String>,
+    /// `major:minor` (`dev`).
+    pub dev: Attr<String>,
+}
+
+/// One PCI function with what hangs off it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PciFunction {
+    pub addr: PciAddr,
+    #[serde(serialize_with = "hex4")]
+    pub vendor: u16,
+    #[serde(serialize_with = "hex4")]
+    pub device: u16,
+    #[serde(serialize_with = "hex6")]
+    pub class: u32,
+    /// Bound driver (`driver` link), `None` when unbound.
+    pub driver: Option<String>,
+    /// NUMA node; `None` when the kernel says `-1` or the attribute is unusable.
+    pub numa_node: Option<u32>,
+    /// Netdevs in the host network namespace (empty once moved into a pod).
+    pub netdevs: Vec<Netdev>,
+    /// RDMA device, when mlx5_ib is bound and the device is visible in this namespace.
+    pub rdma: Option<RdmaDevice>,
+    pub uverbs: Option<Uverbs>,
+    /// The PF, for a VF (`physfn`).
+    pub physfn: Option<PciAddr>,
+    /// Canonical sysfs path (`…/sys/devices/pci0000:15/…/<bdf>`), for topology.
+    #[serde(skip)]
+    pub sysfs_path: PathBuf,
+}
+
+fn hex4<S: Serializer>(v: &u16, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:04x}"))
+}
+fn hex6<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:#08x}"))
+}
+
+impl PciFunction {
+    pub fn is_vf(&self) -> bool {
+        self.physfn.is_some()
+    }
+    pub fn netdev(&self) -> Option<&Netdev> {
+        self.netdevs.first()
+    }
+    pub fn port1(&self) -> Option<&RdmaPort> {
+        self.rdma.as_ref().and_then(RdmaDevice::port1)
+    }
+    /// The link layer of port 1, when known.
+    pub fn link_layer(&self) -> Option<LinkLayer> {
+        self.port1().and_then(|p| p.link_layer.value().copied())
+    }
+}
+
+/// An SR-IOV physical function and its VFs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pf {
+    pub function: PciFunction,
+    pub sriov_totalvfs: Option<u32>,
+    pub sriov_numvfs: Option<u32>,
+    /// VF index → address, from the `virtfnN` links.
+    pub vfs: Vec<(u32, PciAddr)>,
+}
+
+/// A virtual function.
+#[derive(Clone, Debug, Serialize)]
+pub struct Vf {
+    pub function: PciFunction,
+    pub pf: PciAddr,
+    /// N of the PF's `virtfnN` link: the VF number the PF's netlink VF API takes.
+    pub index: u32,
+}
+
+/// A GPU (NVIDIA display/3D controller).
+#[derive(Clone, Debug, Serialize)]
+pub struct Gpu {
+    pub addr: PciAddr,
+    /// Index as nvidia-smi numbers GPUs: PCI address order.
+    pub index: u32,
+    #[serde(serialize_with = "hex4")]
+    pub device: u16,
+    pub numa_node: Option<u32>,
+    #[serde(skip)]
+    pub sysfs_path: PathBuf,
+}
+
+/// Everything railvf knows about the node's PCI network functions and GPUs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Inventory {
+    pub pfs: Vec<Pf>,
+    pub vfs: Vec<Vf>,
+    pub gpus: Vec<Gpu>,
+}
+
+impl Inventory {
+    /// Scans `<root>/sys/bus/pci/devices`: every network function (class 0x02) and every
+    /// NVIDIA GPU (class 0x0302 / 0x0300). An empty or absent tree is an error that says so.
+    pub fn scan(root: &HostRoot) -> Result<Self, HostError> {
+        let devices = root.join("sys/bus/pci/devices");
+        if !devices.is_dir() {
+            return Err(HostError::Missing {
+                path: devices,
+                what: "the PCI device list",
+                hint: "sysfs is not mounted at the host root; set RAILVF_HOST_ROOT or --host-root to the directory that holds the host's /sys",
+            });
+        }
+        let mut inv = Inventory::default();
+        let mut gpu_addrs = Vec::new();
+        for name in host::list_dir(&devices)? {
+            // Entries that are not PCI addresses are not PCI functions; skip them.
+            let Ok(addr) = name.parse::<PciAddr>() else {
+                continue;
+            };
+            let dir = devices.join(&name);
+            let Ok(class) = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex) else {
+                continue;
+            };
+            match class >> 16 {
+                0x02 => {
+                    let function = read_function(root, addr)?;
+                    match function.physfn {
+                        // The index comes from the PF's virtfnN links, filled in below.
+                        Some(pf) => inv.vfs.push(Vf {
+                            function,
+                            pf,
+                            index: u32::MAX,
+                        }),
+                        None => inv.pfs.push(read_pf(root, function)?),
+                    }
+                }
+                0x03 if matches!(class >> 8, 0x0302 | 0x0300) => {
+                    let vendor = host::parse_attr(&dir.join("vendor"), attr::parse_prefixed_hex)?;
+                    if vendor as u16 == VENDOR_NVIDIA {
+                        gpu_addrs.push(addr);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for vf in &mut inv.vfs {
+            if let Some(pf) = inv.pfs.iter().find(|p| p.function.addr == vf.pf)
+                && let Some((n, _)) = pf.vfs.iter().find(|(_, a)| *a == vf.function.addr)
+            {
+                vf.index = *n;
+            }
+        }
+        gpu_addrs.sort();
+        for (index, addr) in gpu_addrs.into_iter().enumerate() {
+            let dir = root.pci_device(&addr);
+            inv.gpus.push(Gpu {
+                addr,
+                index: index as u32,
+                device: host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)? as u16,
+                numa_node: read_numa(&dir),
+                sysfs_path: canonical(&dir)?,
+            });
+        }
+        Ok(inv)
+    }
+
+    pub fn pf(&self, addr: &PciAddr) -> Option<&Pf> {
+        self.pfs.iter().find(|p| p.function.addr == *addr)
+    }
+
+    pub fn vf(&self, addr: &PciAddr) -> Option<&Vf> {
+        self.vfs.iter().find(|v| v.function.addr == *addr)
+    }
+
+    pub fn vfs_of<'a>(&'a self, pf: &'a PciAddr) -> impl Iterator<Item = &'a Vf> + 'a {
+        self.vfs.iter().filter(move |v| v.pf == *pf)
+    }
+}
+
+/// Reads one PCI function. Fails only when the function does not exist or its identity
+/// (vendor, device, class) cannot be read; everything else is an [`Attr`] or an `Option`.
+pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, HostError> {
+    let dir = root.pci_device(&addr);
+    if std::fs::symlink_metadata(&dir).is_err() {
+        return Err(HostError::NoSuchFunction { addr, path: dir });
+    }
+    let vendor = host::parse_attr(&dir.join("vendor"), attr::parse_prefixed_hex)? as u16;
+    let device = host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)? as u16;
+    let class = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex)?;
+    let driver = host::link_basename(&dir.join("driver"))?;
+    let physfn = match host::link_basename(&dir.join("physfn"))? {
+        Some(name) => Some(name.parse::<PciAddr>().map_err(|e| HostError::Malformed {
+            path: dir.join("physfn"),
+            source: ParseError {
+                expected: "a link to the PF's PCI address",
+                found: e.value,
+            },
+        })?),
+        None => None,
+    };
+    let netdevs = host::list_dir(&dir.join("net"))?
+        .into_iter()
+        .map(|name| Netdev {
+            ifindex: Attr::read(dir.join("net").join(&name).join("ifindex"), attr::parse_u32),
+            name,
+        })
+        .collect();
+    let rdma = match host::list_dir(&dir.join("infiniband"))?.into_iter().next() {
+        Some(name) => Some(read_rdma(&dir.join("infiniband").join(&name), name)?),
+        None => None,
+    };
+    let uverbs = host::list_dir(&dir.join("infiniband_verbs"))?
+        .into_iter()
+        .next()
+        .map(|name| {
+            let d = dir.join("infiniband_verbs").join(&name);
+            Uverbs {
+                ibdev: Attr::read(d.join("ibdev"), |s| Ok(s.to_string())),
+                dev: Attr::read(d.join("dev"), |s| Ok(s.to_string())),
+                name,
+            }
+        });
+    Ok(PciFunction {
+        addr,
+        vendor,
+        device,
+        class,
+        driver,
+        numa_node: read_numa(&dir),
+        netdevs,
+        rdma,
+        uverbs,
+        physfn,
+        sysfs_path: canonical(&dir)?,
+    })
+}
+
+/// Reads a VF and finds its index under its PF. Fails, saying why, when `addr` is not a VF.
+pub fn read_vf(root: &HostRoot, addr: PciAddr) -> Result<Vf, HostError> {
+    let function = read_function(root, addr)?;
+    let Some(pf) = function.physfn else {
+        return Err(HostError::Malformed {
+            path: root.pci_device(&addr).join("physfn"),
+            source: ParseError {
+                expected: "a VF (a physfn link to its PF)",
+                found: format!("{addr} has no physfn link: it is not a virtual function"),
+            },
+        });
+    };
+    let index = vf_index(root, &pf, &addr)?.ok_or_else(|| HostError::Malformed {
+        path: root.pci_device(&pf),
+        source: ParseError {
+            expected: "a virtfnN link of the PF pointing at the VF",
+            found: format!("no virtfnN link of {pf} points at {addr}"),
+        },
+    })?;
+    Ok(Vf {
+        function,
+        pf,
+        index,
+    })
+}
+
+/// Reads a PF with its SR-IOV attributes and VF links.
+pub fn read_pf(root: &HostRoot, function: PciFunction) -> Result<Pf, HostError> {
+    let dir = root.pci_device(&function.addr);
+    let mut vfs = Vec::new();
+    for name in host::list_dir(&dir)? {
+        let Some(n) = name
+            .strip_prefix("virtfn")
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(target) = host::link_basename(&dir.join(&name))?
+            && let Ok(addr) = target.parse::<PciAddr>()
+        {
+            vfs.push((n, addr));
+        }
+    }
+    vfs.sort();
+    Ok(Pf {
+        sriov_totalvfs: host::parse_optional_attr(&dir.join("sriov_totalvfs"), attr::parse_u32)
+            .ok()
+            .flatten(),
+        sriov_numvfs: host::parse_optional_attr(&dir.join("sriov_numvfs"), attr::parse_u32)
+            .ok()
+            .flatten(),
+        vfs,
+        function,
+    })
+}
+
+fn vf_index(root: &HostRoot, pf: &PciAddr, vf: &PciAddr) -> Result<Option<u32>, HostError> {
+    let dir = root.pci_device(pf);
+    let want = vf.to_string();
+    for name in host::list_dir(&dir)? {
+        if let Some(n) = name
+            .strip_prefix("virtfn")
+            .and_then(|n| n.parse::<u32>().ok())
+            && host::link_basename(&dir.join(&name))?.as_deref() == Some(want.as_str())
+        {
+            return Ok(Some(n));
+        }
+    }
+    Ok(None)
+}
+
+fn read_numa(dir: &Path) -> Option<u32> {
+    host::parse_attr(&dir.join("numa_node"), attr::parse_numa_node)
+        .ok()
+        .flatten()
+}
+
+fn read_rdma(dir: &Path, name: String) -> Result<RdmaDevice, HostError> {
+    let mut ports = Vec::new();
+    for p in host::list_dir(&dir.join("ports"))? {
+        let Ok(port) = p.parse::<u32>() else { continue };
+        let pd = dir.join("ports").join(&p);
+        ports.push(RdmaPort {
+            port,
+            state: Attr::read(pd.join("state"), str::parse),
+            phys_state: Attr::read(pd.join("phys_state"), str::parse),
+            lid: Attr::read(pd.join("lid"), attr::parse_lid),
+            sm_lid: Attr::read(pd.join("sm_lid"), attr::parse_lid),
+            link_layer: Attr::read(pd.join("link_layer"), str::parse),
+            rate: Attr::read(pd.join("rate"), str::parse),
+            gid0: Attr::read(pd.join("gids/0"), str::parse),
+        });
+    }
+    ports.sort_by_key(|p| p.port);
+    Ok(RdmaDevice {
+        node_guid: Attr::read(dir.join("node_guid"), str::parse),
+        ports,
+        name,
+    })
+}
+
+fn canonical(dir: &Path) -> Result<PathBuf, HostError> {
+    std::fs::canonicalize(dir).map_err(|source| HostError::Unreadable {
+        path: dir.to_path_buf(),
+        source,
+    })
+}

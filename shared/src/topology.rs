@@ -1,0 +1,194 @@
+//! NUMA and rail topology. A rail is the GPU that shares the deepest PCIe bridge with a
+//! PF (nvidia-smi's `PXB`/`PIX` pair); VFs inherit their PF's rail. Hosts whose sysfs
+//! cannot show it (VMs with one PCI domain per device) use an explicit [`RailMap`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::{Gpu, Inventory};
+use crate::pci::PciAddr;
+
+/// Where a rail assignment came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RailSource {
+    /// Shared PCIe bridge in sysfs.
+    Detected,
+    /// The operator's rail map.
+    Configured,
+}
+
+/// A PF's rail: the index of its GPU (GPUs numbered in PCI address order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Rail {
+    pub index: u32,
+    /// The GPU's address, when the GPU is on this host.
+    pub gpu: Option<PciAddr>,
+    pub source: RailSource,
+}
+
+/// Operator override: PF address → rail index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RailMap(pub BTreeMap<PciAddr, u32>);
+
+/// Rails of every PF of an inventory.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Topology {
+    rails: BTreeMap<PciAddr, Rail>,
+}
+
+impl Topology {
+    /// Detects each PF's rail, then applies `overrides` (which win, and may name PFs
+    /// whose rail sysfs cannot show).
+    pub fn detect(inv: &Inventory, overrides: Option<&RailMap>) -> Self {
+        let mut rails = BTreeMap::new();
+        for pf in &inv.pfs {
+            if let Some(gpu) = rail_gpu(&pf.function.sysfs_path, &inv.gpus) {
+                rails.insert(
+                    pf.function.addr,
+                    Rail {
+                        index: gpu.index,
+                        gpu: Some(gpu.addr),
+                        source: RailSource::Detected,
+                    },
+                );
+            }
+        }
+        if let Some(map) = overrides {
+            for (pf, &index) in &map.0 {
+                let gpu = inv.gpus.iter().find(|g| g.index == index).map(|g| g.addr);
+                rails.insert(
+                    *pf,
+                    Rail {
+                        index,
+                        gpu,
+                        source: RailSource::Configured,
+                    },
+                );
+            }
+        }
+        Topology { rails }
+    }
+
+    /// The rail of a PF.
+    pub fn pf_rail(&self, pf: &PciAddr) -> Option<Rail> {
+        self.rails.get(pf).copied()
+    }
+
+    /// The rail of a VF: its PF's.
+    pub fn vf_rail(&self, inv: &Inventory, vf: &PciAddr) -> Option<Rail> {
+        inv.vf(vf).and_then(|v| self.pf_rail(&v.pf))
+    }
+
+    /// A compute PF is one with a rail; storage and DPU ports have none.
+    pub fn is_compute_pf(&self, pf: &PciAddr) -> bool {
+        self.rails.contains_key(pf)
+    }
+}
+
+/// The bridge chain above a device: the components of its canonical path after
+/// `…/sys/devices/`, without the device itself (`["pci0000:15", "0000:15:01.0", …]`).
+fn ancestors(path: &Path) -> Vec<String> {
+    let comps: Vec<String> = path
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    // The last `sys/devices` pair: the host root itself may contain anything.
+    let Some(start) = (1..comps.len())
+        .rev()
+        .find(|&i| comps[i] == "devices" && comps[i - 1] == "sys")
+    else {
+        return Vec::new();
+    };
+    let mut chain = comps[start + 1..].to_vec();
+    chain.pop();
+    chain
+}
+
+/// The GPU sharing the deepest bridge with the device at `path`, provided they share
+/// at least one PCI bridge below the host bridge (a shared host bridge alone is nvidia-smi
+/// `NODE`, not a rail) and no other GPU shares one as deep.
+fn rail_gpu<'a>(path: &Path, gpus: &'a [Gpu]) -> Option<&'a Gpu> {
+    let mine = ancestors(path);
+    let mut best: Option<(&Gpu, usize)> = None;
+    let mut tie = false;
+    for gpu in gpus {
+        let theirs = ancestors(&gpu.sysfs_path);
+        let shared = mine
+            .iter()
+            .zip(theirs.iter())
+            .take_while(|(a, b)| a == b)
+            .count();
+        if shared < 2 {
+            continue;
+        }
+        match best {
+            Some((_, depth)) if depth > shared => {}
+            Some((_, depth)) if depth == shared => tie = true,
+            _ => {
+                best = Some((gpu, shared));
+                tie = false;
+            }
+        }
+    }
+    if tie { None } else { best.map(|(g, _)| g) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn gpu(index: u32, addr: &str, path: &str) -> Gpu {
+        Gpu {
+            addr: addr.parse().unwrap(),
+            index,
+            device: 0x2335,
+            numa_node: Some(0),
+            sysfs_path: PathBuf::from(path),
+        }
+    }
+
+    #[test]
+    fn deepest_shared_bridge_wins_and_host_bridge_alone_is_not_a_rail() {
+        let gpus = [
+            gpu(
+                0,
+                "0000:1b:00.0",
+                "/r/sys/devices/pci0000:15/0000:15:01.0/0000:16:00.0/0000:17:01.0/0000:19:00.0/0000:1a:00.0/0000:1b:00.0",
+            ),
+            gpu(
+                1,
+                "0000:43:00.0",
+                "/r/sys/devices/pci0000:15/0000:15:02.0/0000:42:00.0/0000:43:00.0",
+            ),
+        ];
+        let nic = PathBuf::from(
+            "/r/sys/devices/pci0000:15/0000:15:01.0/0000:16:00.0/0000:17:00.0/0000:18:00.0",
+        );
+        assert_eq!(rail_gpu(&nic, &gpus).unwrap().index, 0);
+        let storage = PathBuf::from("/r/sys/devices/pci0000:15/0000:15:03.0/0000:29:00.0");
+        assert!(rail_gpu(&storage, &gpus).is_none());
+    }
+
+    #[test]
+    fn equally_close_gpus_are_ambiguous() {
+        let gpus = [
+            gpu(
+                0,
+                "0000:1b:00.0",
+                "/r/sys/devices/pci0000:15/0000:15:01.0/0000:1b:00.0",
+            ),
+            gpu(
+                1,
+                "0000:1c:00.0",
+                "/r/sys/devices/pci0000:15/0000:15:01.0/0000:1c:00.0",
+            ),
+        ];
+        let nic = PathBuf::from("/r/sys/devices/pci0000:15/0000:15:01.0/0000:18:00.0");
+        assert!(rail_gpu(&nic, &gpus).is_none());
+    }
+}
