@@ -96,7 +96,7 @@ pub fn read_attr(path: &Path) -> Result<String, HostError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(HostError::Missing {
             path: path.to_path_buf(),
             what: "sysfs attribute",
-            hint: "the driver did not create it; check the device is bound to mlx5_core",
+            hint: "the kernel or the driver did not create it: check that the host root holds a complete /sys and that the device is bound to its driver",
         }),
         Err(source) => Err(HostError::Unreadable {
             path: path.to_path_buf(),

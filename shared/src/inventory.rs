@@ -230,6 +230,9 @@ pub struct Inventory {
     pub pfs: Vec<Pf>,
     pub vfs: Vec<Vf>,
     pub gpus: Vec<Gpu>,
+    /// Network functions whose identity could not be read, with the reason: listed
+    /// rather than failing the scan, so one broken function never hides the others.
+    pub unreadable: Vec<(PciAddr, String)>,
 }
 
 impl Inventory {
@@ -257,7 +260,13 @@ impl Inventory {
             };
             match class >> 16 {
                 0x02 => {
-                    let function = read_function(root, addr)?;
+                    let function = match read_function(root, addr) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            inv.unreadable.push((addr, e.to_string()));
+                            continue;
+                        }
+                    };
                     match function.physfn {
                         // The index comes from the PF's virtfnN links, filled in below.
                         Some(pf) => inv.vfs.push(Vf {

@@ -190,18 +190,52 @@ impl Readiness {
 }
 
 /// Evaluates `checks` (in that order) on `f`, reading below `root`.
+///
+/// A failure is reported once, where it starts: when the set includes the check a
+/// later one depends on (`driver` → `rdma` → port checks; `link_layer` → `lid`, `sm`),
+/// the dependent checks are skipped with a pointer to it instead of failing too.
 pub fn evaluate(
     root: &HostRoot,
     f: &PciFunction,
     exp: &Expectations,
     checks: &[Check],
 ) -> Readiness {
-    Readiness {
-        outcomes: checks
-            .iter()
-            .map(|c| evaluate_one(root, f, exp, *c))
-            .collect(),
-    }
+    let has = |c: Check| checks.contains(&c);
+    let driver_ok = f.driver.as_deref() == Some(DRIVER_MLX5);
+    let observed_ll = f.link_layer();
+    let outcomes = checks
+        .iter()
+        .map(|&check| {
+            let needs_rdma = matches!(
+                check,
+                Check::Guid | Check::LinkLayer | Check::PortState | Check::Lid | Check::Sm
+            );
+            if check == Check::Rdma && f.rdma.is_none() && has(Check::Driver) && !driver_ok {
+                skip(
+                    check,
+                    "the VF has no mlx5_core driver: see driver",
+                    expected(check, exp),
+                )
+            } else if needs_rdma
+                && f.rdma.is_none()
+                && (has(Check::Rdma) || (has(Check::Driver) && !driver_ok))
+            {
+                skip(check, "no RDMA device: see rdma", expected(check, exp))
+            } else if matches!(check, Check::Lid | Check::Sm)
+                && has(Check::LinkLayer)
+                && observed_ll.is_some_and(|ll| ll != exp.link_layer)
+            {
+                skip(
+                    check,
+                    "the port runs another link layer: see link_layer",
+                    expected(check, exp),
+                )
+            } else {
+                evaluate_one(root, f, exp, check)
+            }
+        })
+        .collect();
+    Readiness { outcomes }
 }
 
 fn outcome(check: Check, pass: bool, observed: String, expected: &str) -> Outcome {

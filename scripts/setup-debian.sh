@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what railvf's demo and tests need on a Debian machine, idempotently.
+# Needs root (network namespaces, veth links, apt).
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "railvf: run this as root: the simulated node creates network namespaces and veth links" >&2
+  exit 1
+fi
+
+# iproute2: ip netns/link; containernetworking-plugins: host-local/static IPAM and the
+# host-device baseline (in /usr/lib/cni); podman + runc + busybox-static: the real CNI
+# runtime test.
+packages=(iproute2 containernetworking-plugins podman runc busybox-static)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "railvf: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "railvf: cargo not found: install a Rust toolchain >= 1.95 (rustup) and re-run" >&2
+  exit 1
+fi

@@ -1,0 +1,312 @@
+//! `railvf-device-plugin inspect` on the simulated DGX H200 node: inventory, rails, NUMA
+//! and every readiness check, against the public facts (tests/topologies/dgx-h200.json).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use railvf_sim::{Fault, SimOptions, require_root};
+use serde_json::Value;
+
+fn inspect(root: &std::path::Path) -> (Value, i32) {
+    let out = Command::new(railvf_e2e::bin_path("railvf-device-plugin"))
+        .args(["inspect", "--json", "--host-root"])
+        .arg(root)
+        .output()
+        .expect("run inspect");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "inspect printed no JSON ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (json, out.status.code().unwrap_or(-1))
+}
+
+fn failed_checks(vf: &Value) -> Vec<(String, String)> {
+    vf["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_string(),
+                c["observed"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Rail i = GPU i, mlx5_0,3,4,5,6,9,10,11 → rails 0…7 (NVIDIA DGX H100/H200 user guide,
+/// tables 5 and 6); NUMA 0 for rails 0–3, 1 for 4–7.
+const RAILS: [(&str, &str, u32, u32); 8] = [
+    ("0000:18:00.0", "mlx5_0", 0, 0),
+    ("0000:40:00.0", "mlx5_3", 1, 0),
+    ("0000:4f:00.0", "mlx5_4", 2, 0),
+    ("0000:5e:00.0", "mlx5_5", 3, 0),
+    ("0000:9a:00.0", "mlx5_6", 4, 1),
+    ("0000:c0:00.0", "mlx5_9", 5, 1),
+    ("0000:ce:00.0", "mlx5_10", 6, 1),
+    ("0000:dc:00.0", "mlx5_11", 7, 1),
+];
+const GPUS: [&str; 8] = [
+    "0000:1b:00.0",
+    "0000:43:00.0",
+    "0000:52:00.0",
+    "0000:61:00.0",
+    "0000:9d:00.0",
+    "0000:c3:00.0",
+    "0000:d1:00.0",
+    "0000:df:00.0",
+];
+
+#[test]
+fn healthy_dgx_h200_matches_the_public_facts() {
+    if !require_root() {
+        return;
+    }
+    let sim = SimOptions::dgx_h200()
+        .build()
+        .expect("build the simulated node");
+    let (r, code) = inspect(sim.root());
+    assert_eq!(code, 0, "a healthy node must exit 0: {r:#}");
+
+    let gpus: Vec<&str> = r["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["gpu"].as_str().unwrap())
+        .collect();
+    assert_eq!(gpus, GPUS);
+
+    let pfs: BTreeMap<&str, &Value> = r["pfs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["pf"].as_str().unwrap(), p))
+        .collect();
+    for (pf, rdma, rail, numa) in RAILS {
+        let p = pfs[pf];
+        assert_eq!(p["rdma_device"], rdma, "{pf}");
+        assert_eq!(p["rail"]["index"], rail, "{pf}");
+        assert_eq!(p["rail"]["gpu"], GPUS[rail as usize], "{pf}");
+        assert_eq!(p["numa_node"], numa, "{pf}");
+        assert_eq!(p["role"], "compute");
+    }
+    // Storage / in-band ports: no rail.
+    for storage in [
+        "0000:29:00.0",
+        "0000:29:00.1",
+        "0000:aa:00.0",
+        "0000:aa:00.1",
+    ] {
+        assert!(
+            pfs[storage]["rail"].is_null(),
+            "{storage} must have no rail"
+        );
+    }
+
+    let vfs = r["vfs"].as_array().unwrap();
+    assert_eq!(vfs.len(), 64);
+    assert_eq!(r["compute_vfs"], 64);
+    let mut per_pf: BTreeMap<String, usize> = BTreeMap::new();
+    for vf in vfs {
+        let pf = vf["pf"].as_str().unwrap();
+        let &(_, _, rail, numa) = RAILS
+            .iter()
+            .find(|(p, ..)| *p == pf)
+            .expect("VF of a compute PF");
+        assert_eq!(vf["rail"], rail, "{vf:#}");
+        assert_eq!(vf["gpu"], GPUS[rail as usize]);
+        assert_eq!(vf["numa_node"], numa);
+        assert_eq!(vf["ready"], true, "{vf:#}");
+        assert!(failed_checks(vf).is_empty());
+        assert!(
+            vf["netdev"].is_string() && vf["rdma_device"].is_string() && vf["uverbs"].is_string()
+        );
+        assert_eq!(vf["link_layer"], "InfiniBand");
+        assert_eq!(vf["state"], "4: ACTIVE");
+        *per_pf.entry(pf.to_string()).or_default() += 1;
+    }
+    assert!(per_pf.values().all(|&n| n == 8), "{per_pf:?}");
+}
+
+#[test]
+fn each_injected_fault_fails_exactly_its_check_with_the_observed_value() {
+    if !require_root() {
+        return;
+    }
+    // One fault per VF, spread over the PFs; (VF, fault, the check that must fail, a piece
+    // of the observed value the message must carry).
+    let cases: [(&str, Fault, Option<&str>, &str); 10] = [
+        ("0000:18:00.1", Fault::LidZero, Some("lid"), "0x0"),
+        ("0000:18:00.2", Fault::SmLidZero, Some("sm"), "sm_lid 0x0"),
+        (
+            "0000:40:00.1",
+            Fault::PortDown,
+            Some("port_state"),
+            "1: DOWN",
+        ),
+        (
+            "0000:40:00.2",
+            Fault::ZeroGuid,
+            Some("guid"),
+            "0000:0000:0000:0000",
+        ),
+        (
+            "0000:4f:00.1",
+            Fault::EthFallback,
+            Some("link_layer"),
+            "Ethernet",
+        ),
+        (
+            "0000:4f:00.2",
+            Fault::Unbound,
+            Some("driver"),
+            "no driver bound",
+        ),
+        (
+            "0000:5e:00.1",
+            Fault::NoRdma,
+            Some("rdma"),
+            "no RDMA device",
+        ),
+        ("0000:5e:00.2", Fault::NumaUnknown, None, ""),
+        (
+            "0000:9a:00.1",
+            Fault::HostManaged,
+            Some("ownership"),
+            "systemd-networkd",
+        ),
+        (
+            "0000:9a:00.2",
+            Fault::NmManaged,
+            Some("ownership"),
+            "NetworkManager",
+        ),
+    ];
+    let mut opts = SimOptions::dgx_h200();
+    for (vf, fault, ..) in cases {
+        opts = opts.fault(vf, fault);
+    }
+    let sim = opts.build().expect("build the simulated node");
+    let (r, code) = inspect(sim.root());
+    assert_eq!(code, 1, "VFs of compute PFs are not ready: exit status 1");
+    let vfs: BTreeMap<&str, &Value> = r["vfs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["vf"].as_str().unwrap(), v))
+        .collect();
+    assert_eq!(vfs.len(), 64);
+    for (addr, fault, check, observed) in cases {
+        let vf = vfs[addr];
+        let failed = failed_checks(vf);
+        match check {
+            Some(check) => {
+                assert_eq!(
+                    failed.len(),
+                    1,
+                    "{fault:?} on {addr} must fail only {check}: {failed:?}"
+                );
+                assert_eq!(failed[0].0, check, "{fault:?} on {addr}");
+                assert!(
+                    failed[0].1.contains(observed),
+                    "{fault:?}: observed value {:?} must contain {observed:?}",
+                    failed[0].1
+                );
+            }
+            None => {
+                assert!(failed.is_empty(), "{fault:?} fails no check: {failed:?}");
+                assert!(
+                    vf["numa_node"].is_null(),
+                    "numa_node -1 is reported as unknown"
+                );
+            }
+        }
+    }
+    let faulted: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    for (addr, vf) in &vfs {
+        if !faulted.contains(addr) {
+            assert_eq!(vf["ready"], true, "{addr} has no fault: {vf:#}");
+        }
+    }
+    assert_eq!(r["compute_vfs_not_ready"], 9);
+}
+
+#[test]
+fn text_output_spells_out_failures() {
+    if !require_root() {
+        return;
+    }
+    let sim = SimOptions::dgx_h200()
+        .fault("0000:c0:00.3", Fault::LidZero)
+        .build()
+        .expect("build the simulated node");
+    let out = Command::new(railvf_e2e::bin_path("railvf-device-plugin"))
+        .args(["inspect", "--host-root"])
+        .arg(sim.root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("0000:c0:00.3"))
+        .expect("a line for the VF");
+    assert!(
+        line.contains("NOT READY: lid: found 0x0, expected a LID assigned by the Subnet Manager"),
+        "{line}"
+    );
+    assert!(line.contains("mlx5_"), "{line}");
+    let ready = text
+        .lines()
+        .filter(|l| l.starts_with("0000:") && l.ends_with(" ready"));
+    assert_eq!(ready.count(), 63);
+}
+
+#[test]
+fn missing_or_half_populated_trees_are_clear_errors() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(railvf_e2e::bin_path("railvf-device-plugin"))
+        .args(["inspect", "--host-root"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sys/bus/pci/devices") && err.contains("host root"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A VF directory without its attributes: reported, never a panic.
+    let half = tempfile::tempdir().unwrap();
+    let dev = half.path().join("sys/devices/pci0000:15/0000:18:00.1");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::write(dev.join("class"), "0x020700\n").unwrap();
+    std::fs::create_dir_all(half.path().join("sys/bus/pci/devices")).unwrap();
+    std::os::unix::fs::symlink(dev, half.path().join("sys/bus/pci/devices/0000:18:00.1")).unwrap();
+    let out = Command::new(railvf_e2e::bin_path("railvf-device-plugin"))
+        .args(["inspect", "--host-root"])
+        .arg(half.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreadable function is not ready: {text}{err}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("0000:18:00.1"))
+        .expect("a line for it");
+    assert!(
+        line.contains("UNREADABLE") && line.contains("0000:18:00.1/vendor is missing"),
+        "{line}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
