@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use railvf_sim::{Fault, SimOptions, Topology};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(
     name = "railvf-sim",
@@ -23,6 +25,9 @@ struct Cli {
 enum Command {
     /// Build the node, print its root, run the mirror and SM until SIGINT/SIGTERM, clean up.
     Build(BuildArgs),
+    /// The whole job on a simulated DGX H200: inventory, rail-aligned allocation through the
+    /// real device plugin, attachment through the real CNI, readiness, teardown.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -123,8 +128,9 @@ fn build(args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<std::process::ExitCode> {
     match Cli::parse().command {
-        Command::Build(args) => build(args),
+        Command::Build(args) => build(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Demo(args) => demo::exec(args),
     }
 }
