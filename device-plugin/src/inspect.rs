@@ -107,11 +107,13 @@ pub fn exec(args: InspectArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", render(&report));
     }
-    Ok(if report.compute_vfs_not_ready > 0 || !report.unreadable.is_empty() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if report.compute_vfs_not_ready > 0 || !report.unreadable.is_empty() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 /// Reads the node and evaluates every readiness check on every VF.
@@ -140,7 +142,11 @@ pub fn build(root: &HostRoot, rail_map: Option<&RailMap>) -> anyhow::Result<Repo
             }
         })
         .collect();
-    let mut vfs: Vec<VfReport> = inv.vfs.iter().map(|vf| vf_report(root, &topo, vf)).collect();
+    let mut vfs: Vec<VfReport> = inv
+        .vfs
+        .iter()
+        .map(|vf| vf_report(root, &topo, vf))
+        .collect();
     vfs.sort_by_key(|v| v.vf);
     let compute_vfs = vfs.iter().filter(|v| v.compute).count();
     let compute_vfs_not_ready = vfs.iter().filter(|v| v.compute && !v.ready).count();
@@ -202,7 +208,8 @@ fn vf_report(root: &HostRoot, topo: &Topology, vf: &Vf) -> VfReport {
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
-    v.as_ref().map_or_else(|| "-".to_string(), ToString::to_string)
+    v.as_ref()
+        .map_or_else(|| "-".to_string(), ToString::to_string)
 }
 
 /// The table: GPUs and PFs first (the rail map at a glance), then one line per VF.
@@ -235,7 +242,19 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         out,
         "{:<13} {:<13} {:<11} {:<8} {:<9} {:<4} {:<4} {:<13} {:<20} {:<7} {:<6} {:<10} {:<11} STATUS",
-        "VF", "PF", "NETDEV", "RDMA", "UVERBS", "NUMA", "RAIL", "GPU", "NODE_GUID", "LID", "SM", "STATE", "LINK"
+        "VF",
+        "PF",
+        "NETDEV",
+        "RDMA",
+        "UVERBS",
+        "NUMA",
+        "RAIL",
+        "GPU",
+        "NODE_GUID",
+        "LID",
+        "SM",
+        "STATE",
+        "LINK"
     );
     for v in &r.vfs {
         let status = if v.ready {

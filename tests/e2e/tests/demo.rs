@@ -106,7 +106,11 @@ fn demo_attaches_eight_rail_aligned_vfs_and_shows_each_refusal() {
             ok.stdout
         );
     }
-    assert!(ok.stdout.contains("NCCL_IB_HCA=mlx5_"));
+    assert!(
+        ok.stdout.contains(
+            "NCCL_IB_HCA==mlx5_12,mlx5_20,mlx5_28,mlx5_36,mlx5_44,mlx5_52,mlx5_60,mlx5_68"
+        )
+    );
     assert!(
         ok.stdout
             .contains("64 VFs, 64 on compute PFs, 0 of them not ready")

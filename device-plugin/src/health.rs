@@ -1,0 +1,503 @@
+//! VF health: the readiness checks of [`Check::HEALTH`] (`driver`, `rdma`, `link_layer`,
+//! `port_state`), judged by `railvf_host::readiness` on just the attributes they need.
+//!
+//! sysfs attributes raise no inotify events, so health is polled. A poll reads, per VF,
+//! the `driver` link and port 1's `state` of the RDMA device it found last time (the
+//! directory is listed again only when that device is gone); `phys_state` and
+//! `link_layer` are read again when `state` or the PF changed, and in a slow round robin.
+//! Two small reads per VF, no per-VF thread.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+
+use railvf_host::attr::{ParseError, PhysState, PortState};
+use railvf_host::host;
+use railvf_host::inventory::{Attr, DRIVER_MLX5, Netdev, PciFunction, RdmaDevice, RdmaPort};
+use railvf_host::readiness::{self, Check, Expectations};
+use railvf_host::{HostRoot, LinkLayer, PciAddr};
+
+/// Port 1's health attributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PortObs {
+    pub state: Attr<PortState>,
+    pub phys_state: Attr<PhysState>,
+    pub link_layer: Attr<LinkLayer>,
+}
+
+/// What one poll saw of a PCI function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    pub driver: Option<String>,
+    /// RDMA device visible in the host's view (`<fn>/infiniband/<name>`).
+    pub rdma: Option<String>,
+    pub port: Option<PortObs>,
+    /// Whether a netdev is visible; only looked at when there is no RDMA device.
+    pub netdev: bool,
+}
+
+impl Observation {
+    /// A VF that is bound to mlx5_core but whose netdev and RDMA device are both gone
+    /// from the host's view has been moved into a pod's network namespace: it is in use.
+    pub fn in_pod(&self) -> bool {
+        self.driver.as_deref() == Some(DRIVER_MLX5) && self.rdma.is_none() && !self.netdev
+    }
+}
+
+/// Health as kubelet sees it, with the reason when unhealthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Unhealthy(String),
+}
+
+impl Health {
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Health::Healthy)
+    }
+}
+
+/// Reads a small attribute with open/read/close only (no size probe, no second read when
+/// the kernel's trailing newline is already there), relative to `dir` when given so the
+/// kernel resolves one path component instead of twenty: at thousands of VFs per poll,
+/// syscalls and path walks are the whole cost.
+fn read_small<'b>(
+    dir: Option<&OwnedFd>,
+    path: &Path,
+    name: &str,
+    buf: &'b mut [u8; 256],
+) -> std::io::Result<&'b str> {
+    use std::io::Read;
+    let mut f = match dir {
+        Some(fd) => std::fs::File::from(
+            openat(fd, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(std::io::Error::from)?,
+        ),
+        None => std::fs::File::open(path.join(name))?,
+    };
+    let mut n = 0;
+    while n < buf.len() {
+        let r = f.read(&mut buf[n..])?;
+        n += r;
+        if r == 0 || buf[n - 1] == b'\n' {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[..n])
+        .map(|s| s.trim_end_matches(['\n', '\0']))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Opens a directory to read attributes relative to it. `None` (paths are used instead)
+/// when it cannot be opened, e.g. when out of file descriptors.
+fn open_dir(path: &Path) -> Option<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+}
+
+fn attr<T>(
+    dir: Option<&OwnedFd>,
+    path: &Path,
+    name: &str,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Attr<T> {
+    let mut buf = [0u8; 256];
+    match read_small(dir, path, name, &mut buf) {
+        Ok(raw) => match parse(raw) {
+            Ok(v) => Attr::Value(v),
+            Err(error) => Attr::Invalid {
+                path: path.join(name),
+                error,
+            },
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Attr::Missing(path.join(name)),
+        Err(e) => Attr::Invalid {
+            error: ParseError {
+                expected: "a readable attribute",
+                found: e.to_string(),
+            },
+            path: path.join(name),
+        },
+    }
+}
+
+/// Port 1 of the function's RDMA device, with a directory descriptor kept open.
+///
+/// The descriptor is only a cache: when the directory goes away (driver unbound, device
+/// moved to a pod) reads through it fail with ENOENT and the port is looked up again.
+#[derive(Debug)]
+struct Port {
+    rdma: String,
+    dir: PathBuf,
+    fd: Option<OwnedFd>,
+}
+
+impl Port {
+    fn open(fn_path: &Path, fn_dir: Option<&OwnedFd>, rdma: String) -> Self {
+        let rel = format!("infiniband/{rdma}/ports/1");
+        let dir = fn_path.join(&rel);
+        let fd = match fn_dir {
+            Some(d) => openat(
+                d,
+                rel.as_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok(),
+            None => open_dir(&dir),
+        };
+        Port { fd, dir, rdma }
+    }
+
+    fn read<T>(&self, name: &str, parse: impl FnOnce(&str) -> Result<T, ParseError>) -> Attr<T> {
+        attr(self.fd.as_ref(), &self.dir, name, parse)
+    }
+
+    fn read_rest(&self, state: Attr<PortState>) -> PortObs {
+        PortObs {
+            phys_state: self.read("phys_state", str::parse),
+            link_layer: self.read("link_layer", str::parse),
+            state,
+        }
+    }
+}
+
+/// Reads one PCI function's health attributes, remembering where they are.
+#[derive(Debug)]
+pub struct Probe {
+    dir: PathBuf,
+    driver: PathBuf,
+    port: Option<Port>,
+}
+
+impl Probe {
+    /// A probe of the function at `dir` (`<root>/sys/bus/pci/devices/<bdf>`).
+    pub fn new(dir: PathBuf) -> Self {
+        Probe {
+            driver: dir.join("driver"),
+            dir,
+            port: None,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Observes the function. With `full == false`, a known RDMA device and a port
+    /// `state` equal to `prev`'s, that one read is all: the RDMA device exists only while
+    /// mlx5_core is bound, and the caller asks for a full read whenever the PF changed
+    /// (and in a slow round robin). Any change in `state` reads everything.
+    pub fn observe(&mut self, full: bool, prev: Option<&Observation>) -> Observation {
+        self.observe_with(full, prev, None)
+    }
+
+    /// [`Probe::observe`], resolving names relative to `fn_dir` (an open descriptor of the
+    /// function's directory) when given: the startup scan opens each VF directory once.
+    pub fn observe_with(
+        &mut self,
+        full: bool,
+        prev: Option<&Observation>,
+        fn_dir: Option<&OwnedFd>,
+    ) -> Observation {
+        if let Some(port) = &self.port {
+            let state = port.read("state", str::parse);
+            if !matches!(state, Attr::Missing(_)) {
+                if !full
+                    && let Some(p) = prev
+                    && p.rdma.as_deref() == Some(port.rdma.as_str())
+                    && p.port.as_ref().is_some_and(|po| po.state == state)
+                {
+                    return p.clone();
+                }
+                return Observation {
+                    driver: self.driver(fn_dir),
+                    rdma: Some(port.rdma.clone()),
+                    port: Some(port.read_rest(state)),
+                    netdev: false,
+                };
+            }
+        }
+        // First look, or the RDMA device of last time is gone: list the directory.
+        let driver = self.driver(fn_dir);
+        self.port = first_entry(fn_dir, &self.dir, "infiniband")
+            .map(|name| Port::open(&self.dir, fn_dir, name));
+        match &self.port {
+            Some(port) => {
+                let state = port.read("state", str::parse);
+                let present = !matches!(state, Attr::Missing(_)) || port.fd.is_some();
+                Observation {
+                    driver,
+                    rdma: Some(port.rdma.clone()),
+                    port: present.then(|| port.read_rest(state)),
+                    netdev: false,
+                }
+            }
+            None => Observation {
+                netdev: first_entry(fn_dir, &self.dir, "net").is_some(),
+                driver,
+                rdma: None,
+                port: None,
+            },
+        }
+    }
+
+    fn driver(&self, fn_dir: Option<&OwnedFd>) -> Option<String> {
+        match fn_dir {
+            Some(fd) => nix::fcntl::readlinkat(fd, "driver").ok().and_then(|t| {
+                Path::new(&t)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_string)
+            }),
+            None => host::link_basename(&self.driver).ok().flatten(),
+        }
+    }
+}
+
+/// The first entry (in name order) of `<dir>/<sub>`, `None` when absent or empty.
+pub fn first_entry(fd: Option<&OwnedFd>, dir: &Path, sub: &str) -> Option<String> {
+    match fd {
+        Some(fd) => {
+            let mut d = nix::dir::Dir::openat(
+                fd,
+                sub,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()?;
+            d.iter()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
+                .filter(|n| n != "." && n != "..")
+                .min()
+        }
+        None => host::list_dir(&dir.join(sub))
+            .ok()
+            .and_then(|v| v.into_iter().next()),
+    }
+}
+
+/// Opens the function directory `dir` (see [`Probe::observe_with`]).
+pub fn open_function_dir(dir: &Path) -> Option<OwnedFd> {
+    open_dir(dir)
+}
+
+/// Reads the function's `numa_node` (`None` for -1 or when unreadable).
+pub fn read_numa(fn_dir: Option<&OwnedFd>, dir: &Path) -> Option<u32> {
+    attr(fn_dir, dir, "numa_node", railvf_host::attr::parse_numa_node)
+        .value()
+        .copied()
+        .flatten()
+}
+
+/// Observes the function at `dir` once (a full read).
+pub fn observe(dir: &Path) -> Observation {
+    Probe::new(dir.to_path_buf()).observe(true, None)
+}
+
+/// Raises the soft open-file limit to the hard one: the poller keeps one directory
+/// descriptor per VF. Returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
+/// A [`PciFunction`] holding only what the health checks read, so the verdict and its
+/// wording are exactly `railvf_host::readiness`'s.
+fn function_for(addr: PciAddr, obs: &Observation) -> PciFunction {
+    fn missing<T>(what: &str) -> Attr<T> {
+        Attr::Missing(PathBuf::from(what))
+    }
+    PciFunction {
+        addr,
+        vendor: 0,
+        device: 0,
+        class: 0,
+        driver: obs.driver.clone(),
+        numa_node: None,
+        netdevs: if obs.netdev {
+            vec![Netdev {
+                name: String::new(),
+                ifindex: missing("ifindex"),
+            }]
+        } else {
+            Vec::new()
+        },
+        rdma: obs.rdma.as_ref().map(|name| RdmaDevice {
+            name: name.clone(),
+            node_guid: missing("node_guid"),
+            ports: obs
+                .port
+                .iter()
+                .map(|p| RdmaPort {
+                    port: 1,
+                    state: p.state.clone(),
+                    phys_state: p.phys_state.clone(),
+                    lid: missing("lid"),
+                    sm_lid: missing("sm_lid"),
+                    link_layer: p.link_layer.clone(),
+                    rate: missing("rate"),
+                    gid0: missing("gids/0"),
+                })
+                .collect(),
+        }),
+        uverbs: None,
+        physfn: None,
+        sysfs_path: PathBuf::new(),
+    }
+}
+
+/// Judges a VF. A VF in a pod keeps its driver check and borrows its PF's port for
+/// `link_layer` and `port_state` (a VF's port follows its PF's), since its own RDMA device
+/// is out of sight: it is in use, not broken.
+pub fn judge(
+    root: &HostRoot,
+    addr: PciAddr,
+    obs: &Observation,
+    pf: Option<(PciAddr, &Observation)>,
+    exp: &Expectations,
+) -> Health {
+    let readiness = if obs.in_pod() {
+        let mut r = readiness::evaluate(root, &function_for(addr, obs), exp, &[Check::Driver]);
+        if let Some((pf_addr, pf_obs)) = pf
+            && pf_obs.rdma.is_some()
+        {
+            let pf_r = readiness::evaluate(
+                root,
+                &function_for(pf_addr, pf_obs),
+                exp,
+                &[Check::LinkLayer, Check::PortState],
+            );
+            for mut o in pf_r.outcomes {
+                o.observed = format!("PF {pf_addr} {}", o.observed);
+                r.outcomes.push(o);
+            }
+        }
+        r
+    } else {
+        readiness::evaluate(root, &function_for(addr, obs), exp, &Check::HEALTH)
+    };
+    if readiness.is_ready() {
+        Health::Healthy
+    } else {
+        Health::Unhealthy(readiness.failure_summary())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(p: &Path, s: &str) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, s).unwrap();
+    }
+
+    fn vf_dir(root: &Path) -> PathBuf {
+        let d = root.join("sys/bus/pci/devices/0000:18:00.1");
+        std::fs::create_dir_all(root.join("sys/bus/pci/drivers/mlx5_core")).unwrap();
+        std::fs::create_dir_all(&d).unwrap();
+        std::os::unix::fs::symlink(root.join("sys/bus/pci/drivers/mlx5_core"), d.join("driver"))
+            .unwrap();
+        let port = d.join("infiniband/mlx5_12/ports/1");
+        write(&port.join("state"), "4: ACTIVE\n");
+        write(&port.join("phys_state"), "5: LinkUp\n");
+        write(&port.join("link_layer"), "InfiniBand\n");
+        std::fs::create_dir_all(d.join("net/ibp24s0v0")).unwrap();
+        d
+    }
+
+    #[test]
+    fn healthy_then_each_check_fails_with_its_name() {
+        let t = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(t.path()).unwrap();
+        let d = vf_dir(t.path());
+        let addr: PciAddr = "0000:18:00.1".parse().unwrap();
+        let exp = Expectations::default();
+        let mut probe = Probe::new(d.clone());
+        let o = probe.observe(true, None);
+        assert_eq!(o.rdma.as_deref(), Some("mlx5_12"));
+        assert_eq!(judge(&root, addr, &o, None, &exp), Health::Healthy);
+        // A quick read sees a state change, and the full read that follows the rest.
+        let port = d.join("infiniband/mlx5_12/ports/1");
+        write(&port.join("state"), "1: DOWN\n");
+        write(&port.join("phys_state"), "3: Disabled\n");
+        let quick = probe.observe(false, Some(&o));
+        assert_ne!(quick, o);
+        let again = probe.observe(true, Some(&quick));
+        assert!(
+            again
+                .port
+                .as_ref()
+                .unwrap()
+                .phys_state
+                .value()
+                .unwrap()
+                .code
+                == 3
+        );
+        write(&port.join("phys_state"), "5: LinkUp\n");
+        write(&port.join("state"), "4: ACTIVE\n");
+
+        write(&port.join("state"), "1: DOWN\n");
+        let Health::Unhealthy(why) = judge(&root, addr, &observe(&d), None, &exp) else {
+            panic!("port down must be unhealthy")
+        };
+        assert!(
+            why.contains("port_state") && why.contains("1: DOWN"),
+            "{why}"
+        );
+        write(&port.join("state"), "4: ACTIVE\n");
+        write(&port.join("link_layer"), "Ethernet\n");
+        let Health::Unhealthy(why) = judge(&root, addr, &observe(&d), None, &exp) else {
+            panic!("link layer flip must be unhealthy")
+        };
+        assert!(why.contains("link_layer"), "{why}");
+        write(&port.join("link_layer"), "InfiniBand\n");
+        std::fs::remove_file(d.join("driver")).unwrap();
+        let Health::Unhealthy(why) = judge(&root, addr, &observe(&d), None, &exp) else {
+            panic!("unbound must be unhealthy")
+        };
+        assert!(why.contains("driver"), "{why}");
+    }
+
+    #[test]
+    fn a_vf_in_a_pod_is_in_use_not_unhealthy() {
+        let t = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(t.path()).unwrap();
+        let d = vf_dir(t.path());
+        let addr: PciAddr = "0000:18:00.1".parse().unwrap();
+        let mut probe = Probe::new(d.clone());
+        let before = probe.observe(true, None);
+        std::fs::remove_dir_all(d.join("infiniband")).unwrap();
+        std::fs::remove_dir_all(d.join("net")).unwrap();
+        let o = probe.observe(false, Some(&before));
+        assert!(o.in_pod(), "{o:?}");
+        assert_eq!(
+            judge(&root, addr, &o, None, &Expectations::default()),
+            Health::Healthy
+        );
+        // Without an RDMA device but with its netdev, the VF lacks mlx5_ib: unhealthy.
+        std::fs::create_dir_all(d.join("net/ibp24s0v0")).unwrap();
+        let o = probe.observe(false, Some(&o));
+        assert!(!o.in_pod());
+        assert!(!judge(&root, addr, &o, None, &Expectations::default()).is_healthy());
+    }
+}

@@ -1,0 +1,347 @@
+//! The `DevicePlugin` gRPC service of one resource.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use railvf_host::HostRoot;
+use railvf_proto::v1beta1::device_plugin_server::DevicePlugin;
+use railvf_proto::v1beta1::{
+    AllocateRequest, AllocateResponse, ContainerAllocateResponse,
+    ContainerPreferredAllocationResponse, Device, DevicePluginOptions, DeviceSpec, Empty,
+    ListAndWatchResponse, NumaNode, PreStartContainerRequest, PreStartContainerResponse,
+    PreferredAllocationRequest, PreferredAllocationResponse, TopologyInfo,
+};
+use railvf_proto::{HEALTHY, UNHEALTHY};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::allocate::{self, AllocError};
+use crate::pool::DeviceSet;
+
+/// Device-info files written by this process, removed when it stops.
+#[derive(Debug, Default)]
+pub struct DevinfoFiles {
+    files: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl DevinfoFiles {
+    pub fn record(&self, files: impl IntoIterator<Item = PathBuf>) {
+        let mut f = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        f.extend(files);
+    }
+
+    /// Removes every file recorded; returns how many were removed.
+    pub fn remove_all(&self) -> usize {
+        let mut f = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for path in std::mem::take(&mut *f) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("cannot remove device-info file {}: {e}", path.display()),
+            }
+        }
+        n
+    }
+}
+
+/// What every service instance of a resource shares.
+pub struct ResourceCtx {
+    pub full_name: String,
+    pub exclude_topology: bool,
+    pub devices: watch::Receiver<Arc<DeviceSet>>,
+    pub root: HostRoot,
+    pub devinfo_dir: PathBuf,
+    pub devinfo_files: Arc<DevinfoFiles>,
+}
+
+impl ResourceCtx {
+    /// The list kubelet gets: ID, health, NUMA node.
+    pub fn device_list(&self, set: &DeviceSet) -> Vec<Device> {
+        set.devices
+            .values()
+            .map(|d| Device {
+                id: d.addr.to_string(),
+                health: if d.health.is_healthy() {
+                    HEALTHY
+                } else {
+                    UNHEALTHY
+                }
+                .to_string(),
+                topology: match d.numa {
+                    Some(n) if !self.exclude_topology => Some(TopologyInfo {
+                        nodes: vec![NumaNode { id: i64::from(n) }],
+                    }),
+                    _ => None,
+                },
+            })
+            .collect()
+    }
+}
+
+/// One server instance; `stop` ends its `ListAndWatch` streams so the server can shut
+/// down gracefully when kubelet restarts or the plugin exits.
+pub struct PluginService {
+    ctx: Arc<ResourceCtx>,
+    stop: watch::Receiver<bool>,
+}
+
+impl PluginService {
+    pub fn new(ctx: Arc<ResourceCtx>, stop: watch::Receiver<bool>) -> Self {
+        Self { ctx, stop }
+    }
+}
+
+pub fn options() -> DevicePluginOptions {
+    DevicePluginOptions {
+        pre_start_required: false,
+        get_preferred_allocation_available: true,
+    }
+}
+
+fn status(e: AllocError) -> Status {
+    match e {
+        AllocError::InvalidArgument(m) => Status::invalid_argument(m),
+        AllocError::FailedPrecondition(m) => Status::failed_precondition(m),
+        AllocError::Internal(m) => Status::internal(m),
+    }
+}
+
+type ListStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DevicePlugin for PluginService {
+    async fn get_device_plugin_options(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<DevicePluginOptions>, Status> {
+        Ok(Response::new(options()))
+    }
+
+    type ListAndWatchStream = ListStream;
+
+    async fn list_and_watch(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListAndWatchStream>, Status> {
+        let ctx = self.ctx.clone();
+        let mut rx = ctx.devices.clone();
+        let mut stop = self.stop.clone();
+        let (tx, out) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut last: Option<Vec<Device>> = None;
+            loop {
+                let list = ctx.device_list(&rx.borrow_and_update());
+                if last.as_ref() != Some(&list) {
+                    let resp = ListAndWatchResponse {
+                        devices: list.clone(),
+                    };
+                    if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                    tracing::debug!(resource = %ctx.full_name, devices = list.len(), "sent device list");
+                    last = Some(list);
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn get_preferred_allocation(
+        &self,
+        req: Request<PreferredAllocationRequest>,
+    ) -> Result<Response<PreferredAllocationResponse>, Status> {
+        let req = req.into_inner();
+        if req.container_requests.is_empty() {
+            return Err(Status::invalid_argument(
+                "the request has no container_requests",
+            ));
+        }
+        let set = self.ctx.devices.borrow().clone();
+        let mut container_responses = Vec::with_capacity(req.container_requests.len());
+        for c in &req.container_requests {
+            let ids = allocate::preferred(
+                &set,
+                &self.ctx.full_name,
+                &c.available_device_i_ds,
+                &c.must_include_device_i_ds,
+                c.allocation_size,
+            )
+            .map_err(status)?;
+            container_responses.push(ContainerPreferredAllocationResponse { device_i_ds: ids });
+        }
+        Ok(Response::new(PreferredAllocationResponse {
+            container_responses,
+        }))
+    }
+
+    async fn allocate(
+        &self,
+        req: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let req = req.into_inner();
+        if req.container_requests.is_empty() {
+            return Err(Status::invalid_argument(
+                "the request has no container_requests",
+            ));
+        }
+        let set = self.ctx.devices.borrow().clone();
+        let mut container_responses = Vec::with_capacity(req.container_requests.len());
+        for c in &req.container_requests {
+            let a = allocate::allocate_container(
+                &self.ctx.root,
+                &set,
+                &self.ctx.full_name,
+                &c.devices_ids,
+                &self.ctx.devinfo_dir,
+            )
+            .map_err(|e| {
+                tracing::warn!(resource = %self.ctx.full_name, ids = ?c.devices_ids, "Allocate refused: {e}");
+                status(e)
+            })?;
+            self.ctx
+                .devinfo_files
+                .record(a.devinfo_files.iter().cloned());
+            tracing::info!(resource = %self.ctx.full_name, ids = ?c.devices_ids, "allocated");
+            container_responses.push(ContainerAllocateResponse {
+                envs: a.envs.into_iter().collect(),
+                mounts: Vec::new(),
+                devices: a
+                    .devices
+                    .into_iter()
+                    .map(|p| DeviceSpec {
+                        container_path: p.clone(),
+                        host_path: p,
+                        permissions: "rw".into(),
+                    })
+                    .collect(),
+                annotations: Default::default(),
+                cdi_devices: Vec::new(),
+            });
+        }
+        Ok(Response::new(AllocateResponse {
+            container_responses,
+        }))
+    }
+
+    async fn pre_start_container(
+        &self,
+        _: Request<PreStartContainerRequest>,
+    ) -> Result<Response<PreStartContainerResponse>, Status> {
+        // Not requested in the options; answer anyway so a confused kubelet does not fail.
+        Ok(Response::new(PreStartContainerResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Health;
+    use crate::pool::DeviceEntry;
+    use railvf_host::PciAddr;
+    use tokio_stream::StreamExt;
+
+    fn set(health: &[(&str, bool)], in_pod: bool) -> Arc<DeviceSet> {
+        let devices = health
+            .iter()
+            .map(|(a, ok)| {
+                let addr: PciAddr = a.parse().unwrap();
+                (
+                    addr,
+                    DeviceEntry {
+                        addr,
+                        pf: "0000:18:00.0".parse().unwrap(),
+                        vf_index: 0,
+                        numa: Some(1),
+                        rail: Some(0),
+                        health: if *ok {
+                            Health::Healthy
+                        } else {
+                            Health::Unhealthy("port_state".into())
+                        },
+                        in_pod,
+                    },
+                )
+            })
+            .collect();
+        Arc::new(DeviceSet { devices })
+    }
+
+    fn service(
+        rx: watch::Receiver<Arc<DeviceSet>>,
+        exclude_topology: bool,
+    ) -> (PluginService, watch::Sender<bool>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ctx = Arc::new(ResourceCtx {
+            full_name: "nvidia.com/x".into(),
+            exclude_topology,
+            devices: rx,
+            root: HostRoot::new("/nonexistent").unwrap(),
+            devinfo_dir: PathBuf::from("/nonexistent"),
+            devinfo_files: Arc::default(),
+        });
+        (PluginService::new(ctx, stop_rx), stop_tx)
+    }
+
+    /// The stream sends the list at once, then only when what kubelet sees changes, and
+    /// ends when the server instance stops. Driven by the channel alone: no timing.
+    #[tokio::test]
+    async fn list_and_watch_sends_changes_only_and_ends_on_stop() {
+        let (tx, rx) = watch::channel(set(&[("0000:18:00.1", true)], false));
+        let (svc, stop) = service(rx, false);
+        let mut stream = svc
+            .list_and_watch(Request::new(Empty {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.devices.len(), 1);
+        assert_eq!(first.devices[0].health, HEALTHY);
+        assert_eq!(first.devices[0].topology.as_ref().unwrap().nodes[0].id, 1);
+        // Moving into a pod changes nothing kubelet sees: no message. A health change does.
+        tx.send(set(&[("0000:18:00.1", true)], true)).unwrap();
+        tx.send(set(&[("0000:18:00.1", false)], true)).unwrap();
+        let next = stream.next().await.unwrap().unwrap();
+        assert_eq!(next.devices[0].health, UNHEALTHY);
+        // A device appears.
+        tx.send(set(
+            &[("0000:18:00.1", false), ("0000:18:00.2", true)],
+            true,
+        ))
+        .unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap().devices.len(), 2);
+        stop.send(true).unwrap();
+        assert!(stream.next().await.is_none(), "the stream ends on stop");
+    }
+
+    #[tokio::test]
+    async fn exclude_topology_leaves_numa_out() {
+        let (_tx, rx) = watch::channel(set(&[("0000:18:00.1", true)], false));
+        let (svc, _stop) = service(rx, true);
+        let mut stream = svc
+            .list_and_watch(Request::new(Empty {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            stream.next().await.unwrap().unwrap().devices[0]
+                .topology
+                .is_none()
+        );
+        let opts = svc
+            .get_device_plugin_options(Request::new(Empty {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(opts.get_preferred_allocation_available && !opts.pre_start_required);
+    }
+}

@@ -1,0 +1,257 @@
+//! Config files: the DGX H200 write-up's `sriovDevicePlugin.config` (verbatim, in
+//! `tests/configs/seed-dgx-h200.json`), a two-resource config, and malformed ones that must
+//! each fail with their own message naming the file, line and field.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use railvf_device_plugin::config::{Config, ConfigError, LinkType};
+use railvf_device_plugin::pool::{Monitor, Node};
+use railvf_host::HostRoot;
+use railvf_proto::fake_kubelet::FakeKubelet;
+use railvf_sim::SimOptions;
+use support::*;
+
+fn file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/configs")
+        .join(name)
+}
+
+#[test]
+fn the_seed_config_loads_unchanged() {
+    let c = Config::load(&file("seed-dgx-h200.json")).unwrap();
+    assert_eq!(c.resources.len(), 1);
+    let r = &c.resources[0];
+    assert_eq!(r.full_name(), "nvidia.com/dgx_h200_vfs");
+    let s = &r.selectors[0];
+    assert_eq!(s.vendors, vec![0x15b3]);
+    assert_eq!(s.devices, vec![0x101c]);
+    assert_eq!(s.pf_names[0].raw, "mlx-*");
+    assert!(s.is_rdma);
+    assert!(c.ignored.is_empty());
+}
+
+#[test]
+fn a_config_with_two_resources_loads() {
+    let c = Config::load(&file("two-resources.json")).unwrap();
+    let names: Vec<String> = c.resources.iter().map(|r| r.full_name()).collect();
+    assert_eq!(names, ["nvidia.com/rails_numa0", "example.com/rails_numa1"]);
+    assert_eq!(
+        c.resources[0].selectors[0].link_types,
+        vec![LinkType::Infiniband]
+    );
+    assert!(c.resources[1].exclude_topology);
+    assert_eq!(c.resources[1].selectors.len(), 2);
+    assert!(c.resources[1].selectors.iter().all(|s| s.is_rdma));
+}
+
+/// (file, line, field, words the message must contain)
+const MALFORMED: &[(&str, usize, &str, &[&str])] = &[
+    (
+        "bad-syntax.json",
+        4,
+        "resourceList[0]",
+        &["expected `,` or `}`"],
+    ),
+    (
+        "bad-type.json",
+        6,
+        "resourceList[0].selectors.isRdma",
+        &["invalid type", "\"yes\"", "boolean"],
+    ),
+    (
+        "missing-name.json",
+        7,
+        "resourceList[1]",
+        &["missing field `resourceName`"],
+    ),
+    (
+        "bad-pf-range.json",
+        5,
+        "resourceList[0].selectors.pfNames[1]",
+        &["ibp64s0#7-3", "ends before it starts"],
+    ),
+    (
+        "bad-root-device.json",
+        6,
+        "resourceList[0].selectors[1].rootDevices[0]",
+        &["18:00.0", "dddd:bb:dd.f"],
+    ),
+    (
+        "bad-link-type.json",
+        4,
+        "resourceList[0].selectors.linkTypes[0]",
+        &["\"ib\"", "\"infiniband\""],
+    ),
+    (
+        "duplicate-resource.json",
+        5,
+        "resourceList",
+        &["nvidia.com/dgx_h200_vfs", "unique"],
+    ),
+    (
+        "bad-device-id.json",
+        4,
+        "resourceList[0].selectors.devices[0]",
+        &["ConnectX-7", "hex"],
+    ),
+    (
+        "bad-rail-map.json",
+        4,
+        "railMap",
+        &["0000:40:00", "PCI address"],
+    ),
+];
+
+#[test]
+fn each_malformed_config_says_where_and_what() {
+    let mut messages = Vec::new();
+    for (name, line, field, words) in MALFORMED {
+        let path = file(name);
+        let err = Config::load(&path).expect_err(name);
+        let msg = err.to_string();
+        match &err {
+            ConfigError::Invalid {
+                path: p,
+                line: l,
+                field: f,
+                ..
+            } => {
+                assert_eq!(p, &path, "{msg}");
+                assert_eq!(l, line, "{name}: {msg}");
+                assert!(f.starts_with(field), "{name}: field {f:?}: {msg}");
+            }
+            other => panic!("{name}: {other}"),
+        }
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains(&format!("line {line}")), "{msg}");
+        for w in *words {
+            assert!(msg.contains(w), "{name}: {msg:?} lacks {w:?}");
+        }
+        messages.push(msg);
+    }
+    messages.sort();
+    messages.dedup();
+    assert_eq!(messages.len(), MALFORMED.len(), "every error is its own");
+}
+
+#[test]
+fn the_binary_exits_with_the_config_error() {
+    let sim = SimOptions::dgx_h200().no_links().build().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_railvf-device-plugin"))
+        .arg("--host-root")
+        .arg(sim.root())
+        .arg("--config")
+        .arg(file("bad-type.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad-type.json")
+            && err.contains("line 6")
+            && err.contains("resourceList[0].selectors.isRdma"),
+        "{err}"
+    );
+}
+
+/// The seed's `devices: ["101c"]` (a ConnectX-6 VF id) and `pfNames: ["mlx-*"]` match
+/// nothing on a DGX H200: the warning names both and what the node has instead.
+#[test]
+fn the_seed_config_on_a_dgx_h200_explains_why_it_selects_nothing() {
+    let sim = SimOptions::dgx_h200().no_links().build().unwrap();
+    let c = Config::load(&file("seed-dgx-h200.json")).unwrap();
+    let root = HostRoot::new(sim.root()).unwrap();
+    let (m, rx) = Monitor::new(Node::scan(&root, None).unwrap(), &c);
+    assert!(rx[0].borrow().devices.is_empty());
+    let empty = m.empty_resources();
+    assert_eq!(empty.len(), 1);
+    let (name, why) = &empty[0];
+    assert_eq!(name, "nvidia.com/dgx_h200_vfs");
+    for w in [
+        "devices [101c (ConnectX-6 VF)]",
+        "64 15b3:101e",
+        "ibp24s0 (0000:18:00.0)",
+        "pfNames [mlx-*]",
+    ] {
+        assert!(why.contains(w), "{why:?} lacks {w:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_seed_config_registers_and_warns() {
+    let sim = SimOptions::dgx_h200().no_links().build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let plugin = Plugin::start(sim.root(), &dirs, Some(&file("seed-dgx-h200.json")), &[]);
+    let reg = registration(&mut kubelet, &plugin).await;
+    assert_eq!(reg.request.resource_name, RESOURCE);
+    let mut client = reg.client;
+    let mut stream = list_and_watch(&mut client).await;
+    wait_list(&mut stream, "an empty list", |l| l.is_empty()).await;
+    let log = plugin.log();
+    assert!(
+        log.contains("selects no VF") && log.contains("101c") && log.contains("15b3:101e"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn two_resources_register_side_by_side() {
+    let sim = SimOptions::dgx_h200().no_links().build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let plugin = Plugin::start(sim.root(), &dirs, Some(&file("two-resources.json")), &[]);
+    let mut regs = [
+        registration(&mut kubelet, &plugin).await,
+        registration(&mut kubelet, &plugin).await,
+    ];
+    regs.sort_by(|a, b| a.request.resource_name.cmp(&b.request.resource_name));
+    assert_eq!(regs[0].request.resource_name, "example.com/rails_numa1");
+    assert_eq!(regs[0].request.endpoint, "railvf-rails_numa1.sock");
+    assert_eq!(regs[1].request.resource_name, "nvidia.com/rails_numa0");
+
+    // NUMA 1: all VFs of 9a and c0, VFs 0-3 of ibp206s0 and ibp220s0; no topology.
+    let mut s1 = list_and_watch(&mut regs[0].client).await;
+    let l1 = wait_list(&mut s1, "24 devices", |l| l.len() == 24).await;
+    assert!(
+        l1.iter()
+            .all(|d| d.topology.is_none() && d.health == "Healthy")
+    );
+    assert!(l1.iter().any(|d| d.id == "0000:dc:00.4"));
+    assert!(!l1.iter().any(|d| d.id == "0000:dc:00.5"));
+    // NUMA 0: every VF of the four NUMA 0 compute PFs, with topology.
+    let mut s0 = list_and_watch(&mut regs[1].client).await;
+    let l0 = wait_list(&mut s0, "32 devices", |l| l.len() == 32).await;
+    assert!(l0.iter().all(|d| numa_of(d) == Some(0)));
+}
+
+/// The ConfigMap shipped in `deploy/` selects all 64 compute VFs of the DGX H200.
+#[test]
+fn the_deployed_configmap_selects_every_compute_vf() {
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/device-plugin/configmap.yaml"),
+    )
+    .unwrap();
+    // The `config.json: |` block scalar, de-indented (no YAML parser needed for it).
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("config.json: |"));
+    let head = lines.next().expect("config.json block");
+    let indent = head.len() - head.trim_start().len();
+    let text: String = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+        .map(|l| format!("{}\n", l.get(indent + 2..).unwrap_or("")))
+        .collect();
+    let c = Config::parse(&text, Path::new("configmap.yaml")).unwrap();
+    let sim = SimOptions::dgx_h200().no_links().build().unwrap();
+    let root = HostRoot::new(sim.root()).unwrap();
+    let (_m, rx) = Monitor::new(Node::scan(&root, None).unwrap(), &c);
+    let set = rx[0].borrow();
+    assert_eq!(set.devices.len(), 64);
+    assert!(set.devices.values().all(|d| d.health.is_healthy()));
+}

@@ -1,0 +1,498 @@
+//! The real plugin binary against the fake kubelet (a tonic Registration server and
+//! DevicePlugin client on unix sockets in a temp dir) on the simulated DGX H200.
+//! The sim is built without real links (no root needed) except where a test moves a VF
+//! netdev into a namespace.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use railvf_proto::fake_kubelet::FakeKubelet;
+use railvf_proto::v1beta1::{
+    AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, DeviceSpec,
+    Empty, PreferredAllocationRequest,
+};
+use railvf_sim::{Fault, SimNode, SimOptions};
+use support::*;
+use tonic::Code;
+
+fn sim() -> SimNode {
+    SimOptions::dgx_h200().no_links().build().expect("sim")
+}
+
+struct Env {
+    sim: SimNode,
+    _tmp: tempfile::TempDir,
+    dirs: Dirs,
+    kubelet: FakeKubelet,
+    plugin: Plugin,
+}
+
+async fn start() -> Env {
+    let sim = sim();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let plugin = Plugin::start(sim.root(), &dirs, None, &[]);
+    Env {
+        sim,
+        _tmp: tmp,
+        dirs,
+        kubelet,
+        plugin,
+    }
+}
+
+fn pref_req(available: &[String], must: &[String], size: i32) -> PreferredAllocationRequest {
+    PreferredAllocationRequest {
+        container_requests: vec![ContainerPreferredAllocationRequest {
+            available_device_i_ds: available.to_vec(),
+            must_include_device_i_ds: must.to_vec(),
+            allocation_size: size,
+        }],
+    }
+}
+
+fn alloc_req(ids: &[&str]) -> AllocateRequest {
+    AllocateRequest {
+        container_requests: vec![ContainerAllocateRequest {
+            devices_ids: ids.iter().map(|s| s.to_string()).collect(),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn registers_and_lists_64_vfs_with_numa() {
+    let mut e = start().await;
+    let reg = registration(&mut e.kubelet, &e.plugin).await;
+    assert_eq!(reg.request.resource_name, RESOURCE);
+    assert_eq!(reg.request.version, "v1beta1");
+    assert_eq!(reg.request.endpoint, "railvf-dgx_h200_vfs.sock");
+    assert!(
+        reg.request
+            .options
+            .as_ref()
+            .is_some_and(|o| o.get_preferred_allocation_available && !o.pre_start_required)
+    );
+    // kubelet called GetDevicePluginOptions inside Register: the plugin was serving.
+    assert!(reg.options.get_preferred_allocation_available);
+
+    let mut client = reg.client;
+    let mut stream = list_and_watch(&mut client).await;
+    let list = wait_list(&mut stream, "64 devices", |l| l.len() == 64).await;
+    let by_id: BTreeMap<&str, _> = list.iter().map(|d| (d.id.as_str(), d)).collect();
+    for vf in e.sim.vfs() {
+        let d = by_id
+            .get(vf.pci.to_string().as_str())
+            .unwrap_or_else(|| panic!("{} not advertised", vf.pci));
+        assert_eq!(d.health, "Healthy", "{}", vf.pci);
+        assert_eq!(numa_of(d), Some(i64::from(vf.numa)), "{}", vf.pci);
+    }
+    // DGX facts: rails 0-3 (mlx5_0,3,4,5) on NUMA 0, rails 4-7 on NUMA 1.
+    assert_eq!(list.iter().filter(|d| numa_of(d) == Some(0)).count(), 32);
+    assert_eq!(list.iter().filter(|d| numa_of(d) == Some(1)).count(), 32);
+    assert_eq!(numa_of(by_id["0000:18:00.1"]), Some(0));
+    assert_eq!(numa_of(by_id["0000:dc:00.1"]), Some(1));
+    e.plugin.assert_running();
+}
+
+#[tokio::test]
+async fn preferred_allocation_is_rail_aware() {
+    let mut e = start().await;
+    let mut client = registration(&mut e.kubelet, &e.plugin).await.client;
+    let vfs = e.sim.vfs();
+    let rail: BTreeMap<String, u32> = vfs
+        .iter()
+        .map(|v| (v.pci.to_string(), v.rail.unwrap()))
+        .collect();
+    let numa: BTreeMap<String, i32> = vfs.iter().map(|v| (v.pci.to_string(), v.numa)).collect();
+    let all: Vec<String> = vfs.iter().map(|v| v.pci.to_string()).collect();
+
+    // 8 VFs: one per rail.
+    let r = client
+        .get_preferred_allocation(pref_req(&all, &[], 8))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = &r.container_responses[0].device_i_ds;
+    assert_eq!(got.len(), 8);
+    let rails: BTreeSet<u32> = got.iter().map(|i| rail[i]).collect();
+    assert_eq!(rails, (0..8).collect(), "{got:?}");
+    assert!(got.iter().all(|i| all.contains(i)));
+    // Deterministic for the same input.
+    let again = client
+        .get_preferred_allocation(pref_req(&all, &[], 8))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(&again.container_responses[0].device_i_ds, got);
+
+    // 4 VFs when only NUMA 0's VFs are available: inside NUMA 0, on 4 rails.
+    let numa0: Vec<String> = all.iter().filter(|i| numa[*i] == 0).cloned().collect();
+    let r = client
+        .get_preferred_allocation(pref_req(&numa0, &[], 4))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = &r.container_responses[0].device_i_ds;
+    assert_eq!(got.len(), 4);
+    assert!(
+        got.iter().all(|i| numa[i] == 0 && numa0.contains(i)),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.iter().map(|i| rail[i]).collect::<BTreeSet<_>>().len(),
+        4
+    );
+
+    // With everything available, 4 VFs still stay on one NUMA node.
+    let r = client
+        .get_preferred_allocation(pref_req(&all, &[], 4))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = &r.container_responses[0].device_i_ds;
+    assert_eq!(
+        got.iter().map(|i| numa[i]).collect::<BTreeSet<_>>().len(),
+        1
+    );
+
+    // must_include is honoured and pulls the rest onto its NUMA node.
+    let must = vec!["0000:dc:00.4".to_string()];
+    let r = client
+        .get_preferred_allocation(pref_req(&all, &must, 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = &r.container_responses[0].device_i_ds;
+    assert!(got.contains(&must[0]));
+    assert!(got.iter().all(|i| numa[i] == 1), "{got:?}");
+
+    // Invalid sizes and IDs are refused with InvalidArgument; the plugin keeps serving.
+    for (avail, must, size) in [
+        (all.clone(), vec![], 0),
+        (all[..3].to_vec(), vec![], 4),
+        (all.clone(), all[..3].to_vec(), 2),
+        (vec!["0000:00:00.0".to_string()], vec![], 1),
+        (all[..3].to_vec(), vec![all[5].clone()], 2),
+    ] {
+        let err = client
+            .get_preferred_allocation(pref_req(&avail, &must, size))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    }
+    client
+        .get_device_plugin_options(Empty {})
+        .await
+        .expect("still serving");
+}
+
+#[tokio::test]
+async fn allocate_returns_devices_env_and_devinfo() {
+    let mut e = start().await;
+    let mut client = registration(&mut e.kubelet, &e.plugin).await.client;
+    let a = e.sim.vf("0000:18:00.1").unwrap();
+    let b = e.sim.vf("0000:9a:00.2").unwrap();
+    let ids = [a.pci.to_string(), b.pci.to_string()];
+    let r = client
+        .allocate(alloc_req(&[&ids[0], &ids[1]]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.container_responses.len(), 1);
+    let c = &r.container_responses[0];
+    assert_eq!(
+        c.envs.get("PCIDEVICE_NVIDIA_COM_DGX_H200_VFS"),
+        Some(&format!("{},{}", ids[0], ids[1]))
+    );
+    assert_eq!(
+        c.envs.get("NCCL_IB_HCA"),
+        Some(&format!("={},{}", a.rdma_device, b.rdma_device))
+    );
+    assert_eq!(c.envs.len(), 2, "{:?}", c.envs);
+    let spec = |p: String| DeviceSpec {
+        container_path: p.clone(),
+        host_path: p,
+        permissions: "rw".into(),
+    };
+    assert_eq!(
+        c.devices,
+        vec![
+            spec(format!("/dev/infiniband/uverbs{}", a.uverbs)),
+            spec(format!("/dev/infiniband/uverbs{}", b.uverbs)),
+            spec("/dev/infiniband/rdma_cm".into()),
+        ]
+    );
+    assert!(c.mounts.is_empty());
+    // NPWG device-info 1.1.0, one file per VF.
+    for v in [&a, &b] {
+        let path = e
+            .dirs
+            .devinfo
+            .join(format!("nvidia.com-dgx_h200_vfs-{}-device.json", v.pci));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "pci", "version": "1.1.0", "pci": {
+                "pci-address": v.pci.to_string(),
+                "rdma-device": v.rdma_device,
+                "pf-pci-address": v.pf.to_string(),
+            }})
+        );
+    }
+
+    // Refusals: unknown ID (named), empty, oversized; the plugin keeps serving.
+    let err = client
+        .allocate(alloc_req(&["0000:29:00.1"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("0000:29:00.1"), "{err}");
+    let err = client
+        .allocate(alloc_req(&["not-a-pci-address"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("not-a-pci-address"), "{err}");
+    let err = client.allocate(alloc_req(&[])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let err = client
+        .allocate(AllocateRequest {
+            container_requests: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let too_many: Vec<String> = (0..65).map(|i| format!("0000:18:00.{}", i % 8)).collect();
+    let err = client
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: too_many,
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let err = client
+        .allocate(alloc_req(&[&ids[0], &ids[0]]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    client
+        .get_device_plugin_options(Empty {})
+        .await
+        .expect("still serving");
+
+    // An unhealthy VF is refused, naming it.
+    e.sim.inject_fault(b.pci, Fault::PortDown).unwrap();
+    let mut stream = list_and_watch(&mut client).await;
+    wait_list(&mut stream, "the VF Unhealthy", |l| {
+        health_of(l, &ids[1]) == Some("Unhealthy")
+    })
+    .await;
+    let err = client.allocate(alloc_req(&[&ids[1]])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains(&ids[1]) && err.message().contains("port_state"),
+        "{err}"
+    );
+
+    // SIGTERM: socket and device-info files removed, clean exit.
+    let st = e.plugin.terminate();
+    assert!(st.success(), "{st}; log:\n{}", e.plugin.log());
+    let left: Vec<_> = std::fs::read_dir(&e.dirs.devinfo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "device-info files left: {left:?}");
+    assert!(!e.dirs.kubelet.join("railvf-dgx_h200_vfs.sock").exists());
+}
+
+#[tokio::test]
+async fn health_changes_reach_the_open_stream() {
+    let mut e = start().await;
+    let mut client = registration(&mut e.kubelet, &e.plugin).await.client;
+    let mut stream = list_and_watch(&mut client).await;
+    wait_list(&mut stream, "64 healthy", |l| {
+        l.len() == 64 && l.iter().all(|d| d.health == "Healthy")
+    })
+    .await;
+    let vf = "0000:40:00.3";
+
+    // Port DOWN.
+    e.sim.inject_fault(vf, Fault::PortDown).unwrap();
+    let l = wait_list(&mut stream, "port down", |l| {
+        health_of(l, vf) == Some("Unhealthy")
+    })
+    .await;
+    assert_eq!(l.len(), 64, "an unhealthy VF stays in the list");
+    assert_eq!(l.iter().filter(|d| d.health == "Unhealthy").count(), 1);
+    e.sim.clear_fault(vf, Fault::PortDown).unwrap();
+    wait_list(&mut stream, "port up", |l| {
+        health_of(l, vf) == Some("Healthy")
+    })
+    .await;
+
+    // Driver unbound.
+    e.sim.unbind_driver(vf).unwrap();
+    let l = wait_list(&mut stream, "unbound", |l| {
+        health_of(l, vf) == Some("Unhealthy")
+    })
+    .await;
+    assert_eq!(l.len(), 64);
+    e.sim.bind_driver(vf).unwrap();
+    wait_list(&mut stream, "rebound", |l| {
+        health_of(l, vf) == Some("Healthy")
+    })
+    .await;
+
+    // The PF falls back to Ethernet: all 8 of its VFs.
+    e.sim
+        .set_link_layer("0000:40:00.0", railvf_sim::LinkLayer::Ethernet)
+        .unwrap();
+    wait_list(&mut stream, "link layer flip", |l| {
+        l.iter().filter(|d| d.health == "Unhealthy").count() == 8
+    })
+    .await;
+    e.sim
+        .set_link_layer("0000:40:00.0", railvf_sim::LinkLayer::InfiniBand)
+        .unwrap();
+    wait_list(&mut stream, "InfiniBand again", |l| {
+        l.iter().all(|d| d.health == "Healthy")
+    })
+    .await;
+
+    // VFs removed and added under a PF.
+    e.sim.set_num_vfs("0000:dc:00.0", 4).unwrap();
+    wait_list(&mut stream, "60 devices", |l| l.len() == 60).await;
+    e.sim.set_num_vfs("0000:dc:00.0", 8).unwrap();
+    wait_list(&mut stream, "64 devices again", |l| {
+        l.len() == 64 && l.iter().all(|d| d.health == "Healthy")
+    })
+    .await;
+    let log = e.plugin.log();
+    assert!(
+        log.contains("port_state"),
+        "the log names the failed check:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn kubelet_restart_is_followed_by_re_registration() {
+    let mut e = start().await;
+    let first = registration(&mut e.kubelet, &e.plugin).await;
+    let mut old_stream = list_and_watch(&mut first.client.clone()).await;
+    wait_list(&mut old_stream, "64 devices", |l| l.len() == 64).await;
+
+    // kubelet restarts: socket directory wiped, kubelet.sock re-created.
+    e.kubelet.restart().await.unwrap();
+    let restarted = std::time::Instant::now();
+    let second = registration(&mut e.kubelet, &e.plugin).await;
+    // Informational only (the contract is 1 s; tests do not assert wall-clock times).
+    eprintln!(
+        "re-registered {:?} after the kubelet restart",
+        second.at - restarted
+    );
+    assert_eq!(second.request.resource_name, RESOURCE);
+    assert!(second.at >= first.at);
+    let mut client = second.client;
+    let mut stream = list_and_watch(&mut client).await;
+    wait_list(&mut stream, "64 devices after restart", |l| l.len() == 64).await;
+    assert!(e.dirs.kubelet.join("railvf-dgx_h200_vfs.sock").exists());
+
+    // And once more, with kubelet down for a while in between.
+    e.kubelet.stop().await;
+    for f in std::fs::read_dir(&e.dirs.kubelet).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    e.kubelet.serve().unwrap();
+    let third = registration(&mut e.kubelet, &e.plugin).await;
+    assert_eq!(third.request.resource_name, RESOURCE);
+    e.plugin.assert_running();
+}
+
+#[tokio::test]
+async fn kubelet_not_up_yet_is_retried() {
+    let sim = sim();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let mut kubelet = FakeKubelet::not_started(&dirs.kubelet);
+    let mut plugin = Plugin::start(sim.root(), &dirs, None, &[]);
+    // Wait until the plugin has tried and said why it cannot register.
+    let deadline = std::time::Instant::now() + GUARD;
+    while !plugin.log().contains("kubelet is not running yet") {
+        plugin.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "log:\n{}",
+            plugin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(kubelet.try_next_registration().is_none());
+    kubelet.serve().unwrap();
+    let reg = registration(&mut kubelet, &plugin).await;
+    assert_eq!(reg.request.resource_name, RESOURCE);
+}
+
+/// A VF moved into a pod with RDMA isolation: its netdev and RDMA device leave the host's
+/// sysfs view. After a plugin restart it is still advertised and Healthy; it follows its
+/// PF's port.
+#[tokio::test]
+async fn a_vf_in_a_pod_with_rdma_isolation_stays_advertised() {
+    let mut e = start().await;
+    let _ = registration(&mut e.kubelet, &e.plugin).await;
+    let vf = e.sim.vf("0000:5e:00.2").unwrap();
+    for sub in ["net", "infiniband", "infiniband_verbs"] {
+        std::fs::remove_dir_all(vf.sysfs_dir.join(sub)).unwrap();
+    }
+    e.plugin.terminate();
+    let plugin = Plugin::start(e.sim.root(), &e.dirs, None, &[]);
+    let mut client = registration(&mut e.kubelet, &plugin).await.client;
+    let mut stream = list_and_watch(&mut client).await;
+    let id = vf.pci.to_string();
+    let l = wait_list(&mut stream, "64 devices", |l| l.len() == 64).await;
+    assert_eq!(health_of(&l, &id), Some("Healthy"));
+    // It is in use: Allocate says so instead of handing it out without its RDMA device.
+    let err = client.allocate(alloc_req(&[&id])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("in use"), "{err}");
+    // Its PF's port going down makes it Unhealthy (only the PF's files change: the VF's
+    // are out of sight).
+    e.sim
+        .set_port_state(
+            vf.pf,
+            railvf_sim::PortState::Down,
+            railvf_sim::PhysState::Disabled,
+        )
+        .unwrap();
+    wait_list(&mut stream, "PF down", |l| {
+        health_of(l, &id) == Some("Unhealthy")
+    })
+    .await;
+}
+
+/// The same with a real move of the VF netdev into a pod namespace (needs root).
+#[tokio::test]
+async fn a_vf_moved_into_a_pod_namespace_survives_a_plugin_restart() {
+    if !railvf_sim::require_root() {
+        return;
+    }
+    let sim = SimOptions::dgx_h200().build().expect("sim with links");
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let vf = sim.vf("0000:c0:00.1").unwrap();
+    let pod = railvf_sim::TestNetns::new().unwrap();
+    railvf_sim::ip(&["link", "set", &vf.netdev, "netns", pod.name()]).unwrap();
+    sim.wait_netdev(vf.pci, None, GUARD).unwrap();
+    let plugin = Plugin::start(sim.root(), &dirs, None, &[]);
+    let mut client = registration(&mut kubelet, &plugin).await.client;
+    let mut stream = list_and_watch(&mut client).await;
+    let l = wait_list(&mut stream, "64 devices", |l| l.len() == 64).await;
+    assert_eq!(health_of(&l, &vf.pci.to_string()), Some("Healthy"));
+}
