@@ -1,1 +1,87 @@
-fn main() {}
+//! `railvf`: the CNI plugin's command line. Reads `CNI_COMMAND` and stdin, dispatches to the
+//! verb, prints the result or the spec's error object on stdout, exits non-zero on error.
+//! Logs go to stderr or `logFile`, never to stdout.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use railvf_cni::env::{Command, Env};
+use railvf_cni::error::CniError;
+use railvf_cni::net::rtnl::Rtnl;
+use railvf_cni::netconf::{self, MAX_CONFIG_BYTES, NetConf};
+use railvf_cni::version::{self, Version};
+use railvf_cni::{Ctx, add, check, del, gc, log, log_error, status};
+
+fn main() -> ExitCode {
+    let mut stdin = Vec::new();
+    let (version, outcome) = run(&mut stdin);
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Ok(Some(text)) => {
+            let _ = writeln!(out, "{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            log_error!("{e}");
+            let v = version
+                .or_else(|| netconf::sniff_version(&stdin))
+                .unwrap_or(Version::LATEST);
+            let _ = writeln!(out, "{}", e.to_json(v));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError>) {
+    let env = match Env::from_lookup(|k| std::env::var_os(k)) {
+        Ok(e) => e,
+        Err(e) => return (None, Err(e)),
+    };
+    if let Err(e) = std::io::stdin().take(MAX_CONFIG_BYTES).read_to_end(stdin) {
+        return (
+            None,
+            Err(CniError::new(
+                railvf_cni::error::code::IO,
+                format!("reading the network config from stdin: {e}"),
+                "the runtime must pass the network config on stdin",
+            )),
+        );
+    }
+    if env.command == Command::Version {
+        return (None, Ok(Some(version::exec())));
+    }
+    let conf = match NetConf::parse(stdin) {
+        Ok(c) => c,
+        Err(e) => return (None, Err(e)),
+    };
+    let v = Some(conf.version);
+    let file = match &conf.log_file {
+        Some(p) => match log::open_log_file(p, &env.log_dir) {
+            Ok(f) => Some(f),
+            Err(e) => return (v, Err(e)),
+        },
+        None => None,
+    };
+    log::init(
+        conf.log_level,
+        file,
+        format!(
+            "{} {}/{}: ",
+            env.command.as_str(),
+            env.container_id.as_deref().unwrap_or("-"),
+            env.ifname.as_deref().unwrap_or("-")
+        ),
+    );
+    let links = Rtnl::new();
+    let ctx = Ctx::new(&env, &links);
+    let res = match env.command {
+        Command::Add => add::exec(&ctx, &conf).map(Some),
+        Command::Del => del::exec(&ctx, &conf).map(|()| None),
+        Command::Check => check::exec(&ctx, &conf).map(|()| None),
+        Command::Status => status::exec(&ctx, &conf).map(|()| None),
+        Command::Gc => gc::exec(&ctx, &conf).map(|()| None),
+        Command::Version => Ok(Some(version::exec())),
+    };
+    (v, res)
+}

@@ -1,0 +1,514 @@
+//! ADD: attach the VF to the pod and return only when it is RDMA-ready.
+//!
+//! Order: resolve the VF (host model) → per-VF lock → settle older attachments of this VF →
+//! pre-flight (driver, host ownership) → record state → GUID + rebind → VF settings → move +
+//! rename → MTU → up → IPAM → addresses and routes → readiness gate → RDMA device → result.
+//! Any failure after the state is recorded rolls everything back (see [`crate::teardown`]).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use railvf_host::{Check, Vf};
+
+use crate::Ctx;
+use crate::error::{CniError, code};
+use crate::gate::{self, GateError};
+use crate::guid;
+use crate::ipam::{Call, Plugin};
+use crate::net::{Link, NetError, Netns};
+use crate::netconf::NetConf;
+use crate::result::{CniResult, Interface};
+use crate::state::{
+    self, Attachment, GuidChange, HostLink, SCHEMA, StateDir, VfChange, VfSettingsRecord,
+};
+use crate::teardown::{self, Options};
+use crate::vf::{self, VfId};
+
+/// How long ADD waits for a VF's netdev that is not (yet) in the host namespace.
+const HOST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub(crate) fn net_err(what: impl std::fmt::Display, e: NetError) -> CniError {
+    let hint = match &e {
+        NetError::Kernel { source, .. } if source.raw_os_error() == Some(17) => {
+            "an interface with that name already exists in the pod netns: use another CNI_IFNAME (Multus: the interface name in the network selection annotation)"
+        }
+        NetError::Unsupported { .. } => {
+            "this host's kernel or driver lacks the feature; see docs/cni.md for which settings need what"
+        }
+        NetError::Netns { .. } => {
+            "the pod's network namespace is gone or unreadable: the runtime tore the sandbox down"
+        }
+        _ => "check dmesg and `ip link` on the host",
+    };
+    CniError::new(code::KERNEL, format!("{what}: {e}"), hint)
+}
+
+pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<String, CniError> {
+    let cid = ctx.env.require_container_id()?;
+    let ifname = ctx.env.require_ifname()?;
+    let netns = ctx.env.require_netns()?;
+    let network = conf.require_name()?;
+    let addr = conf.device.ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "no VF given: expected \"deviceID\", \"pciBusID\" or \"runtimeConfig.deviceID\" with the VF's PCI address",
+            "Multus adds deviceID from the device plugin's allocation when the NetworkAttachmentDefinition has the k8s.v1.cni.cncf.io/resourceName annotation and the pod requests that resource",
+        )
+    })?;
+    if !netns.exists() {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_NETNS {} does not exist", netns.display()),
+            "the runtime passed a network namespace that is already gone",
+        ));
+    }
+    let vf = vf::resolve(ctx.root(), addr)?;
+    let _lock = ctx.state.lock_vf(ctx.root(), &addr)?;
+    locked(ctx, conf, vf, cid, ifname, network, netns)
+}
+
+fn locked(
+    ctx: &Ctx<'_>,
+    conf: &NetConf,
+    mut vf: Vf,
+    cid: &str,
+    ifname: &str,
+    network: &str,
+    netns: &Path,
+) -> Result<String, CniError> {
+    let root = ctx.root();
+    let addr = vf.function.addr;
+    if settle(ctx, &vf, cid, ifname)? {
+        vf = vf::resolve(root, addr)?;
+    }
+    // A short wait covers a VF still on its way back from a netns being destroyed.
+    let link = vf::wait_in_host(root, ctx.links, &addr, HOST_WAIT)?.ok_or_else(|| {
+        CniError::new(
+            code::VF_NOT_IN_HOST,
+            format!(
+                "VF {addr} has no netdev in the host network namespace ({}/net is empty), and railvf has no attachment of it",
+                root.pci_device(&addr).display()
+            ),
+            format!(
+                "another CNI plugin or a person moved it into a namespace; `ip netns identify` / `ip -all netns exec ip link` finds it; railvf's state is in {}",
+                ctx.state.path().display()
+            ),
+        )
+    })?;
+    preflight(ctx, conf, &vf)?;
+
+    let id = VfId::from(&vf);
+    let need_pf = conf.has_vf_settings()
+        || (conf.guid.is_some() && guid::method(root, &id) == crate::state::GuidMethod::Netlink);
+    let pf_ifindex = if need_pf {
+        Some(vf::pf_ifindex(root, ctx.links, &vf.pf, &addr)?)
+    } else {
+        None
+    };
+    let guid_change = conf.guid.and_then(|target| {
+        let method = guid::method(root, &id);
+        let previous = guid::current(root, &id, method);
+        (previous != Some(target)).then_some(GuidChange {
+            method,
+            previous,
+            target,
+        })
+    });
+    let vf_change = match pf_ifindex.filter(|_| conf.has_vf_settings()) {
+        None => None,
+        Some(pf) => {
+            let now = ctx
+                .links
+                .vf_settings(pf, vf.index)
+                .map_err(|e| net_err(format!("reading VF {} settings through its PF", addr), e))?;
+            Some(VfChange {
+                pf_ifindex: pf,
+                previous: VfSettingsRecord::from(&only_changed(&conf.vf, &now)),
+            })
+        }
+    };
+    let mut st = Attachment {
+        schema: SCHEMA,
+        network: network.to_string(),
+        container_id: cid.to_string(),
+        ifname: ifname.to_string(),
+        netns: Some(netns.to_path_buf()),
+        vf: addr,
+        pf: vf.pf,
+        vf_index: vf.index,
+        host: host_link(&link),
+        guid: guid_change,
+        vf_settings: vf_change,
+        moving: Some(host_link(&link)),
+        pod_ifindex: None,
+        rdma_device: if conf.rdma_isolation {
+            Some(vf::rdma_device(root, &addr).ok_or_else(|| {
+                CniError::new(
+                    code::BAD_DEVICE,
+                    format!("rdmaIsolation is set but VF {addr} has no RDMA device"),
+                    "load mlx5_ib (modprobe mlx5_ib), or remove rdmaIsolation",
+                )
+            })?)
+        } else {
+            None
+        },
+        ipam: conf.ipam_type.is_some(),
+        ipam_called: false,
+        netconf: String::from_utf8_lossy(&conf.raw).into_owned(),
+        cni_args: ctx.env.args.clone(),
+        created_unix: state::now_unix(),
+    };
+    // Recorded before the first change, with everything teardown needs: from here on DEL
+    // can always converge. ADD does not rewrite it unless a GUID rebind changes the VF.
+    ctx.state.save(&st)?;
+    crate::log_info!(
+        "attaching VF {addr} ({}, PF {} VF {}) as {ifname} in {}",
+        link.name,
+        vf.pf,
+        vf.index,
+        netns.display()
+    );
+    match attach(ctx, conf, &mut st, link, pf_ifindex) {
+        Ok(out) => Ok(out),
+        Err(e) => {
+            crate::log_warn!("ADD failed, rolling back: {e}");
+            let report = teardown::converge(
+                ctx,
+                &st,
+                Options {
+                    netns: Some(netns),
+                    ipam: st.ipam_called,
+                },
+            );
+            if report.ok()
+                && let Err(se) = ctx.state.remove(cid, ifname)
+            {
+                return Err(e.with_detail(format!("{}; {se}", report.summary())));
+            }
+            Err(e.with_detail(report.summary()))
+        }
+    }
+}
+
+fn attach(
+    ctx: &Ctx<'_>,
+    conf: &NetConf,
+    st: &mut Attachment,
+    mut link: Link,
+    pf_ifindex: Option<u32>,
+) -> Result<String, CniError> {
+    let root = ctx.root();
+    let links = ctx.links;
+    let id = VfId {
+        addr: st.vf,
+        pf: st.pf,
+        index: st.vf_index,
+    };
+    let netns_path = st.netns.clone().unwrap_or_default();
+    let ns = Netns::path(&netns_path);
+
+    if let Some(g) = &st.guid {
+        guid::set(root, links, g.method, &id, pf_ifindex, g.target)?;
+        guid::rebind(root, &st.vf)?;
+        link = vf::wait_in_host(root, links, &st.vf, guid::REBIND_WAIT)?.ok_or(
+            guid::GuidError::NoNetdevAfterRebind {
+                vf: st.vf,
+                guid: g.target,
+                secs: guid::REBIND_WAIT.as_secs(),
+            },
+        )?;
+        crate::log_info!(
+            "GUID {} set on VF {} ({:?}), driver rebound",
+            g.target,
+            st.vf,
+            g.method
+        );
+        // A real rebind re-creates the netdev (new ifindex, maybe a new name) and the RDMA
+        // device: record what will be moved.
+        let rdma = st.rdma_device.as_ref().and(vf::rdma_device(root, &st.vf));
+        if st.moving.as_ref() != Some(&host_link(&link)) || rdma != st.rdma_device {
+            st.moving = Some(host_link(&link));
+            st.rdma_device = rdma.or(st.rdma_device.take());
+            ctx.state.save(st)?;
+        }
+    }
+    if let Some(vc) = &st.vf_settings {
+        links
+            .set_vf(vc.pf_ifindex, st.vf_index, &conf.vf)
+            .map_err(|e| net_err(format!("applying VF {} settings through its PF", st.vf), e))?;
+    }
+
+    let moved = links
+        .move_link(&Netns::Host, link.ifindex, &ns, &st.ifname)
+        .map_err(|e| {
+            net_err(
+                format!(
+                    "moving {} into {} as {}",
+                    link.name,
+                    netns_path.display(),
+                    st.ifname
+                ),
+                e,
+            )
+        })?;
+    st.pod_ifindex = Some(moved.ifindex);
+    let idx = moved.ifindex;
+    if let Some(mtu) = conf.mtu {
+        links
+            .set_mtu(&ns, idx, mtu)
+            .map_err(|e| net_err(format!("setting MTU {mtu} on {}", st.ifname), e))?;
+    }
+    links
+        .set_up(&ns, idx, true)
+        .map_err(|e| net_err(format!("setting {} up", st.ifname), e))?;
+
+    let mut result = CniResult::default();
+    if let Some(t) = &conf.ipam_type {
+        let plugin = Plugin::find(t, &ctx.env.cni_path)?;
+        st.ipam_called = true;
+        let call = Call {
+            command: "ADD",
+            container_id: Some(&st.container_id),
+            netns: Some(&netns_path),
+            ifname: Some(&st.ifname),
+            args: ctx.env.args.as_deref(),
+            cni_path: &ctx.env.cni_path,
+        };
+        result = plugin.add(&call, &conf.raw)?;
+        apply_ipam(links, &ns, idx, &st.ifname, &result)?;
+    }
+
+    let exp = conf.readiness.expectations;
+    let ready = gate::wait(
+        root,
+        &st.vf,
+        &exp,
+        conf.readiness.timeout,
+        st.guid.as_ref().map(|g| g.target),
+    )
+    .map_err(|e: GateError| {
+        crate::log_warn!("{e}");
+        CniError::from(e)
+    })?;
+    crate::log_debug!("readiness: {:?}", ready.outcomes);
+
+    // After the gate: the host's sysfs stops showing the RDMA device once it moves.
+    if let Some(dev) = &st.rdma_device {
+        links
+            .move_rdma_device(dev, &Netns::Host, &ns)
+            .map_err(|e| net_err(format!("moving RDMA device {dev} into the pod netns"), e))?;
+    }
+    let now = links
+        .link_by_index(&ns, idx)
+        .ok()
+        .flatten()
+        .unwrap_or(moved);
+    result.interfaces = vec![Interface {
+        name: st.ifname.clone(),
+        mac: now.mac.clone(),
+        mtu: Some(now.mtu),
+        sandbox: Some(netns_path.display().to_string()),
+        pci_id: Some(st.vf.to_string()),
+    }];
+    for ip in &mut result.ips {
+        ip.interface = Some(0);
+    }
+    crate::log_info!(
+        "VF {} attached as {} ({} addresses) and RDMA-ready",
+        st.vf,
+        st.ifname,
+        result.ips.len()
+    );
+    Ok(result.to_json(conf.version).to_string())
+}
+
+/// Adds IPAM's addresses and routes inside the pod netns. A route without a gateway takes
+/// the gateway of its address family (as the reference plugins' `ConfigureIface` does).
+pub(crate) fn apply_ipam(
+    links: &dyn crate::net::LinkOps,
+    ns: &Netns,
+    idx: u32,
+    ifname: &str,
+    res: &CniResult,
+) -> Result<(), CniError> {
+    for ip in &res.ips {
+        links.add_address(ns, idx, ip.address).map_err(|e| {
+            net_err(
+                format!(
+                    "adding {} to {ifname}",
+                    crate::result::fmt_ipnet(&ip.address)
+                ),
+                e,
+            )
+        })?;
+    }
+    let gw4 = res
+        .ips
+        .iter()
+        .filter_map(|i| i.gateway)
+        .find(IpAddr::is_ipv4);
+    let gw6 = res
+        .ips
+        .iter()
+        .filter_map(|i| i.gateway)
+        .find(IpAddr::is_ipv6);
+    for r in &res.routes {
+        let gw = r.gw.or(if r.dst.addr.is_ipv4() { gw4 } else { gw6 });
+        match links.add_route(ns, idx, r.dst, gw) {
+            Ok(()) => {}
+            // The kernel already has it (e.g. the subnet route of an address): fine.
+            Err(NetError::Kernel { source, .. }) if source.raw_os_error() == Some(17) => {}
+            Err(e) => {
+                return Err(net_err(
+                    format!(
+                        "adding route {} via {} on {ifname}",
+                        crate::result::fmt_ipnet(&r.dst),
+                        gw.map(|g| g.to_string()).unwrap_or_else(|| "link".into())
+                    ),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn host_link(l: &Link) -> HostLink {
+    HostLink {
+        name: l.name.clone(),
+        ifindex: l.ifindex,
+        mtu: l.mtu,
+        mac: l.mac.clone(),
+        up: l.up,
+    }
+}
+
+/// The current values of exactly the fields `want` sets (what DEL must restore).
+fn only_changed(
+    want: &crate::net::VfSettings,
+    now: &crate::net::VfSettings,
+) -> crate::net::VfSettings {
+    crate::net::VfSettings {
+        mac: want.mac.and(now.mac),
+        vlan: want.vlan.and(now.vlan),
+        spoofchk: want.spoofchk.and(now.spoofchk),
+        trust: want.trust.and(now.trust),
+        rate: want.rate.and(now.rate),
+        link_state: want.link_state.and(now.link_state),
+    }
+}
+
+/// Checks that cannot be fixed by ADD and must hold before anything changes.
+fn preflight(ctx: &Ctx<'_>, conf: &NetConf, vf: &Vf) -> Result<(), CniError> {
+    let r = railvf_host::readiness::evaluate(
+        ctx.root(),
+        &vf.function,
+        &conf.readiness.expectations,
+        &[Check::Driver, Check::Ownership],
+    );
+    if r.is_ready() {
+        return Ok(());
+    }
+    Err(GateError::NotReady {
+        vf: vf.function.addr,
+        readiness: r,
+        waited: std::time::Duration::ZERO,
+        permanent: true,
+    }
+    .into())
+}
+
+/// Deals with older state naming this VF or this attachment: a live attachment of another
+/// pod is refused; anything stale (an ADD killed midway, a pod whose netns is gone, a
+/// repeated ADD) is torn down first. Returns whether anything was torn down.
+fn settle(ctx: &Ctx<'_>, vf: &Vf, cid: &str, ifname: &str) -> Result<bool, CniError> {
+    let addr = vf.function.addr;
+    let mut settled = false;
+    // Only the files of this VF or of this attachment are read (the name says which).
+    let entries = ctx
+        .state
+        .list_where(|v, tail| *v == addr || StateDir::is_attachment(tail, cid, ifname))?;
+    for (path, entry) in entries {
+        let other = match entry {
+            Ok(a) => a,
+            Err(e) => {
+                // A corrupt file of this very attachment is ours to replace.
+                let mine = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.get(13..))
+                    .is_some_and(|t| StateDir::is_attachment(t, cid, ifname));
+                if mine {
+                    crate::log_warn!("replacing unreadable state: {e}");
+                    ctx.state.remove_path(&path)?;
+                }
+                continue;
+            }
+        };
+        let same_attachment = other.key() == (cid, ifname);
+        if other.vf != addr && !same_attachment {
+            continue;
+        }
+        if other.vf != addr {
+            // This attachment was on another VF (a retried ADD with a new deviceID).
+            return Err(CniError::new(
+                code::VF_BUSY,
+                format!(
+                    "container {cid} already has {ifname} attached on VF {} (state {}), and this ADD asks for VF {addr}",
+                    other.vf,
+                    path.display()
+                ),
+                "the runtime must DEL the old attachment first; DEL with the same CNI_CONTAINERID/CNI_IFNAME releases it",
+            ));
+        }
+        let live = !same_attachment
+            && other.netns.as_deref().is_some_and(Path::exists)
+            && vf::find_in_host(ctx.root(), ctx.links, &addr)?.is_none();
+        if live {
+            return Err(CniError::new(
+                code::VF_BUSY,
+                format!(
+                    "VF {addr} is attached to container {} as {} (netns {}, network {}) since {}",
+                    other.container_id,
+                    other.ifname,
+                    other
+                        .netns
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    other.network,
+                    other.created_unix
+                ),
+                "two pods were given the same VF: check the device plugin (it must not allocate a VF twice) and delete the stale pod; DEL of that attachment frees the VF",
+            ));
+        }
+        crate::log_info!(
+            "taking over VF {addr}: tearing down stale attachment {}/{}",
+            other.container_id,
+            other.ifname
+        );
+        let report = teardown::converge(
+            ctx,
+            &other,
+            Options {
+                netns: None,
+                ipam: true,
+            },
+        );
+        if !report.ok() {
+            return Err(CniError::new(
+                code::TEARDOWN_INCOMPLETE,
+                format!(
+                    "VF {addr} has a stale attachment ({}/{}) that could not be undone: {}",
+                    other.container_id,
+                    other.ifname,
+                    report.errors.join("; ")
+                ),
+                format!("fix the problem and retry; the state is {}", path.display()),
+            ));
+        }
+        ctx.state.remove(&other.container_id, &other.ifname)?;
+        settled = true;
+    }
+    Ok(settled)
+}

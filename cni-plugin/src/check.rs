@@ -1,0 +1,145 @@
+//! CHECK: the attachment is still what ADD returned (interface, MAC, MTU, addresses from
+//! `prevResult`), the VF is still RDMA-ready, and IPAM agrees.
+
+use crate::Ctx;
+use crate::error::{CniError, code};
+use crate::gate::{self, GATE_CHECKS};
+use crate::ipam::{Call, Plugin};
+use crate::net::Netns;
+use crate::netconf::NetConf;
+use crate::result::{CniResult, fmt_ipnet};
+
+fn mismatch(msg: String) -> CniError {
+    CniError::new(
+        code::CHECK_MISMATCH,
+        msg,
+        "something changed the pod's interface after ADD; recreate the pod (the runtime does on CHECK failure)",
+    )
+}
+
+pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
+    if !conf.version.supports_check() {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("CHECK is not defined for cniVersion {}", conf.version),
+            "CHECK exists from cniVersion 0.4.0 on",
+        ));
+    }
+    let cid = ctx.env.require_container_id()?;
+    let ifname = ctx.env.require_ifname()?;
+    let netns = ctx.env.require_netns()?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "CHECK needs \"prevResult\" in the network config",
+            "the runtime passes the result of ADD as prevResult",
+        )
+    })?;
+    let prev = CniResult::parse(prev).map_err(|e| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("prevResult is unusable: {e}"),
+            "the runtime passes the result of ADD as prevResult",
+        )
+    })?;
+    let st = ctx.state.load(cid, ifname)?.ok_or_else(|| {
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!(
+                "railvf has no attachment {cid}/{ifname} (no state in {})",
+                ctx.state.path().display()
+            ),
+            "ADD did not run or did not succeed for this container and interface",
+        )
+    })?;
+
+    let ns = Netns::path(netns);
+    let link = ctx
+        .links
+        .link_by_name(&ns, ifname)
+        .map_err(|e| crate::add::net_err(format!("looking up {ifname} in {}", netns.display()), e))?
+        .ok_or_else(|| {
+            mismatch(format!(
+                "{ifname} is not in {}: expected the VF {} there",
+                netns.display(),
+                st.vf
+            ))
+        })?;
+    let sandbox = netns.display().to_string();
+    let mine = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == ifname && i.sandbox.as_deref().is_none_or(|s| s == sandbox));
+    if let Some(i) = mine.map(|i| &prev.interfaces[i]) {
+        if !i.mac.is_empty() && !i.mac.eq_ignore_ascii_case(&link.mac) {
+            return Err(mismatch(format!(
+                "{ifname} has MAC {}, expected {} (prevResult)",
+                link.mac, i.mac
+            )));
+        }
+        if let Some(mtu) = i.mtu
+            && mtu != link.mtu
+        {
+            return Err(mismatch(format!(
+                "{ifname} has MTU {}, expected {mtu} (prevResult)",
+                link.mtu
+            )));
+        }
+    }
+    if let Some(mtu) = conf.mtu
+        && mtu != link.mtu
+    {
+        return Err(mismatch(format!(
+            "{ifname} has MTU {}, expected {mtu} (config)",
+            link.mtu
+        )));
+    }
+    let have = ctx
+        .links
+        .addresses(&ns, link.ifindex)
+        .map_err(|e| crate::add::net_err(format!("listing addresses of {ifname}"), e))?;
+    for ip in &prev.ips {
+        let ours = match (ip.interface, mine) {
+            (Some(i), Some(m)) => i == m,
+            _ => true,
+        };
+        if ours && !have.contains(&ip.address) {
+            return Err(mismatch(format!(
+                "{ifname} lacks address {} from prevResult (has {})",
+                fmt_ipnet(&ip.address),
+                have.iter().map(fmt_ipnet).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+
+    // An RDMA device isolated in the pod netns is invisible in the host's sysfs: only what
+    // the host still sees can be checked then.
+    let checks: &[railvf_host::Check] = if st.rdma_device.is_some() {
+        &[railvf_host::Check::Driver]
+    } else {
+        &GATE_CHECKS
+    };
+    let r = gate::evaluate(ctx.root(), &st.vf, &conf.readiness.expectations, checks)?;
+    if !r.is_ready() {
+        return Err(gate::GateError::NotReady {
+            vf: st.vf,
+            readiness: r,
+            waited: std::time::Duration::ZERO,
+            permanent: false,
+        }
+        .into());
+    }
+
+    if let Some(t) = &conf.ipam_type {
+        let call = Call {
+            command: "CHECK",
+            container_id: Some(cid),
+            netns: Some(netns),
+            ifname: Some(ifname),
+            args: ctx.env.args.as_deref(),
+            cni_path: &ctx.env.cni_path,
+        };
+        Plugin::find(t, &ctx.env.cni_path)?.run(&call, &conf.raw)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! The readiness gate: ADD returns only when the VF is RDMA-ready.
+//!
+//! sysfs attributes (port state, LID) emit no inotify events, so the gate polls — every
+//! [`POLL`], which bounds the reaction to a LID appearing well under 10 ms. Failures that
+//! cannot become true by waiting (driver, link layer, …) end the wait at once.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use railvf_host::inventory;
+use railvf_host::readiness::{Outcome, Status};
+use railvf_host::{Check, Expectations, Guid, HostRoot, PciAddr, Readiness, host};
+
+use crate::error::{CniError, code};
+
+/// Poll interval: a few µs of sysfs reads per poll, so 2 ms is cheap and reacts fast.
+pub const POLL: Duration = Duration::from_millis(2);
+
+/// The checks ADD gates on. `ownership` is checked before the move (afterwards the netdev
+/// is no longer in the host namespace and the check would only say "skipped").
+pub const GATE_CHECKS: [Check; 7] = [
+    Check::Driver,
+    Check::Rdma,
+    Check::Guid,
+    Check::LinkLayer,
+    Check::PortState,
+    Check::Lid,
+    Check::Sm,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("VF {vf} is not RDMA-ready{}: {}", when(.waited, .permanent), .readiness.failure_summary())]
+    NotReady {
+        vf: PciAddr,
+        readiness: Readiness,
+        waited: Duration,
+        /// A failing check cannot become true without an operator.
+        permanent: bool,
+    },
+    #[error("VF {vf} vanished while waiting for readiness: {why}")]
+    Vanished { vf: PciAddr, why: String },
+}
+
+fn when(waited: &Duration, permanent: &bool) -> String {
+    if *permanent {
+        " (this will not change by waiting)".to_string()
+    } else {
+        format!(" after waiting {} ms", waited.as_millis())
+    }
+}
+
+impl From<GateError> for CniError {
+    fn from(e: GateError) -> Self {
+        let details = match &e {
+            GateError::NotReady { readiness, .. } => {
+                let mut fixes: Vec<String> = Vec::new();
+                for o in readiness.failures() {
+                    let f = format!("{}: {}", o.check, o.check.fix());
+                    if !fixes.contains(&f) {
+                        fixes.push(f);
+                    }
+                }
+                fixes.join("; ")
+            }
+            GateError::Vanished { .. } => {
+                "the VF disappeared (driver unbound or sriov_numvfs changed); check dmesg"
+                    .to_string()
+            }
+        };
+        CniError::new(code::TRY_AGAIN, e.to_string(), details)
+    }
+}
+
+/// Evaluates `checks` once on the VF.
+pub fn evaluate(
+    root: &HostRoot,
+    vf: &PciAddr,
+    exp: &Expectations,
+    checks: &[Check],
+) -> Result<Readiness, GateError> {
+    let f = inventory::read_function(root, *vf).map_err(|e| GateError::Vanished {
+        vf: *vf,
+        why: e.to_string(),
+    })?;
+    Ok(railvf_host::readiness::evaluate(root, &f, exp, checks))
+}
+
+/// Waits until every gate check passes, a failure is permanent, or `timeout` passes.
+/// `guid_set`: the GUID railvf just set (and rebound the driver for). Until the RDMA
+/// device shows it, `driver`, `rdma` and `guid` may still be settling and are waited for,
+/// and a LID still belongs to the old GUID, so the VF is not ready yet.
+pub fn wait(
+    root: &HostRoot,
+    vf: &PciAddr,
+    exp: &Expectations,
+    timeout: Duration,
+    guid_set: Option<Guid>,
+) -> Result<Readiness, GateError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut polls = 0u32;
+    let guid_just_set = guid_set.is_some();
+    loop {
+        let mut r = evaluate(root, vf, exp, &GATE_CHECKS)?;
+        if let Some(want) = guid_set {
+            expect_guid(root, vf, want, &mut r);
+        }
+        polls += 1;
+        if r.is_ready() {
+            crate::log_debug!(
+                "VF {vf} RDMA-ready after {} µs ({polls} polls)",
+                start.elapsed().as_micros()
+            );
+            return Ok(r);
+        }
+        let transient = |c: Check| {
+            c.can_become_true()
+                || (guid_just_set && matches!(c, Check::Driver | Check::Rdma | Check::Guid))
+        };
+        let permanent = r.failures().any(|o| !transient(o.check));
+        let now = Instant::now();
+        if permanent || now >= deadline {
+            return Err(GateError::NotReady {
+                vf: *vf,
+                readiness: r,
+                waited: now - start,
+                permanent,
+            });
+        }
+        // Between full evaluations, poll only the attributes of the failing checks: on real
+        // hardware each port attribute read is a query to the HCA, and a full evaluation
+        // reads a dozen files. Any change triggers a full evaluation again.
+        let watch = watched_files(root, vf, &r);
+        let before: Vec<Option<String>> = watch.iter().map(|p| host::read_attr(p).ok()).collect();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::sleep(POLL.min(deadline - now));
+            if watch.is_empty()
+                || watch
+                    .iter()
+                    .zip(&before)
+                    .any(|(p, b)| host::read_attr(p).ok() != *b)
+            {
+                break;
+            }
+        }
+    }
+}
+
+/// The sysfs attributes behind the failing checks, when those are only port attributes
+/// (empty: re-evaluate everything at every poll).
+fn watched_files(root: &HostRoot, vf: &PciAddr, r: &Readiness) -> Vec<PathBuf> {
+    let Some(dev) = crate::vf::rdma_device(root, vf) else {
+        return Vec::new();
+    };
+    let ib = root.pci_device(vf).join("infiniband").join(dev);
+    let port = ib.join("ports/1");
+    let mut files = Vec::new();
+    for o in r.failures() {
+        match o.check {
+            Check::PortState => {
+                files.push(port.join("state"));
+                files.push(port.join("phys_state"));
+            }
+            Check::Lid => files.push(port.join("lid")),
+            Check::Sm => files.push(port.join("sm_lid")),
+            Check::Guid => {
+                files.push(ib.join("node_guid"));
+                files.push(port.join("gids/0"));
+            }
+            // driver / rdma settling after a rebind: watch everything.
+            _ => return Vec::new(),
+        }
+    }
+    files
+}
+
+/// Adds a failing `guid` outcome while the VF's RDMA device does not show `want` yet.
+fn expect_guid(root: &HostRoot, vf: &PciAddr, want: Guid, r: &mut Readiness) {
+    let now = crate::vf::rdma_device(root, vf).and_then(|dev| {
+        let p = root
+            .pci_device(vf)
+            .join("infiniband")
+            .join(dev)
+            .join("node_guid");
+        host::read_attr(&p).ok()?.parse::<Guid>().ok()
+    });
+    if now != Some(want) {
+        r.outcomes.push(Outcome {
+            check: Check::Guid,
+            status: Status::Fail,
+            observed: match now {
+                Some(g) => format!("node_guid {g}"),
+                None => "no node_guid".to_string(),
+            },
+            expected: format!("node_guid {want}, the GUID railvf set"),
+        });
+    }
+}

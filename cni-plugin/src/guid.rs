@@ -1,0 +1,169 @@
+//! Setting a VF's InfiniBand GUID, then rebinding its driver so the firmware picks it up.
+//!
+//! Two ways, as on real hosts: MLNX_OFED/DOCA-OFED's `<pf>/sriov/<n>/{node,port}` files when
+//! the PF has them (the simulator has them too), else the kernel's netlink VF API on the PF
+//! (IFLA_VF_IB_NODE_GUID / IFLA_VF_IB_PORT_GUID). Node and port GUID get the same value,
+//! as ib-sriov-cni does.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use railvf_host::inventory::DRIVER_MLX5;
+use railvf_host::{Guid, HostRoot, PciAddr, host};
+
+use crate::error::{CniError, code};
+use crate::net::{LinkOps, NetError};
+use crate::state::GuidMethod;
+use crate::vf::VfId;
+
+/// How long a rebound VF may take to show its netdev again (mlx5 probes in ~1 s).
+pub const REBIND_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuidError {
+    #[error("writing GUID {guid} to {path}: {source}")]
+    Sysfs {
+        guid: Guid,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("setting GUID {guid} on VF {vf} (index {index}) through its PF: {source}")]
+    Netlink {
+        guid: Guid,
+        vf: PciAddr,
+        index: u32,
+        #[source]
+        source: NetError,
+    },
+    #[error("rebinding VF {vf} to mlx5_core: writing {path}: {source}")]
+    Rebind {
+        vf: PciAddr,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "VF {vf} has no netdev in the host namespace {secs} s after its driver was rebound (new GUID {guid})"
+    )]
+    NoNetdevAfterRebind { vf: PciAddr, guid: Guid, secs: u64 },
+}
+
+impl From<GuidError> for CniError {
+    fn from(e: GuidError) -> Self {
+        let details = match &e {
+            GuidError::Netlink { .. } => {
+                "the PF driver must support VF GUIDs (mlx5_core on a ConnectX in InfiniBand mode); check dmesg, or use MLNX_OFED's sriov sysfs files"
+            }
+            GuidError::NoNetdevAfterRebind { .. } => {
+                "check dmesg for mlx5_core probe errors of the VF; `echo <vf> > /sys/bus/pci/drivers/mlx5_core/bind` retries the probe"
+            }
+            _ => "check dmesg and that the VF and its PF are bound to mlx5_core",
+        };
+        CniError::new(code::GUID, e.to_string(), details)
+    }
+}
+
+fn ofed_dir(root: &HostRoot, pf: &PciAddr, index: u32) -> PathBuf {
+    root.pci_device(pf).join("sriov").join(index.to_string())
+}
+
+/// Which way this host sets GUIDs.
+pub fn method(root: &HostRoot, vf: &VfId) -> GuidMethod {
+    if ofed_dir(root, &vf.pf, vf.index).join("node").exists() {
+        GuidMethod::OfedSysfs
+    } else {
+        GuidMethod::Netlink
+    }
+}
+
+/// The VF's current node GUID: the OFED file when present, else its RDMA device's.
+pub fn current(root: &HostRoot, vf: &VfId, method: GuidMethod) -> Option<Guid> {
+    let path = match method {
+        GuidMethod::OfedSysfs => ofed_dir(root, &vf.pf, vf.index).join("node"),
+        GuidMethod::Netlink => {
+            let dev = crate::vf::rdma_device(root, &vf.addr)?;
+            root.pci_device(&vf.addr)
+                .join("infiniband")
+                .join(dev)
+                .join("node_guid")
+        }
+    };
+    host::read_attr(&path).ok()?.parse().ok()
+}
+
+/// Writes to an existing sysfs attribute; never creates a file.
+fn write_attr(path: &Path, value: &str) -> io::Result<()> {
+    let mut f = OpenOptions::new().write(true).truncate(true).open(path)?;
+    f.write_all(value.as_bytes())
+}
+
+/// Sets node and port GUID of VF `index` of `pf`.
+pub fn set(
+    root: &HostRoot,
+    links: &dyn LinkOps,
+    method: GuidMethod,
+    vf: &VfId,
+    pf_ifindex: Option<u32>,
+    guid: Guid,
+) -> Result<(), GuidError> {
+    let (vf_addr, pf, index) = (&vf.addr, &vf.pf, vf.index);
+    match method {
+        GuidMethod::OfedSysfs => {
+            let dir = ofed_dir(root, pf, index);
+            for f in ["node", "port"] {
+                let path = dir.join(f);
+                write_attr(&path, &format!("{}\n", guid.to_colon_bytes()))
+                    .map_err(|source| GuidError::Sysfs { guid, path, source })?;
+            }
+            Ok(())
+        }
+        GuidMethod::Netlink => {
+            let Some(ifindex) = pf_ifindex else {
+                return Err(GuidError::Netlink {
+                    guid,
+                    vf: *vf_addr,
+                    index,
+                    source: NetError::NoSuchLink {
+                        what: format!("netdev of PF {pf}"),
+                        ns: "the host netns".into(),
+                    },
+                });
+            };
+            links
+                .set_vf_guids(ifindex, index, guid, guid)
+                .map_err(|source| GuidError::Netlink {
+                    guid,
+                    vf: *vf_addr,
+                    index,
+                    source,
+                })
+        }
+    }
+}
+
+/// Unbinds and rebinds the VF's driver so the new GUID takes effect.
+pub fn rebind(root: &HostRoot, vf: &PciAddr) -> Result<(), GuidError> {
+    let drv = root.pci_driver(DRIVER_MLX5);
+    let unbind = drv.join("unbind");
+    // ENODEV: the VF was not bound (a previous rebind was interrupted); bind it anyway.
+    match write_attr(&unbind, &vf.to_string()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(19) => {}
+        Err(source) => {
+            return Err(GuidError::Rebind {
+                vf: *vf,
+                path: unbind,
+                source,
+            });
+        }
+    }
+    let bind = drv.join("bind");
+    write_attr(&bind, &vf.to_string()).map_err(|source| GuidError::Rebind {
+        vf: *vf,
+        path: bind,
+        source,
+    })
+}

@@ -1,0 +1,128 @@
+//! Side effects on the kernel's networking: links in network namespaces (rtnetlink),
+//! VF settings on the PF, GUIDs, and RDMA devices (NETLINK_RDMA).
+//!
+//! The CNI verbs talk to [`LinkOps`] only, so their logic is unit-tested against
+//! [`fake::FakeLinks`] without root; [`rtnl::Rtnl`] is the real kernel.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use railvf_host::Guid;
+
+pub mod fake;
+pub mod netns;
+pub mod rdma;
+pub mod rtnl;
+pub mod vf;
+
+/// A network namespace: the one railvf runs in (the host's), or a bind-mounted netns file
+/// such as `CNI_NETNS` (`/var/run/netns/<name>`, `/proc/<pid>/ns/net`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Netns {
+    Host,
+    Path(PathBuf),
+}
+
+impl Netns {
+    pub fn path(p: impl AsRef<Path>) -> Self {
+        Netns::Path(p.as_ref().to_path_buf())
+    }
+}
+
+/// A link as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub ifindex: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// Hardware address as `aa:bb:…` (20 bytes for IPoIB, 6 for Ethernet).
+    pub mac: String,
+    pub up: bool,
+}
+
+/// An address with its prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+/// VF settings applied through the PF (Ethernet/RoCE VFs; IB VFs take GUIDs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VfSettings {
+    pub mac: Option<[u8; 6]>,
+    /// VLAN id, QoS and protocol (0x8100 802.1Q / 0x88a8 802.1ad).
+    pub vlan: Option<(u16, u8, u16)>,
+    pub spoofchk: Option<bool>,
+    pub trust: Option<bool>,
+    /// min/max tx rate in Mbps.
+    pub rate: Option<(u32, u32)>,
+    /// `auto` 0, `enable` 1, `disable` 2 (IFLA_VF_LINK_STATE_*).
+    pub link_state: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("network namespace {path}: {why}")]
+    Netns { path: PathBuf, why: String },
+    #[error("link {what} not found in {ns}")]
+    NoSuchLink { what: String, ns: String },
+    #[error("{op}: {source}")]
+    Kernel {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op}: the kernel has no {what} support here ({detail})")]
+    Unsupported {
+        op: String,
+        what: &'static str,
+        detail: String,
+    },
+}
+
+/// What the CNI verbs need from the kernel's networking.
+pub trait LinkOps {
+    /// The link called `name` in `ns`, if any.
+    fn link_by_name(&self, ns: &Netns, name: &str) -> Result<Option<Link>, NetError>;
+    /// The link with `ifindex` in `ns`, if any.
+    fn link_by_index(&self, ns: &Netns, ifindex: u32) -> Result<Option<Link>, NetError>;
+    /// Moves the link `ifindex` from `from` into `to`, named `new_name` there, in one
+    /// request where the kernel allows. The kernel may move it under its old name and then
+    /// fail with EEXIST: callers look in both namespaces after an error.
+    fn move_link(
+        &self,
+        from: &Netns,
+        ifindex: u32,
+        to: &Netns,
+        new_name: &str,
+    ) -> Result<Link, NetError>;
+    fn rename(&self, ns: &Netns, ifindex: u32, name: &str) -> Result<(), NetError>;
+    fn set_mtu(&self, ns: &Netns, ifindex: u32, mtu: u32) -> Result<(), NetError>;
+    fn set_up(&self, ns: &Netns, ifindex: u32, up: bool) -> Result<(), NetError>;
+    fn add_address(&self, ns: &Netns, ifindex: u32, addr: IpNet) -> Result<(), NetError>;
+    fn addresses(&self, ns: &Netns, ifindex: u32) -> Result<Vec<IpNet>, NetError>;
+    /// Adds a route via `gw` (or on-link when `None`) out of `ifindex`.
+    fn add_route(
+        &self,
+        ns: &Netns,
+        ifindex: u32,
+        dst: IpNet,
+        gw: Option<IpAddr>,
+    ) -> Result<(), NetError>;
+    /// Current settings of VF `vf` of the PF netdev `pf_ifindex` (host namespace).
+    fn vf_settings(&self, pf_ifindex: u32, vf: u32) -> Result<VfSettings, NetError>;
+    /// Applies the `Some` fields of `settings` to VF `vf` through the PF.
+    fn set_vf(&self, pf_ifindex: u32, vf: u32, settings: &VfSettings) -> Result<(), NetError>;
+    /// Sets the VF's node and port GUIDs through the PF (IFLA_VF_IB_NODE_GUID / _PORT_GUID).
+    fn set_vf_guids(
+        &self,
+        pf_ifindex: u32,
+        vf: u32,
+        node: Guid,
+        port: Guid,
+    ) -> Result<(), NetError>;
+    /// Moves the RDMA device `ibdev`, seen in `from`, into `to` (RDMA_NLDEV_CMD_SET with
+    /// the target netns fd); needs the RDMA subsystem in exclusive netns mode.
+    fn move_rdma_device(&self, ibdev: &str, from: &Netns, to: &Netns) -> Result<(), NetError>;
+}

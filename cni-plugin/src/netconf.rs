@@ -1,0 +1,678 @@
+//! The network configuration (stdin), validated field by field.
+//!
+//! A superset of sriov-cni's and ib-sriov-cni's fields, so an existing
+//! NetworkAttachmentDefinition works after changing only `"type"`. Unknown keys are ignored.
+//! Fields are read one by one (not with a derived deserializer) so that every error names
+//! the field, what it expected and what it found.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use railvf_host::{Expectations, Guid, LinkLayer, PciAddr};
+use serde_json::{Map, Value};
+
+use crate::error::{CniError, code};
+use crate::log::Level;
+use crate::net::VfSettings;
+use crate::version::Version;
+
+/// The largest network configuration railvf reads (stdin): real ones are a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Default and upper bound of `readiness.timeoutMs`.
+pub const DEFAULT_READINESS_TIMEOUT_MS: u64 = 30_000;
+pub const MAX_READINESS_TIMEOUT_MS: u64 = 600_000;
+
+/// `readiness`: what ADD waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadinessConf {
+    pub timeout: Duration,
+    pub expectations: Expectations,
+}
+
+impl Default for ReadinessConf {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(DEFAULT_READINESS_TIMEOUT_MS),
+            expectations: Expectations::default(),
+        }
+    }
+}
+
+/// One entry of `cni.dev/valid-attachments` (GC).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AttachmentKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// A validated network configuration.
+#[derive(Clone, Debug)]
+pub struct NetConf {
+    /// The bytes read from stdin, handed to the IPAM plugin unchanged.
+    pub raw: Vec<u8>,
+    pub version: Version,
+    pub name: Option<String>,
+    /// The VF, from `runtimeConfig.deviceID`, `deviceID` or `pciBusID` (they must agree).
+    pub device: Option<PciAddr>,
+    /// `runtimeConfig.infinibandGUID`, else `guid`.
+    pub guid: Option<Guid>,
+    pub mtu: Option<u32>,
+    /// VF settings applied through the PF (`mac`, `vlan*`, `spoofchk`, `trust`, rates, `link_state`).
+    pub vf: VfSettings,
+    pub rdma_isolation: bool,
+    /// `ipam.type`, when IPAM is configured (a bare file name, looked up in `CNI_PATH`).
+    pub ipam_type: Option<String>,
+    pub log_file: Option<PathBuf>,
+    pub log_level: Level,
+    pub readiness: ReadinessConf,
+    pub prev_result: Option<Value>,
+    pub valid_attachments: Option<Vec<AttachmentKey>>,
+}
+
+impl NetConf {
+    /// Parses and validates. JSON syntax errors are code 6, bad values code 7, an
+    /// unsupported `cniVersion` code 1.
+    pub fn parse(raw: &[u8]) -> Result<Self, CniError> {
+        let value: Value = serde_json::from_slice(raw).map_err(|e| {
+            CniError::new(
+                code::DECODE,
+                format!("the network config on stdin is not valid JSON: {e}"),
+                "check the NetworkAttachmentDefinition's config (or the .conflist) for syntax errors",
+            )
+        })?;
+        let Value::Object(m) = value else {
+            return Err(invalid("", "a JSON object", &value));
+        };
+        let version = match m.get("cniVersion") {
+            Some(Value::String(s)) => Version::parse(s)?,
+            None | Some(Value::Null) => {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "the network config has no \"cniVersion\"",
+                    "add \"cniVersion\": \"1.0.0\" (or 1.1.0) to the network config",
+                ));
+            }
+            Some(other) => return Err(invalid("cniVersion", "a version string", other)),
+        };
+        let rc = object(&m, "runtimeConfig")?;
+        let empty = Map::new();
+        let rc = rc.unwrap_or(&empty);
+
+        let device = device(&m, rc)?;
+        let guid = match string(rc, "runtimeConfig.infinibandGUID", "infinibandGUID")? {
+            Some(g) => Some(parse_guid("runtimeConfig.infinibandGUID", g)?),
+            None => match string(&m, "guid", "guid")? {
+                Some(g) => Some(parse_guid("guid", g)?),
+                None => None,
+            },
+        };
+        let mac = match string(rc, "runtimeConfig.mac", "mac")? {
+            Some(s) => Some(parse_mac("runtimeConfig.mac", s)?),
+            None => match string(&m, "mac", "mac")? {
+                Some(s) => Some(parse_mac("mac", s)?),
+                None => None,
+            },
+        };
+        let mtu = integer(&m, "mtu", 68, 65535)?.map(|v| v as u32);
+        let vlan = integer(&m, "vlan", 0, 4094)?;
+        let qos = integer(&m, "vlanQoS", 0, 7)?;
+        let proto = match string(&m, "vlanProto", "vlanProto")? {
+            None => None,
+            Some(p) => Some(match p.to_ascii_lowercase().as_str() {
+                "802.1q" => 0x8100u16,
+                "802.1ad" => 0x88a8u16,
+                _ => {
+                    return Err(invalid(
+                        "vlanProto",
+                        "\"802.1q\" or \"802.1ad\"",
+                        &m["vlanProto"],
+                    ));
+                }
+            }),
+        };
+        let vlan_setting = match (vlan, qos, proto) {
+            (None, None, None) => None,
+            (vlan, qos, proto) => {
+                let vlan = vlan.unwrap_or(0) as u16;
+                let qos = qos.unwrap_or(0) as u8;
+                let proto = proto.unwrap_or(0x8100);
+                if vlan == 0 && (qos != 0 || proto != 0x8100) {
+                    return Err(CniError::new(
+                        code::INVALID_CONFIG,
+                        "vlanQoS or vlanProto is set but vlan is 0 or missing: expected a VLAN id 1-4094 with them",
+                        "set \"vlan\", or remove vlanQoS/vlanProto",
+                    ));
+                }
+                Some((vlan, qos, proto))
+            }
+        };
+        let spoofchk = on_off(&m, "spoofchk")?;
+        let trust = on_off(&m, "trust")?;
+        let min_rate = integer(&m, "min_tx_rate", 0, u32::MAX as i64)?;
+        let max_rate = integer(&m, "max_tx_rate", 0, u32::MAX as i64)?;
+        let rate = match (min_rate, max_rate) {
+            (None, None) => None,
+            (min, max) => {
+                let (min, max) = (min.unwrap_or(0) as u32, max.unwrap_or(0) as u32);
+                if max != 0 && min > max {
+                    return Err(CniError::new(
+                        code::INVALID_CONFIG,
+                        format!(
+                            "min_tx_rate {min} is above max_tx_rate {max}: expected min <= max (or max 0 for no limit)"
+                        ),
+                        "fix the rates in the network config (both in Mbps)",
+                    ));
+                }
+                Some((min, max))
+            }
+        };
+        let link_state = match string(&m, "link_state", "link_state")? {
+            None => None,
+            Some("auto") => Some(0),
+            Some("enable") => Some(1),
+            Some("disable") => Some(2),
+            Some(_) => {
+                return Err(invalid(
+                    "link_state",
+                    "\"auto\", \"enable\" or \"disable\"",
+                    &m["link_state"],
+                ));
+            }
+        };
+        let rdma_isolation = boolean(&m, "rdmaIsolation")?.unwrap_or(false);
+        let ipam_type = match object(&m, "ipam")? {
+            None => None,
+            Some(ipam) => match string(ipam, "ipam.type", "type")? {
+                None | Some("") => None,
+                Some(t) => Some(validate_plugin_name(t)?.to_string()),
+            },
+        };
+        let log_level = match string(&m, "logLevel", "logLevel")? {
+            None => Level::Info,
+            Some(s) => Level::parse(s).ok_or_else(|| {
+                invalid(
+                    "logLevel",
+                    "\"panic\", \"error\", \"warning\", \"info\" or \"debug\"",
+                    &m["logLevel"],
+                )
+            })?,
+        };
+        let log_file = match string(&m, "logFile", "logFile")? {
+            None | Some("") => None,
+            Some(p) => Some(validate_log_file_syntax(p)?),
+        };
+        let readiness = readiness(&m)?;
+        let prev_result = match m.get("prevResult") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(other) => return Err(invalid("prevResult", "a CNI result object", other)),
+        };
+        let valid_attachments = valid_attachments(&m)?;
+        Ok(NetConf {
+            raw: raw.to_vec(),
+            version,
+            name: string(&m, "name", "name")?.map(str::to_string),
+            device,
+            guid,
+            mtu,
+            vf: VfSettings {
+                mac,
+                vlan: vlan_setting,
+                spoofchk,
+                trust,
+                rate,
+                link_state,
+            },
+            rdma_isolation,
+            ipam_type,
+            log_file,
+            log_level,
+            readiness,
+            prev_result,
+            valid_attachments,
+        })
+    }
+
+    /// The network name, required by the verbs that keep state.
+    pub fn require_name(&self) -> Result<&str, CniError> {
+        self.name.as_deref().filter(|n| !n.is_empty()).ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                "the network config has no \"name\"",
+                "every CNI network config needs a \"name\" (Multus uses the NetworkAttachmentDefinition's name)",
+            )
+        })
+    }
+
+    /// Whether any VF setting goes through the PF.
+    pub fn has_vf_settings(&self) -> bool {
+        self.vf != VfSettings::default()
+    }
+}
+
+/// Reads the best-effort `cniVersion` of an input that failed to parse, for the error object.
+pub fn sniff_version(raw: &[u8]) -> Option<Version> {
+    let v: Value = serde_json::from_slice(raw).ok()?;
+    Version::parse(v.get("cniVersion")?.as_str()?).ok()
+}
+
+fn describe(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 80 {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    } else {
+        s
+    }
+}
+
+fn invalid(field: &str, expected: &str, found: &Value) -> CniError {
+    let field = if field.is_empty() {
+        "the network config".to_string()
+    } else {
+        format!("\"{field}\"")
+    };
+    CniError::new(
+        code::INVALID_CONFIG,
+        format!(
+            "{field} is invalid: expected {expected}, found {}",
+            describe(found)
+        ),
+        "fix the field in the NetworkAttachmentDefinition (docs/cni.md lists every field)",
+    )
+}
+
+fn string<'a>(
+    m: &'a Map<String, Value>,
+    field: &str,
+    key: &str,
+) -> Result<Option<&'a str>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(other) => Err(invalid(field, "a string", other)),
+    }
+}
+
+fn object<'a>(
+    m: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a Map<String, Value>>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(other) => Err(invalid(key, "an object", other)),
+    }
+}
+
+fn boolean(m: &Map<String, Value>, key: &str) -> Result<Option<bool>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(invalid(key, "true or false", other)),
+    }
+}
+
+fn integer(m: &Map<String, Value>, key: &str, min: i64, max: i64) -> Result<Option<i64>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(invalid(key, &format!("an integer {min}-{max}"), v)),
+        },
+    }
+}
+
+fn on_off(m: &Map<String, Value>, key: &str) -> Result<Option<bool>, CniError> {
+    match string(m, key, key)? {
+        None => Ok(None),
+        Some("on") => Ok(Some(true)),
+        Some("off") => Ok(Some(false)),
+        Some(_) => Err(invalid(key, "\"on\" or \"off\"", &m[key])),
+    }
+}
+
+fn device(m: &Map<String, Value>, rc: &Map<String, Value>) -> Result<Option<PciAddr>, CniError> {
+    let mut found: Vec<(&str, PciAddr)> = Vec::new();
+    for (field, map, key) in [
+        ("runtimeConfig.deviceID", rc, "deviceID"),
+        ("deviceID", m, "deviceID"),
+        ("pciBusID", m, "pciBusID"),
+    ] {
+        if let Some(s) = string(map, field, key)?
+            && !s.is_empty()
+        {
+            let addr = s.parse::<PciAddr>().map_err(|e| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("\"{field}\": {e}"),
+                    "the device plugin (sriov-network-device-plugin or railvf-device-plugin) must allocate a VF; Multus passes its PCI address as deviceID",
+                )
+            })?;
+            found.push((field, addr));
+        }
+    }
+    if let Some((f0, a0)) = found.first()
+        && let Some((f1, a1)) = found.iter().find(|(_, a)| a != a0)
+    {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("\"{f0}\" is {a0} but \"{f1}\" is {a1}: expected both to name the same VF"),
+            "remove the stale one from the network config; Multus fills deviceID from the device plugin's allocation",
+        ));
+    }
+    Ok(found.first().map(|(_, a)| *a))
+}
+
+fn parse_guid(field: &str, s: &str) -> Result<Guid, CniError> {
+    let g: Guid = s.parse().map_err(|_| {
+        invalid(
+            field,
+            "a GUID like 11:22:33:44:55:66:77:88",
+            &Value::String(s.to_string()),
+        )
+    })?;
+    if !g.is_assigned() {
+        return Err(invalid(
+            field,
+            "a GUID that is neither all-zero nor all-ones (the fabric rejects those)",
+            &Value::String(s.to_string()),
+        ));
+    }
+    Ok(g)
+}
+
+fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], CniError> {
+    let bad = || {
+        invalid(
+            field,
+            "a unicast Ethernet MAC like 02:00:00:aa:bb:cc",
+            &Value::String(s.to_string()),
+        )
+    };
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    // Multicast addresses cannot be a station address.
+    if mac[0] & 1 == 1 {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// `ipam.type` names a program in `CNI_PATH`: a bare file name only.
+pub fn validate_plugin_name(t: &str) -> Result<&str, CniError> {
+    let ok = !t.is_empty()
+        && t.len() <= 255
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(t)
+    } else {
+        Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "\"ipam.type\" {:?} is not a plugin name: expected a bare file name (letters, digits, '-', '_', '.') found in a CNI_PATH directory",
+                t.chars().take(80).collect::<String>()
+            ),
+            "use the name of an installed IPAM plugin, e.g. \"host-local\", \"static\" or \"whereabouts\"",
+        ))
+    }
+}
+
+/// Syntax of `logFile`: absolute, no `.`/`..` components. Where it may point is checked
+/// when it is opened (see [`crate::log`]).
+fn validate_log_file_syntax(p: &str) -> Result<PathBuf, CniError> {
+    let path = Path::new(p);
+    let ok = path.is_absolute()
+        && !p.contains('\0')
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && path.file_name().is_some();
+    if ok {
+        Ok(path.to_path_buf())
+    } else {
+        Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "\"logFile\" {:?} is invalid: expected an absolute file path under /var/log without '.' or '..'",
+                p.chars().take(200).collect::<String>()
+            ),
+            "use e.g. \"/var/log/railvf.log\", or remove logFile to log to stderr",
+        ))
+    }
+}
+
+fn readiness(m: &Map<String, Value>) -> Result<ReadinessConf, CniError> {
+    let mut r = ReadinessConf::default();
+    let Some(o) = object(m, "readiness")? else {
+        return Ok(r);
+    };
+    if let Some(v) = o.get("timeoutMs").filter(|v| !v.is_null()) {
+        match v.as_u64() {
+            Some(ms) if ms <= MAX_READINESS_TIMEOUT_MS => r.timeout = Duration::from_millis(ms),
+            _ => {
+                return Err(invalid(
+                    "readiness.timeoutMs",
+                    &format!("an integer 0-{MAX_READINESS_TIMEOUT_MS} (milliseconds)"),
+                    v,
+                ));
+            }
+        }
+    }
+    if let Some(s) = string(o, "readiness.linkLayer", "linkLayer")? {
+        r.expectations.link_layer = match s {
+            "InfiniBand" => LinkLayer::InfiniBand,
+            "Ethernet" => LinkLayer::Ethernet,
+            _ => {
+                return Err(invalid(
+                    "readiness.linkLayer",
+                    "\"InfiniBand\" or \"Ethernet\"",
+                    &o["linkLayer"],
+                ));
+            }
+        };
+    }
+    if let Some(v) = o.get("requireLid").filter(|v| !v.is_null()) {
+        r.expectations.require_lid = v
+            .as_bool()
+            .ok_or_else(|| invalid("readiness.requireLid", "true or false", v))?;
+    }
+    Ok(r)
+}
+
+fn valid_attachments(m: &Map<String, Value>) -> Result<Option<Vec<AttachmentKey>>, CniError> {
+    const KEY: &str = "cni.dev/valid-attachments";
+    let Some(v) = m.get(KEY).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let Some(list) = v.as_array() else {
+        return Err(invalid(KEY, "an array of {containerID, ifname}", v));
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for item in list {
+        let (Some(cid), Some(ifname)) = (
+            item.get("containerID").and_then(Value::as_str),
+            item.get("ifname").and_then(Value::as_str),
+        ) else {
+            return Err(invalid(
+                KEY,
+                "entries {\"containerID\": …, \"ifname\": …}",
+                item,
+            ));
+        };
+        out.push(AttachmentKey {
+            container_id: cid.to_string(),
+            ifname: ifname.to_string(),
+        });
+    }
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetConf, CniError> {
+        NetConf::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn sriov_cni_config_is_accepted_unchanged_but_for_type() {
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","name":"sriov-net","type":"railvf","deviceID":"0000:18:00.1",
+                "pciBusID":"0000:18:00.1","vlan":100,"vlanQoS":3,"vlanProto":"802.1AD","spoofchk":"off",
+                "trust":"on","min_tx_rate":10,"max_tx_rate":200,"link_state":"enable","mac":"02:11:22:33:44:55",
+                "mtu":9000,"ipam":{"type":"host-local","subnet":"10.0.0.0/24"},"logLevel":"debug",
+                "someUnknownKey":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.version, Version::V1_0_0);
+        assert_eq!(c.device.unwrap().to_string(), "0000:18:00.1");
+        assert_eq!(c.vf.vlan, Some((100, 3, 0x88a8)));
+        assert_eq!(c.vf.spoofchk, Some(false));
+        assert_eq!(c.vf.trust, Some(true));
+        assert_eq!(c.vf.rate, Some((10, 200)));
+        assert_eq!(c.vf.link_state, Some(1));
+        assert_eq!(c.vf.mac, Some([2, 0x11, 0x22, 0x33, 0x44, 0x55]));
+        assert_eq!(c.mtu, Some(9000));
+        assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
+        assert_eq!(c.log_level, Level::Debug);
+        assert_eq!(c.readiness, ReadinessConf::default());
+        assert!(c.has_vf_settings());
+    }
+
+    #[test]
+    fn runtime_config_wins_and_ib_fields_parse() {
+        let c = parse(
+            r#"{"cniVersion":"1.1.0","name":"ib","type":"railvf","guid":"11:22:33:44:55:66:77:88",
+                "runtimeConfig":{"deviceID":"0000:18:00.2","infinibandGUID":"02:00:00:00:00:00:00:01","mac":"02:00:00:00:00:09","ips":["10.0.0.5/24"]},
+                "rdmaIsolation":true,"readiness":{"timeoutMs":500,"linkLayer":"Ethernet","requireLid":false}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.device.unwrap().to_string(), "0000:18:00.2");
+        assert_eq!(c.guid.unwrap().0, 0x0200000000000001);
+        assert_eq!(c.vf.mac, Some([2, 0, 0, 0, 0, 9]));
+        assert!(c.rdma_isolation);
+        assert_eq!(c.readiness.timeout, Duration::from_millis(500));
+        assert_eq!(c.readiness.expectations.link_layer, LinkLayer::Ethernet);
+        assert!(!c.readiness.expectations.require_lid);
+        assert!(c.ipam_type.is_none());
+    }
+
+    #[test]
+    fn every_bad_field_is_named_with_what_was_expected() {
+        let cases = [
+            (r#"{"cniVersion":"1.0.0","vlan":5000}"#, 7, "\"vlan\""),
+            (r#"{"cniVersion":"1.0.0","vlan":"10"}"#, 7, "\"vlan\""),
+            (r#"{"cniVersion":"1.0.0","vlanQoS":3}"#, 7, "vlanQoS"),
+            (
+                r#"{"cniVersion":"1.0.0","spoofchk":"yes"}"#,
+                7,
+                "\"spoofchk\"",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","link_state":"up"}"#,
+                7,
+                "\"link_state\"",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","min_tx_rate":10,"max_tx_rate":5}"#,
+                7,
+                "min_tx_rate",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","deviceID":"../../etc"}"#,
+                7,
+                "deviceID",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","deviceID":"0000:18:00.1","pciBusID":"0000:18:00.2"}"#,
+                7,
+                "same VF",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","guid":"00:00:00:00:00:00:00:00"}"#,
+                7,
+                "\"guid\"",
+            ),
+            (r#"{"cniVersion":"1.0.0","guid":"zz"}"#, 7, "\"guid\""),
+            (
+                r#"{"cniVersion":"1.0.0","mac":"01:00:00:00:00:01"}"#,
+                7,
+                "\"mac\"",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","ipam":{"type":"../bin/sh"}}"#,
+                7,
+                "ipam.type",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","ipam":{"type":"/bin/sh"}}"#,
+                7,
+                "ipam.type",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","logFile":"/var/log/../../etc/shadow"}"#,
+                7,
+                "logFile",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","logFile":"relative.log"}"#,
+                7,
+                "logFile",
+            ),
+            (r#"{"cniVersion":"1.0.0","logLevel":"loud"}"#, 7, "logLevel"),
+            (
+                r#"{"cniVersion":"1.0.0","readiness":{"timeoutMs":-1}}"#,
+                7,
+                "readiness.timeoutMs",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","readiness":{"linkLayer":"ib"}}"#,
+                7,
+                "readiness.linkLayer",
+            ),
+            (r#"{"cniVersion":"1.0.0","mtu":10}"#, 7, "\"mtu\""),
+            (r#"{"cniVersion":"0.2.0"}"#, 1, "0.2.0"),
+            (r#"{"name":"x"}"#, 7, "cniVersion"),
+            (r#"{"cniVersion":"1.0.0""#, 6, "JSON"),
+            (r#"[1]"#, 7, "object"),
+        ];
+        for (input, want_code, needle) in cases {
+            let e = parse(input).unwrap_err();
+            assert_eq!(e.code, want_code, "{input}: {e}");
+            assert!(e.msg.contains(needle), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn gc_attachments_and_version_sniffing() {
+        let c = parse(
+            r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"a","ifname":"net1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.valid_attachments.unwrap(),
+            vec![AttachmentKey {
+                container_id: "a".into(),
+                ifname: "net1".into()
+            }]
+        );
+        assert_eq!(
+            sniff_version(br#"{"cniVersion":"0.4.0","vlan":"x"}"#),
+            Some(Version::V0_4_0)
+        );
+        assert_eq!(sniff_version(b"nope"), None);
+    }
+}

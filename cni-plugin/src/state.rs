@@ -1,0 +1,610 @@
+//! Per-attachment state files and per-VF locks.
+//!
+//! `<state dir>/<containerID>@<ifname>.json`, one per attachment, written atomically (temp
+//! file + rename) before ADD changes anything. It records everything needed to undo any
+//! step ADD may take (the VF's host identity, previous GUID and VF settings, whether IPAM
+//! is involved), so DEL, GC and rollback converge from any point — including an ADD killed
+//! with SIGKILL — without ADD writing it again on the way (on the ext4 of a busy node every
+//! rewrite costs milliseconds). It is rewritten only when a GUID rebind changed the VF's
+//! netdev or RDMA device. The name is unambiguous: container IDs cannot contain `@`.
+//!
+//! The per-VF lock is a `flock` (`File::lock`) on the VF's own sysfs directory: one lock
+//! per VF, so different VFs proceed in parallel, and no lock file is ever created.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use railvf_host::{Guid, HostRoot, PciAddr};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CniError, code};
+use crate::net::VfSettings;
+
+/// Version of the state file format. Files from a newer railvf are refused, not guessed at.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state file {path} is unreadable JSON ({why}); it was probably cut short by a crash")]
+    Corrupt { path: PathBuf, why: String },
+    #[error(
+        "state file {path} has schema {found}, this railvf understands up to {SCHEMA}: it was written by a newer railvf"
+    )]
+    Schema { path: PathBuf, found: u32 },
+}
+
+impl From<StateError> for CniError {
+    fn from(e: StateError) -> Self {
+        let details = match &e {
+            StateError::Schema { .. } => {
+                "run the same or a newer railvf binary on this node (all nodes should run one version)"
+            }
+            StateError::Corrupt { .. } => {
+                "inspect the file; if the VF is back on the host under its name, remove the file"
+            }
+            _ => {
+                "check that RAILVF_STATE_DIR (default /var/lib/cni/railvf) is on a writable local filesystem"
+            }
+        };
+        CniError::new(code::IO, e.to_string(), details)
+    }
+}
+
+/// The VF netdev as it was in the host namespace before ADD.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostLink {
+    pub name: String,
+    pub ifindex: u32,
+    pub mtu: u32,
+    pub mac: String,
+    pub up: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GuidMethod {
+    /// MLNX_OFED's `<pf>/sriov/<n>/{node,port}` files.
+    OfedSysfs,
+    /// IFLA_VF_IB_NODE_GUID / IFLA_VF_IB_PORT_GUID on the PF.
+    Netlink,
+}
+
+/// A GUID ADD set (or is about to set), with what to restore.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuidChange {
+    pub method: GuidMethod,
+    /// The GUID before ADD (`None`: unknown, restored as all-zero).
+    pub previous: Option<Guid>,
+    pub target: Guid,
+}
+
+/// Serializable twin of [`VfSettings`] (the net layer's type stays serde-free).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VfSettingsRecord {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vlan: Option<(u16, u8, u16)>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub spoofchk: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub trust: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rate: Option<(u32, u32)>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub link_state: Option<u32>,
+}
+
+impl From<&VfSettings> for VfSettingsRecord {
+    fn from(s: &VfSettings) -> Self {
+        Self {
+            mac: s.mac.map(|m| {
+                m.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            }),
+            vlan: s.vlan,
+            spoofchk: s.spoofchk,
+            trust: s.trust,
+            rate: s.rate,
+            link_state: s.link_state,
+        }
+    }
+}
+
+impl From<&VfSettingsRecord> for VfSettings {
+    fn from(r: &VfSettingsRecord) -> Self {
+        let mac = r.mac.as_deref().and_then(|m| {
+            let mut out = [0u8; 6];
+            let parts: Vec<&str> = m.split(':').collect();
+            if parts.len() != 6 {
+                return None;
+            }
+            for (i, p) in parts.iter().enumerate() {
+                out[i] = u8::from_str_radix(p, 16).ok()?;
+            }
+            Some(out)
+        });
+        VfSettings {
+            mac,
+            vlan: r.vlan,
+            spoofchk: r.spoofchk,
+            trust: r.trust,
+            rate: r.rate,
+            link_state: r.link_state,
+        }
+    }
+}
+
+/// VF settings ADD changed through the PF, with their previous values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VfChange {
+    pub pf_ifindex: u32,
+    /// Only the fields ADD sets, holding the values read before.
+    pub previous: VfSettingsRecord,
+}
+
+/// Everything railvf knows about one attachment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub schema: u32,
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: Option<PathBuf>,
+    pub vf: PciAddr,
+    pub pf: PciAddr,
+    pub vf_index: u32,
+    pub host: HostLink,
+    #[serde(default)]
+    pub guid: Option<GuidChange>,
+    #[serde(default)]
+    pub vf_settings: Option<VfChange>,
+    /// Identity of the netdev when it is moved (after a GUID rebind, which may change it).
+    #[serde(default)]
+    pub moving: Option<HostLink>,
+    /// Its ifindex in the pod netns once the move returned (in memory only: the state is
+    /// not rewritten for it; teardown recognises the VF by MAC and names).
+    #[serde(skip)]
+    pub pod_ifindex: Option<u32>,
+    /// RDMA device ADD moves into the pod netns (`rdmaIsolation`).
+    #[serde(default)]
+    pub rdma_device: Option<String>,
+    /// IPAM is configured: teardown releases it (IPAM DEL of nothing is a no-op).
+    #[serde(default)]
+    pub ipam: bool,
+    /// In memory only: this process has run IPAM ADD (a rollback that failed before it
+    /// need not, and, with the plugin missing, could not, run IPAM DEL).
+    #[serde(skip)]
+    pub ipam_called: bool,
+    /// The network config ADD got, for IPAM DEL from GC or a later rollback.
+    pub netconf: String,
+    #[serde(default)]
+    pub cni_args: Option<String>,
+    pub created_unix: u64,
+}
+
+impl Attachment {
+    pub fn key(&self) -> (&str, &str) {
+        (&self.container_id, &self.ifname)
+    }
+}
+
+/// A state file found by [`StateDir::list`]: its path and its content or why it is unusable.
+pub type Entry = (PathBuf, Result<Attachment, StateError>);
+
+/// The state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+/// A held per-VF lock; released on drop (also when the process dies).
+#[derive(Debug)]
+pub struct VfLock {
+    _file: File,
+}
+
+impl StateDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn ensure(&self) -> Result<(), StateError> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|source| StateError::Dir {
+                dir: self.dir.clone(),
+                source,
+            })
+    }
+
+    /// Checks the directory can be created and written (STATUS).
+    pub fn probe(&self) -> Result<(), StateError> {
+        self.ensure()?;
+        let p = self.dir.join(".probe");
+        fs::write(&p, b"").map_err(|source| StateError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let _ = fs::remove_file(&p);
+        Ok(())
+    }
+
+    /// `<vf>_<containerID>@<ifname>.json`: the VF first, so ADD finds the attachments of
+    /// one VF from the directory listing alone (reading no other file); both other parts
+    /// were validated (env.rs): no '/', and '@' cannot occur in a container ID.
+    fn name(vf: &PciAddr, container_id: &str, ifname: &str) -> String {
+        format!("{vf}_{container_id}@{ifname}.json")
+    }
+
+    /// The `_<containerID>@<ifname>.json` every file of one attachment ends with.
+    fn suffix(container_id: &str, ifname: &str) -> String {
+        format!("_{container_id}@{ifname}.json")
+    }
+
+    /// Names in the directory (temp files included).
+    fn names(&self) -> Result<Vec<String>, StateError> {
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(StateError::Dir {
+                    dir: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        let mut names: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The state file of one attachment, if any.
+    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<PathBuf>, StateError> {
+        let suffix = Self::suffix(container_id, ifname);
+        Ok(self
+            .names()?
+            .into_iter()
+            .find(|n| !n.starts_with('.') && vf_of(n).is_some() && n.ends_with(&suffix))
+            .map(|n| self.dir.join(n)))
+    }
+
+    pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<Attachment>, StateError> {
+        match self.find(container_id, ifname)? {
+            Some(p) => read(&p),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes atomically: a reader sees the old or the new file, never a partial one.
+    /// Not fsync'd: after a power loss every VF is back on the host anyway, and a file cut
+    /// short is reported as corrupt and cleaned by DEL/GC.
+    pub fn save(&self, a: &Attachment) -> Result<(), StateError> {
+        self.ensure()?;
+        let name = Self::name(&a.vf, &a.container_id, &a.ifname);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let io = |source| StateError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let body = serde_json::to_vec_pretty(a).map_err(|e| io(io::Error::other(e)))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(&body).map_err(io)?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(|source| StateError::Io { path, source })
+    }
+
+    /// Removes every file of the attachment (temp files of an interrupted save included).
+    pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), StateError> {
+        let suffix = Self::suffix(container_id, ifname);
+        let tmp_suffix = format!("{suffix}.tmp");
+        for n in self.names()? {
+            let plain = n.trim_start_matches('.');
+            if vf_of(plain).is_some() && (n.ends_with(&suffix) || n.ends_with(&tmp_suffix)) {
+                self.remove_path(&self.dir.join(&n))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every state file, parsed; a corrupt one is returned as an error with its path.
+    pub fn list(&self) -> Result<Vec<Entry>, StateError> {
+        self.list_where(|_, _| true)
+    }
+
+    /// The state files whose name passes `keep(vf, "<containerID>@<ifname>.json")`; only
+    /// those are read.
+    pub fn list_where(
+        &self,
+        keep: impl Fn(&PciAddr, &str) -> bool,
+    ) -> Result<Vec<Entry>, StateError> {
+        let mut out = Vec::new();
+        for n in self.names()? {
+            if n.starts_with('.') || !n.ends_with(".json") {
+                continue;
+            }
+            let Some(vf) = vf_of(&n) else { continue };
+            if !keep(&vf, &n[13..]) {
+                continue;
+            }
+            let p = self.dir.join(&n);
+            match read(&p) {
+                Ok(Some(a)) => out.push((p, Ok(a))),
+                Ok(None) => {}
+                Err(e) => out.push((p, Err(e))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a `list_where` name tail is this attachment's.
+    pub fn is_attachment(tail: &str, container_id: &str, ifname: &str) -> bool {
+        tail == format!("{container_id}@{ifname}.json")
+    }
+
+    /// Removes a state file by path (GC of a corrupt file).
+    pub fn remove_path(&self, p: &Path) -> Result<(), StateError> {
+        match fs::remove_file(p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io {
+                path: p.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Takes the VF's lock, waiting for the holder (another railvf working on the same
+    /// VF). A VF that no longer exists is serialized on the state directory instead.
+    pub fn lock_vf(&self, root: &HostRoot, vf: &PciAddr) -> Result<VfLock, StateError> {
+        let dir = root.pci_device(vf);
+        let (file, path) = match File::open(&dir) {
+            Ok(f) => (f, dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.ensure()?;
+                let f = File::open(&self.dir).map_err(|source| StateError::Dir {
+                    dir: self.dir.clone(),
+                    source,
+                })?;
+                (f, self.dir.clone())
+            }
+            Err(source) => return Err(StateError::Io { path: dir, source }),
+        };
+        file.lock()
+            .map_err(|source| StateError::Io { path, source })?;
+        Ok(VfLock { _file: file })
+    }
+}
+
+/// The VF a state file name starts with (`0000:18:00.1_…`).
+fn vf_of(name: &str) -> Option<PciAddr> {
+    if name.len() < 14 || name.as_bytes()[12] != b'_' {
+        return None;
+    }
+    name.get(..12)?.parse().ok()
+}
+
+fn read(path: &Path) -> Result<Option<Attachment>, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    #[derive(Deserialize)]
+    struct Head {
+        schema: u32,
+    }
+    let head: Head = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    if head.schema > SCHEMA {
+        return Err(StateError::Schema {
+            path: path.to_path_buf(),
+            found: head.schema,
+        });
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StateError::Corrupt {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) fn sample(container_id: &str, ifname: &str, vf: &str) -> Attachment {
+    Attachment {
+        schema: SCHEMA,
+        network: "net".into(),
+        container_id: container_id.into(),
+        ifname: ifname.into(),
+        netns: Some("/var/run/netns/x".into()),
+        vf: vf.parse().unwrap(),
+        pf: "0000:18:00.0".parse().unwrap(),
+        vf_index: 0,
+        host: HostLink {
+            name: "ibp24s0v0".into(),
+            ifindex: 7,
+            mtu: 4092,
+            mac: "00:11".into(),
+            up: false,
+        },
+        guid: None,
+        vf_settings: None,
+        moving: None,
+        pod_ifindex: None,
+        rdma_device: None,
+        ipam: false,
+        ipam_called: false,
+        netconf: "{}".into(),
+        cni_args: None,
+        created_unix: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn save_load_list_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(d.path().join("state"));
+        assert!(s.load("c1", "net1").unwrap().is_none());
+        let mut a = sample("c1", "net1", "0000:18:00.1");
+        a.guid = Some(GuidChange {
+            method: GuidMethod::OfedSysfs,
+            previous: Some(Guid(0)),
+            target: Guid(0x1122),
+        });
+        a.vf_settings = Some(VfChange {
+            pf_ifindex: 3,
+            previous: VfSettingsRecord::from(&VfSettings {
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                vlan: Some((0, 0, 0x8100)),
+                ..Default::default()
+            }),
+        });
+        s.save(&a).unwrap();
+        let mode =
+            std::os::unix::fs::MetadataExt::mode(&fs::metadata(d.path().join("state")).unwrap())
+                & 0o777;
+        assert_eq!(mode, 0o700);
+        let back = s.load("c1", "net1").unwrap().unwrap();
+        assert_eq!(back, a);
+        let vs = VfSettings::from(&back.vf_settings.unwrap().previous);
+        assert_eq!(vs.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(s.list().unwrap().len(), 1);
+        let vf = a.vf;
+        assert_eq!(s.list_where(|v, _| *v == vf).unwrap().len(), 1);
+        assert!(s.list_where(|v, _| *v != vf).unwrap().is_empty());
+        assert!(
+            s.list_where(|_, t| StateDir::is_attachment(t, "c1", "net1"))
+                .unwrap()
+                .len()
+                == 1
+        );
+        // A temp file left by an interrupted save goes too.
+        fs::write(d.path().join("state/.0000:18:00.1_c1@net1.json.tmp"), b"{").unwrap();
+        s.remove("c1", "net1").unwrap();
+        assert_eq!(fs::read_dir(d.path().join("state")).unwrap().count(), 0);
+        s.remove("c1", "net1").unwrap();
+        assert!(s.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn corrupt_and_future_files_are_reported_not_guessed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(d.path());
+        fs::write(
+            d.path().join("0000:18:00.1_c1@net1.json"),
+            b"{\"schema\":1,",
+        )
+        .unwrap();
+        assert!(matches!(
+            s.load("c1", "net1"),
+            Err(StateError::Corrupt { .. })
+        ));
+        fs::write(
+            d.path().join("0000:18:00.2_c2@net1.json"),
+            b"{\"schema\":99}",
+        )
+        .unwrap();
+        let e = s.load("c2", "net1").unwrap_err();
+        assert!(e.to_string().contains("schema 99"), "{e}");
+        assert_eq!(CniError::from(e).code, code::IO);
+        assert_eq!(s.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn vf_lock_serializes_one_vf_and_not_others() {
+        let d = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(d.path()).unwrap();
+        let vf: PciAddr = "0000:18:00.1".parse().unwrap();
+        let other: PciAddr = "0000:18:00.2".parse().unwrap();
+        for a in [vf, other] {
+            fs::create_dir_all(root.pci_device(&a)).unwrap();
+        }
+        let s = Arc::new(StateDir::new(d.path().join("state")));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, inside, max, root) = (s.clone(), inside.clone(), max.clone(), root.clone());
+                std::thread::spawn(move || {
+                    let _l = s.lock_vf(&root, &vf).unwrap();
+                    let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(n, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(max.load(Ordering::SeqCst), 1);
+        let _a = s.lock_vf(&root, &vf).unwrap();
+        let _b = s.lock_vf(&root, &other).unwrap();
+        // A vanished VF still gets a lock (on the state dir), and no file is created.
+        let gone: PciAddr = "0000:18:00.3".parse().unwrap();
+        let _c = s.lock_vf(&root, &gone).unwrap();
+        assert!(s.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(s.path()).unwrap().count(), 0);
+    }
+}

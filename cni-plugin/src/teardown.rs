@@ -1,0 +1,323 @@
+//! Converging an attachment back to "VF on the host, as before": shared by DEL, GC, the
+//! rollback of a failed ADD, and ADD taking over a stale attachment.
+//!
+//! Works from the recorded facts, not from how far ADD got, and keeps going after an error
+//! (like netavark's teardown), collecting every problem. The VF is found wherever it is:
+//! in the pod netns under the pod name (or, after a half-done move, its host name), or back
+//! in the host — where the kernel puts it under the pod name or a `devN` name when the netns
+//! is destroyed — found there by PCI address through sysfs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use railvf_host::Guid;
+
+use crate::Ctx;
+use crate::guid;
+use crate::ipam::{Call, Plugin};
+use crate::net::{Link, LinkOps, NetError, Netns, VfSettings};
+use crate::netconf::NetConf;
+use crate::state::{Attachment, HostLink};
+use crate::vf::{self, VfId};
+
+/// How long to wait for the VF netdev to show up in the host namespace (the kernel returns
+/// it asynchronously when a netns is destroyed; a rebind re-probes it).
+pub const REAPPEAR_WAIT: Duration = Duration::from_secs(10);
+
+/// What a teardown did and could not do.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub done: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    fn fail(&mut self, e: impl Into<String>) {
+        let e = e.into();
+        crate::log_warn!("teardown: {e}");
+        self.errors.push(e);
+    }
+
+    fn did(&mut self, d: impl Into<String>) {
+        let d = d.into();
+        crate::log_debug!("teardown: {d}");
+        self.done.push(d);
+    }
+
+    /// One line for an error's `details`.
+    pub fn summary(&self) -> String {
+        if self.errors.is_empty() {
+            format!("rolled back: {}", self.done.join(", "))
+        } else {
+            format!(
+                "rollback incomplete, DEL will retry: {}",
+                self.errors.join("; ")
+            )
+        }
+    }
+}
+
+/// Options of one teardown.
+pub struct Options<'a> {
+    /// The netns the caller knows (`CNI_NETNS`); the recorded one is used when absent.
+    pub netns: Option<&'a Path>,
+    /// Run IPAM DEL with the recorded config (rollback, GC); DEL runs its own.
+    pub ipam: bool,
+}
+
+fn mac_eq(a: &str, b: &str) -> bool {
+    !a.is_empty() && a.eq_ignore_ascii_case(b)
+}
+
+/// Is `l` (seen in the pod netns) the attachment's VF?
+fn is_ours(l: &Link, st: &Attachment) -> bool {
+    if st.pod_ifindex == Some(l.ifindex) {
+        return true;
+    }
+    let moving = st.moving.as_ref();
+    if mac_eq(&l.mac, &st.host.mac) || moving.is_some_and(|m| mac_eq(&l.mac, &m.mac)) {
+        return true;
+    }
+    // Same ifindex as on the host (the kernel keeps it when free) and one of our names.
+    let idx_match = l.ifindex == st.host.ifindex || moving.is_some_and(|m| m.ifindex == l.ifindex);
+    let name_match =
+        l.name == st.ifname || l.name == st.host.name || moving.is_some_and(|m| m.name == l.name);
+    idx_match && name_match
+}
+
+/// Finds the VF in the pod netns.
+fn locate_in_netns(
+    links: &dyn LinkOps,
+    ns: &Netns,
+    st: &Attachment,
+) -> Result<Option<Link>, NetError> {
+    let mut names = vec![st.ifname.as_str(), st.host.name.as_str()];
+    if let Some(m) = &st.moving {
+        names.push(&m.name);
+    }
+    for name in names {
+        match links.link_by_name(ns, name) {
+            Ok(Some(l)) if is_ours(&l, st) => return Ok(Some(l)),
+            Ok(_) | Err(NetError::NoSuchLink { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut idx = vec![st.host.ifindex];
+    idx.extend(st.pod_ifindex);
+    idx.extend(st.moving.as_ref().map(|m| m.ifindex));
+    for i in idx {
+        match links.link_by_index(ns, i) {
+            Ok(Some(l)) if is_ours(&l, st) => return Ok(Some(l)),
+            Ok(_) | Err(NetError::NoSuchLink { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// The netns to look in: the caller's, else the recorded one; `None` when it is gone.
+fn usable_netns(opts: &Options<'_>, st: &Attachment) -> Option<Netns> {
+    let p = opts.netns.or(st.netns.as_deref())?;
+    p.exists().then(|| Netns::path(p))
+}
+
+/// Brings the attachment's VF back to the host as it was. Never stops at the first error.
+pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
+    let mut r = Report::default();
+    let links = ctx.links;
+    let root = ctx.root();
+    let id = VfId {
+        addr: st.vf,
+        pf: st.pf,
+        index: st.vf_index,
+    };
+    let ns = usable_netns(&opts, st);
+
+    // 1. IPAM first, while the pod's interface still exists (DHCP release needs it).
+    if opts.ipam && st.ipam {
+        ipam_del(ctx, st, ns.as_ref(), &mut r);
+    }
+
+    // 2. RDMA device back (when the netns is gone the kernel returns it by itself).
+    if let (Some(dev), Some(ns)) = (&st.rdma_device, &ns) {
+        match links.move_rdma_device(dev, ns, &Netns::Host) {
+            Ok(()) => r.did(format!("RDMA device {dev} back to the host")),
+            // Not there, or no exclusive-mode RDMA here: it cannot have moved.
+            Err(NetError::NoSuchLink { .. } | NetError::Unsupported { .. }) => {}
+            // Not a usable netns any more: the kernel returns the device when it dies.
+            Err(NetError::Netns { .. }) => {}
+            Err(e) => r.fail(format!("moving RDMA device {dev} back to the host: {e}")),
+        }
+    }
+
+    // 3. The netdev back into the host namespace.
+    let vf_exists = vf::exists(root, &st.vf);
+    // The VF's netdev in the host, once known (from the move's answer, else from sysfs).
+    let mut home: Option<Link> = None;
+    if let Some(ns) = &ns {
+        match locate_in_netns(links, ns, st) {
+            Ok(Some(l)) => {
+                // No explicit down: leaving a namespace closes the device anyway.
+                match links.move_link(ns, l.ifindex, &Netns::Host, &st.host.name) {
+                    Ok(h) => {
+                        r.did(format!("{} back to the host as {}", l.name, st.host.name));
+                        home = Some(h);
+                    }
+                    // Perhaps moved under its pod name: the host fixups below rename it.
+                    Err(e) => crate::log_info!(
+                        "moving {} back as {}: {e}; looking for it in the host",
+                        l.name,
+                        st.host.name
+                    ),
+                }
+            }
+            Ok(None) => {}
+            // The path exists but is no (longer a) network namespace: as if it were gone;
+            // the host fixups below find the VF wherever the kernel put it.
+            Err(e @ NetError::Netns { .. }) => {
+                crate::log_info!("{e}; looking for the VF in the host")
+            }
+            Err(e) => r.fail(format!(
+                "looking for the VF in {}: {e}",
+                opts.netns
+                    .or(st.netns.as_deref())
+                    .unwrap_or(Path::new("?"))
+                    .display()
+            )),
+        }
+    }
+
+    // 4. GUID back to what it was (needs the netdev on the host: the rebind re-creates it).
+    if let Some(g) = &st.guid
+        && vf_exists
+    {
+        let want = g.previous.unwrap_or(Guid(0));
+        // The OFED file reads back what was written; the RDMA device's GUID (netlink
+        // path) may lag a rebind, so there restore unconditionally.
+        let restored = g.method == crate::state::GuidMethod::OfedSysfs
+            && guid::current(root, &id, g.method) == Some(want);
+        if !restored {
+            let pf_ifindex = match g.method {
+                crate::state::GuidMethod::Netlink => {
+                    vf::pf_ifindex(root, links, &st.pf, &st.vf).ok()
+                }
+                crate::state::GuidMethod::OfedSysfs => None,
+            };
+            match guid::set(root, links, g.method, &id, pf_ifindex, want)
+                .and_then(|()| guid::rebind(root, &st.vf))
+            {
+                Ok(()) => {
+                    r.did(format!("GUID restored to {want}"));
+                    // The rebind re-creates the netdev: find it again.
+                    home = None;
+                }
+                Err(e) => r.fail(e.to_string()),
+            }
+        }
+    }
+
+    // 5. On the host: original name, MTU, admin state.
+    if vf_exists {
+        // Not in the pod netns and not seen yet: the kernel may still be returning it from
+        // a destroyed netns, or re-probing it after a rebind.
+        let wait = REAPPEAR_WAIT;
+        let found = match home {
+            Some(l) => Ok(Some(l)),
+            None => vf::wait_in_host(root, links, &st.vf, wait),
+        };
+        match found {
+            Ok(Some(l)) => restore_host(links, &l, &st.host, &mut r),
+            Ok(None) => r.fail(format!(
+                "VF {} has no netdev in the host namespace after {} ms (expected {} back from {}); it may still be in the pod netns or another one",
+                st.vf,
+                wait.as_millis(),
+                st.host.name,
+                st.netns.as_deref().unwrap_or(Path::new("the pod")).display()
+            )),
+            Err(e) => r.fail(e.to_string()),
+        }
+    } else {
+        r.did(format!(
+            "VF {} no longer exists on this host: nothing to return",
+            st.vf
+        ));
+    }
+
+    // 6. VF settings through the PF.
+    if let Some(vc) = &st.vf_settings
+        && vf_exists
+    {
+        let prev = VfSettings::from(&vc.previous);
+        match links.set_vf(vc.pf_ifindex, st.vf_index, &prev) {
+            Ok(()) => r.did("VF settings restored"),
+            Err(e) => r.fail(format!(
+                "restoring VF {} settings through PF ifindex {}: {e}",
+                st.vf, vc.pf_ifindex
+            )),
+        }
+    }
+    r
+}
+
+fn restore_host(links: &dyn LinkOps, l: &Link, host: &HostLink, r: &mut Report) {
+    let ns = Netns::Host;
+    if l.name != host.name {
+        // The kernel refuses to rename an interface that is up.
+        let _ = links.set_up(&ns, l.ifindex, false);
+        match links.rename(&ns, l.ifindex, &host.name) {
+            Ok(()) => r.did(format!("{} renamed back to {}", l.name, host.name)),
+            Err(e) => {
+                r.fail(format!(
+                    "renaming {} back to {}: {e} (is another interface called {} now?)",
+                    l.name, host.name, host.name
+                ));
+                return;
+            }
+        }
+    }
+    if host.mtu != 0 && l.mtu != host.mtu {
+        match links.set_mtu(&ns, l.ifindex, host.mtu) {
+            Ok(()) => r.did(format!("MTU {} restored", host.mtu)),
+            Err(e) => r.fail(format!("restoring MTU {} on {}: {e}", host.mtu, host.name)),
+        }
+    }
+    if host.up {
+        if let Err(e) = links.set_up(&ns, l.ifindex, true) {
+            r.fail(format!("setting {} up again: {e}", host.name));
+        }
+    } else if l.up && l.name == host.name {
+        let _ = links.set_up(&ns, l.ifindex, false);
+    }
+}
+
+fn ipam_del(ctx: &Ctx<'_>, st: &Attachment, ns: Option<&Netns>, r: &mut Report) {
+    let conf = match NetConf::parse(st.netconf.as_bytes()) {
+        Ok(c) => c,
+        Err(e) => {
+            return r.fail(format!(
+                "recorded network config unreadable for IPAM DEL: {e}"
+            ));
+        }
+    };
+    let Some(t) = &conf.ipam_type else { return };
+    let netns_path = match ns {
+        Some(Netns::Path(p)) => Some(p.as_path()),
+        _ => None,
+    };
+    let call = Call {
+        command: "DEL",
+        container_id: Some(&st.container_id),
+        netns: netns_path,
+        ifname: Some(&st.ifname),
+        args: st.cni_args.as_deref(),
+        cni_path: &ctx.env.cni_path,
+    };
+    match Plugin::find(t, &ctx.env.cni_path).and_then(|p| p.run(&call, st.netconf.as_bytes())) {
+        Ok(()) => r.did(format!("IPAM {t} released")),
+        Err(e) => r.fail(e.to_string()),
+    }
+}

@@ -1,0 +1,605 @@
+//! Verb logic against [`FakeLinks`] and a temporary sysfs tree: no root, milliseconds each.
+//! The same flows run against the kernel and the simulator in `tests/` (root).
+
+use std::fs;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::net::fake::{FakeOp, Inject, RdmaMode};
+use crate::net::{IpNet, LinkOps, Netns};
+use crate::state::StateDir;
+use crate::testutil::{Bench, PF_NETDEV, conf, vf_addr, vf_netdev};
+
+/// An IPAM stand-in that logs its calls and hands out 10.1.0.5/24.
+fn with_ipam(b: &Bench) -> String {
+    let log = b.dir.path().join("ipam.log");
+    b.ipam_script(
+        "fake-ipam",
+        &format!(
+            r#"cat >/dev/null; echo "$CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME" >> {}
+[ "$CNI_COMMAND" = ADD ] && echo '{{"cniVersion":"1.1.0","ips":[{{"address":"10.1.0.5/24","gateway":"10.1.0.1"}}],"routes":[{{"dst":"0.0.0.0/0"}},{{"dst":"10.2.0.0/16","gw":"10.1.0.254"}}],"dns":{{"nameservers":["10.1.0.53"]}}}}'
+exit 0"#,
+            log.display()
+        ),
+    );
+    r#""ipam":{"type":"fake-ipam"}"#.to_string()
+}
+
+fn ipam_log(b: &Bench) -> Vec<String> {
+    fs::read_to_string(b.dir.path().join("ipam.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn is_home(b: &Bench, i: u32) -> bool {
+    b.whereis(&vf_netdev(i)) == vec![Netns::Host]
+}
+
+#[test]
+fn add_attaches_and_del_returns_everything() {
+    let b = Bench::new(2);
+    let ipam = with_ipam(&b);
+    let out = b
+        .run(
+            "ADD",
+            "c1",
+            Some(&b.pod),
+            &conf(0, &format!(r#""mtu":4000,{ipam}"#)),
+        )
+        .unwrap()
+        .unwrap();
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["cniVersion"], "1.1.0");
+    assert_eq!(r["interfaces"][0]["name"], "net1");
+    assert_eq!(r["interfaces"][0]["mtu"], 4000);
+    assert_eq!(r["interfaces"][0]["pciID"], "0000:18:00.1");
+    assert_eq!(r["interfaces"][0]["sandbox"], b.pod.display().to_string());
+    assert_eq!(r["ips"][0]["address"], "10.1.0.5/24");
+    assert_eq!(r["ips"][0]["interface"], 0);
+    assert!(r["ips"][0].get("version").is_none());
+    assert_eq!(r["dns"]["nameservers"][0], "10.1.0.53");
+
+    let pod = Netns::path(&b.pod);
+    let l = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
+    assert!(l.up);
+    assert_eq!(l.mtu, 4000);
+    assert_eq!(r["interfaces"][0]["mac"], l.mac);
+    assert_eq!(
+        b.links.addresses(&pod, l.ifindex).unwrap(),
+        vec![IpNet {
+            addr: "10.1.0.5".parse().unwrap(),
+            prefix: 24
+        }]
+    );
+    let routes = b.links.routes(&pod);
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.dst.prefix == 0 && r.gw == Some("10.1.0.1".parse().unwrap())),
+        "{routes:?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.dst.prefix == 16 && r.gw == Some("10.1.0.254".parse().unwrap()))
+    );
+    assert!(b.whereis(&vf_netdev(0)).is_empty());
+    let st = StateDir::new(b.state_dir())
+        .load("c1", "net1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.host.name, vf_netdev(0));
+
+    b.run(
+        "DEL",
+        "c1",
+        Some(&b.pod),
+        &conf(0, &format!(r#""mtu":4000,{ipam}"#)),
+    )
+    .unwrap();
+    assert!(is_home(&b, 0));
+    let back = b
+        .links
+        .link_by_name(&Netns::Host, &vf_netdev(0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.mtu, 1500, "MTU restored");
+    assert!(b.links.link_by_name(&pod, "net1").unwrap().is_none());
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+    assert_eq!(ipam_log(&b), vec!["ADD c1 net1", "DEL c1 net1"]);
+}
+
+#[test]
+fn old_config_versions_get_old_result_shapes() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    let c = conf(0, &ipam).replace("1.1.0", "0.3.1");
+    let out = b.run("ADD", "c1", Some(&b.pod), &c).unwrap().unwrap();
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["cniVersion"], "0.3.1");
+    assert_eq!(r["ips"][0]["version"], "4");
+    assert!(r["interfaces"][0].get("pciID").is_none());
+    assert!(r["interfaces"][0].get("mtu").is_none());
+}
+
+#[test]
+fn del_is_idempotent_and_works_without_add_or_netns() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    let c = conf(0, &ipam);
+    // DEL without ADD, twice, with and without a netns.
+    b.run("DEL", "never", Some(&b.pod), &c).unwrap();
+    b.run("DEL", "never", None, &c).unwrap();
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    b.run("DEL", "c1", None, &c).unwrap();
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty());
+}
+
+#[test]
+fn del_after_the_netns_is_gone_renames_the_returned_vf() {
+    let b = Bench::new(1);
+    let c = conf(0, "");
+    let pod = b.netns("pod-gone");
+    b.run("ADD", "c1", Some(&pod), &c).unwrap();
+    // The kernel returns the VF to the host under its pod name; sysfs shows it there.
+    b.delete_netns(&pod);
+    assert_eq!(b.whereis("net1"), vec![Netns::Host]);
+    b.run("DEL", "c1", None, &c).unwrap();
+    assert!(is_home(&b, 0));
+    assert!(b.whereis("net1").is_empty());
+    assert!(b.state_files().is_empty());
+}
+
+#[test]
+fn del_with_a_netns_path_that_is_no_netns_any_more() {
+    let b = Bench::new(1);
+    let c = conf(0, "");
+    let pod = b.netns("pod-stale");
+    b.run("ADD", "c1", Some(&pod), &c).unwrap();
+    // The namespace dies but a plain file stays at its path (an unmounted bind mount).
+    b.links.remove_netns(&Netns::path(&pod));
+    b.sync_sysfs();
+    assert!(pod.exists());
+    b.run("DEL", "c1", Some(&pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty());
+}
+
+#[test]
+fn del_after_a_killed_add_converges() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    let c = conf(0, &ipam);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    // An ADD killed right after the move leaves exactly this: the state written before the
+    // first change, the VF in the pod under its pod name.
+    let sd = StateDir::new(b.state_dir());
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty());
+
+    // Killed before the move: the state exists, the VF is still on the host.
+    b.run("ADD", "c2", Some(&b.pod), &c).unwrap();
+    let st = sd.load("c2", "net1").unwrap().unwrap();
+    let pod = Netns::path(&b.pod);
+    let l = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
+    b.links
+        .move_link(&pod, l.ifindex, &Netns::Host, &vf_netdev(0))
+        .unwrap();
+    b.sync_sysfs();
+    sd.save(&st).unwrap();
+    b.run("DEL", "c2", Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty());
+}
+
+#[test]
+fn readiness_timeout_rolls_everything_back_with_code_11() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    b.set_port(0, "lid", "0x0");
+    let c = conf(0, &format!(r#"{ipam},"readiness":{{"timeoutMs":100}}"#));
+    let e = b.run("ADD", "c1", Some(&b.pod), &c).unwrap_err();
+    assert_eq!(e.code, 11, "{e}");
+    assert!(
+        e.msg
+            .contains("lid: found 0x0, expected a LID assigned by the Subnet Manager"),
+        "{e}"
+    );
+    assert!(e.details.contains("opensm"), "{e}");
+    assert!(e.details.contains("rolled back"), "{e}");
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+    assert_eq!(ipam_log(&b), vec!["ADD c1 net1", "DEL c1 net1"]);
+}
+
+#[test]
+fn readiness_waits_for_the_lid() {
+    let b = Bench::new(1);
+    b.set_port(0, "lid", "0x0");
+    let lid = b.port_file(0, "lid");
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        fs::write(lid, "0x42\n").unwrap();
+    });
+    let c = conf(0, r#""readiness":{"timeoutMs":20000}"#);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    t.join().unwrap();
+    assert!(b.whereis("net1") == vec![Netns::path(&b.pod)]);
+}
+
+#[test]
+fn failures_that_cannot_heal_fail_at_once() {
+    for (file, value, check) in [
+        (
+            "link_layer",
+            "Ethernet",
+            "link_layer: found Ethernet, expected InfiniBand",
+        ),
+        ("state", "1: DOWN", "port_state"),
+    ] {
+        let b = Bench::new(1);
+        b.set_port(0, file, value);
+        let timeout = if file == "state" { 150 } else { 600_000 };
+        let c = conf(0, &format!(r#""readiness":{{"timeoutMs":{timeout}}}"#));
+        let e = b.run("ADD", "c1", Some(&b.pod), &c).unwrap_err();
+        assert_eq!(e.code, 11, "{e}");
+        assert!(e.msg.contains(check), "{e}");
+        if file == "link_layer" {
+            assert!(e.msg.contains("will not change by waiting"), "{e}");
+        }
+        assert!(is_home(&b, 0));
+        assert!(b.state_files().is_empty());
+    }
+}
+
+#[test]
+fn roce_vfs_gate_on_ethernet_without_lid() {
+    let b = Bench::new(1);
+    b.set_port(0, "link_layer", "Ethernet");
+    b.set_port(0, "lid", "0x0");
+    b.set_port(0, "sm_lid", "0x0");
+    let c = conf(0, r#""readiness":{"linkLayer":"Ethernet","timeoutMs":100}"#);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+}
+
+#[test]
+fn host_managed_vf_is_refused_before_any_change() {
+    let b = Bench::new(1);
+    let idx = b.vf_ifindex[0];
+    let links = b.root().join("run/systemd/netif/links");
+    fs::create_dir_all(&links).unwrap();
+    fs::write(links.join(idx.to_string()), "ADMIN_STATE=configured\n").unwrap();
+    let e = b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap_err();
+    assert_eq!(e.code, 11);
+    assert!(
+        e.msg.contains("ownership") && e.msg.contains("systemd-networkd"),
+        "{e}"
+    );
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().iter().all(|f| f.ends_with(".lock")));
+    assert_eq!(b.links.count(FakeOp::MoveLink), 0);
+}
+
+#[test]
+fn guid_through_ofed_files_with_rebind_and_restore() {
+    let b = Bench::new(1);
+    b.fake_driver();
+    let before = fs::read_to_string(b.sriov_file(0, "node")).unwrap();
+    let c = conf(
+        0,
+        r#""runtimeConfig":{"infinibandGUID":"02:00:00:00:00:00:aa:01"}"#,
+    );
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "node")).unwrap(),
+        "02:00:00:00:00:00:aa:01\n"
+    );
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "port")).unwrap(),
+        "02:00:00:00:00:00:aa:01\n"
+    );
+    let drv = b.root().join("sys/bus/pci/drivers/mlx5_core");
+    assert_eq!(
+        fs::read_to_string(drv.join("unbind")).unwrap(),
+        "0000:18:00.1"
+    );
+    assert_eq!(
+        fs::read_to_string(drv.join("bind")).unwrap(),
+        "0000:18:00.1"
+    );
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(fs::read_to_string(b.sriov_file(0, "node")).unwrap(), before);
+    assert!(is_home(&b, 0));
+
+    // Same GUID again: no write, no rebind.
+    fs::write(drv.join("bind"), "").unwrap();
+    let same = conf(0, &format!(r#""guid":"{}""#, before.trim()));
+    b.run("ADD", "c2", Some(&b.pod), &same).unwrap();
+    assert_eq!(fs::read_to_string(drv.join("bind")).unwrap(), "");
+}
+
+#[test]
+fn guid_through_netlink_when_there_are_no_ofed_files() {
+    let b = Bench::new(1);
+    fs::remove_dir_all(b.sriov_file(0, "node").parent().unwrap()).unwrap();
+    let c = conf(0, r#""guid":"02:00:00:00:00:00:bb:02""#);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let vf = b.links.vf(b.pf_ifindex, 0).unwrap();
+    assert_eq!(vf.node_guid.0, 0x02000000_0000bb02);
+    assert_eq!(vf.port_guid.0, 0x02000000_0000bb02);
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    // Restored to what the RDMA device showed before.
+    assert_eq!(
+        b.links.vf(b.pf_ifindex, 0).unwrap().node_guid.0,
+        0x0c42a1ff00180101
+    );
+}
+
+#[test]
+fn vf_settings_are_applied_through_the_pf_and_restored() {
+    let b = Bench::new(2);
+    let before = b.links.vf(b.pf_ifindex, 1).unwrap().settings;
+    let c = conf(
+        1,
+        r#""mac":"02:aa:bb:cc:dd:01","vlan":100,"vlanQoS":2,"spoofchk":"off","trust":"on","min_tx_rate":5,"max_tx_rate":500,"link_state":"enable","readiness":{"linkLayer":"InfiniBand"}"#,
+    );
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let now = b.links.vf(b.pf_ifindex, 1).unwrap().settings;
+    assert_eq!(now.mac, Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 1]));
+    assert_eq!(now.vlan, Some((100, 2, 0x8100)));
+    assert_eq!(now.spoofchk, Some(false));
+    assert_eq!(now.trust, Some(true));
+    assert_eq!(now.rate, Some((5, 500)));
+    assert_eq!(now.link_state, Some(1));
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(b.links.vf(b.pf_ifindex, 1).unwrap().settings, before);
+    assert!(is_home(&b, 1));
+    let _ = PF_NETDEV;
+}
+
+#[test]
+fn an_existing_name_in_the_pod_fails_cleanly() {
+    let b = Bench::new(1);
+    let pod = Netns::path(&b.pod);
+    b.links.add_link(&pod, "net1");
+    let e = b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap_err();
+    assert_eq!(e.code, 103, "{e}");
+    assert!(e.details.contains("already exists"), "{e}");
+    // The kernel moved it under its old name; rollback brought it home.
+    assert!(is_home(&b, 0), "{:?}", b.whereis(&vf_netdev(0)));
+    assert_eq!(b.whereis("net1"), vec![pod]);
+    assert!(b.state_files().is_empty());
+}
+
+#[test]
+fn kernel_errors_mid_add_roll_back_ipam_and_the_move() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    b.links
+        .fail_once(FakeOp::AddAddress, Inject::Errno(libc::EINVAL));
+    let e = b
+        .run("ADD", "c1", Some(&b.pod), &conf(0, &ipam))
+        .unwrap_err();
+    assert_eq!(e.code, 103);
+    assert!(e.msg.contains("10.1.0.5/24"), "{e}");
+    assert!(is_home(&b, 0));
+    assert_eq!(ipam_log(&b), vec!["ADD c1 net1", "DEL c1 net1"]);
+    assert!(b.state_files().is_empty());
+}
+
+#[test]
+fn ipam_errors_pass_through_and_roll_back() {
+    let b = Bench::new(1);
+    b.ipam_script(
+        "full",
+        r#"cat >/dev/null; [ "$CNI_COMMAND" = ADD ] || exit 0; echo '{"cniVersion":"1.0.0","code":18,"msg":"no IP addresses available in range set"}'; exit 1"#,
+    );
+    let e = b
+        .run(
+            "ADD",
+            "c1",
+            Some(&b.pod),
+            &conf(0, r#""ipam":{"type":"full"}"#),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, 18);
+    assert!(e.msg.contains("no IP addresses available"), "{e}");
+    assert!(is_home(&b, 0));
+    let e = b
+        .run(
+            "ADD",
+            "c1",
+            Some(&b.pod),
+            &conf(0, r#""ipam":{"type":"missing"}"#),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, 104);
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+#[test]
+fn a_vf_of_a_live_pod_is_refused_naming_it_and_a_dead_one_is_taken_over() {
+    let b = Bench::new(1);
+    let c = conf(0, "");
+    let pod_a = b.netns("pod-a");
+    b.run("ADD", "aaa", Some(&pod_a), &c).unwrap();
+    let e = b.run("ADD", "bbb", Some(&b.pod), &c).unwrap_err();
+    assert_eq!(e.code, 101, "{e}");
+    assert!(e.msg.contains("aaa") && e.msg.contains("pod-a"), "{e}");
+    // Pod A dies without DEL: the kernel returns the VF; B may now take it.
+    b.delete_netns(&pod_a);
+    b.run("ADD", "bbb", Some(&b.pod), &c).unwrap();
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
+    let files = b.state_files();
+    assert_eq!(files, vec!["0000:18:00.1_bbb@net1.json".to_string()]);
+    // A's late DEL does not touch B's VF.
+    b.run("DEL", "aaa", None, &c).unwrap();
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
+}
+
+#[test]
+fn wrong_devices_are_refused() {
+    let b = Bench::new(1);
+    let pf = conf(0, "").replace("0000:18:00.1", "0000:18:00.0");
+    let e = b.run("ADD", "c1", Some(&b.pod), &pf).unwrap_err();
+    assert_eq!(e.code, 100);
+    assert!(e.msg.contains("not an SR-IOV virtual function"), "{e}");
+    let none = conf(0, "").replace("0000:18:00.1", "0000:99:00.1");
+    let e = b.run("ADD", "c1", Some(&b.pod), &none).unwrap_err();
+    assert_eq!(e.code, 100);
+    assert!(e.msg.contains("not a PCI function"), "{e}");
+    let e = b
+        .run(
+            "ADD",
+            "c1",
+            Some(&b.pod),
+            r#"{"cniVersion":"1.0.0","name":"x"}"#,
+        )
+        .unwrap_err();
+    assert_eq!(e.code, 7);
+    // Moved away by someone else, no state of ours.
+    let other = b.netns("elsewhere");
+    let l = b
+        .links
+        .link_by_name(&Netns::Host, &vf_netdev(0))
+        .unwrap()
+        .unwrap();
+    b.links
+        .move_link(&Netns::Host, l.ifindex, &Netns::path(&other), "x")
+        .unwrap();
+    b.sync_sysfs();
+    let e = b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap_err();
+    assert_eq!(e.code, 102, "{e}");
+}
+
+#[test]
+fn check_compares_with_prev_result_and_readiness() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    let c = conf(0, &format!(r#""mtu":4000,{ipam}"#));
+    let out = b.run("ADD", "c1", Some(&b.pod), &c).unwrap().unwrap();
+    let with_prev = |prev: &str| {
+        let mut v: Value = serde_json::from_str(&c).unwrap();
+        v["prevResult"] = serde_json::from_str(prev).unwrap();
+        v.to_string()
+    };
+    b.run("CHECK", "c1", Some(&b.pod), &with_prev(&out))
+        .unwrap();
+    assert!(ipam_log(&b).contains(&"CHECK c1 net1".to_string()));
+
+    let pod = Netns::path(&b.pod);
+    let l = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
+    b.links.set_mtu(&pod, l.ifindex, 3000).unwrap();
+    let e = b
+        .run("CHECK", "c1", Some(&b.pod), &with_prev(&out))
+        .unwrap_err();
+    assert_eq!(e.code, 107);
+    assert!(e.msg.contains("MTU 3000"), "{e}");
+    b.links.set_mtu(&pod, l.ifindex, 4000).unwrap();
+
+    b.set_port(0, "lid", "0x0");
+    let e = b
+        .run("CHECK", "c1", Some(&b.pod), &with_prev(&out))
+        .unwrap_err();
+    assert_eq!(e.code, 11);
+    assert!(e.msg.contains("lid"), "{e}");
+
+    let e = b
+        .run("CHECK", "nobody", Some(&b.pod), &with_prev(&out))
+        .unwrap_err();
+    assert_eq!(e.code, 3);
+}
+
+#[test]
+fn gc_reaps_only_attachments_not_listed() {
+    let b = Bench::new(2);
+    let ipam = with_ipam(&b);
+    let pod_b = b.netns("pod-b");
+    b.run("ADD", "keep", Some(&b.pod), &conf(0, &ipam)).unwrap();
+    b.run_with(
+        &crate::testutil::Mirror(&b),
+        "ADD",
+        "stale",
+        "net1",
+        Some(&pod_b),
+        &conf(1, &ipam),
+    )
+    .unwrap();
+    let mut gc: Value = serde_json::from_str(&conf(0, &ipam)).unwrap();
+    gc["cni.dev/valid-attachments"] = serde_json::json!([{"containerID":"keep","ifname":"net1"}]);
+    b.run("GC", "x", None, &gc.to_string()).unwrap();
+    assert!(is_home(&b, 1));
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
+    let files = b.state_files();
+    assert_eq!(files, vec!["0000:18:00.1_keep@net1.json".to_string()]);
+    assert!(ipam_log(&b).contains(&"DEL stale net1".to_string()));
+    // Another network's GC leaves ours alone.
+    let mut other = gc.clone();
+    other["name"] = "other-net".into();
+    other["cni.dev/valid-attachments"] = serde_json::json!([]);
+    b.run("GC", "x", None, &other.to_string()).unwrap();
+    assert_eq!(
+        b.state_files(),
+        vec!["0000:18:00.1_keep@net1.json".to_string()]
+    );
+}
+
+#[test]
+fn status_says_when_the_plugin_cannot_work() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    b.run("STATUS", "x", None, &conf(0, &ipam)).unwrap();
+    let e = b
+        .run("STATUS", "x", None, &conf(0, r#""ipam":{"type":"absent"}"#))
+        .unwrap_err();
+    assert_eq!(e.code, 50);
+    fs::remove_dir_all(b.root().join("sys")).unwrap();
+    let e = b.run("STATUS", "x", None, &conf(0, "")).unwrap_err();
+    assert_eq!(e.code, 50);
+    assert!(e.msg.contains("PCI devices"), "{e}");
+}
+
+#[test]
+fn rdma_isolation_moves_the_rdma_device_and_back() {
+    let b = Bench::new(1);
+    let c = conf(0, r#""rdmaIsolation":true"#);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(
+        b.links.rdma_device_netns("mlx5_12"),
+        Some(Netns::path(&b.pod))
+    );
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(b.links.rdma_device_netns("mlx5_12"), Some(Netns::Host));
+
+    // No RDMA subsystem: ADD fails saying so and rolls back.
+    b.links.set_rdma_mode(RdmaMode::Absent);
+    let e = b.run("ADD", "c2", Some(&b.pod), &c).unwrap_err();
+    assert_eq!(e.code, 103, "{e}");
+    assert!(e.msg.contains("mlx5_12"), "{e}");
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty());
+}
+
+#[test]
+fn a_stale_attachment_of_the_same_container_is_replaced() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    let c = conf(0, &ipam);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    // The runtime repeats ADD (it lost our answer): converge, then attach again.
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
+    assert_eq!(
+        ipam_log(&b),
+        vec!["ADD c1 net1", "DEL c1 net1", "ADD c1 net1"]
+    );
+    let _ = vf_addr(0);
+}

@@ -1,0 +1,401 @@
+//! Root-free test bench for the verbs: a minimal sysfs tree (one ConnectX-7 PF with VFs, in
+//! the kernel's formats) under a temporary host root, [`FakeLinks`] holding the matching
+//! netdevs, a fake pod netns, and a state dir. The simulator (`railvf-sim`) is the real
+//! thing for the root-only tests in `tests/`; this keeps unit tests millisecond-fast.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use railvf_host::PciAddr;
+use tempfile::TempDir;
+
+use crate::Ctx;
+use crate::env::Env;
+use crate::error::CniError;
+use crate::net::fake::FakeLinks;
+use crate::net::{IpNet, Link, LinkOps, NetError, Netns, VfSettings};
+use crate::netconf::NetConf;
+use railvf_host::Guid;
+use std::net::IpAddr;
+
+pub const PF: &str = "0000:18:00.0";
+pub const PF_NETDEV: &str = "ibp24s0";
+
+pub fn vf_addr(i: u32) -> PciAddr {
+    format!("0000:18:00.{}", i + 1).parse().unwrap()
+}
+
+pub fn vf_netdev(i: u32) -> String {
+    format!("ibp24s0f{}", i + 1)
+}
+
+pub struct Bench {
+    pub dir: TempDir,
+    pub links: FakeLinks,
+    pub pf_ifindex: u32,
+    pub vf_ifindex: Vec<u32>,
+    /// Each VF netdev's MAC: how the sysfs mirror recognises it wherever it is.
+    pub vf_mac: Vec<String>,
+    pub pod: PathBuf,
+    pub cni_path: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn w(p: &Path, s: &str) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, s).unwrap();
+}
+
+impl Bench {
+    /// A PF with `n` VFs, all healthy (GUID set, LID assigned, port active), OFED GUID files.
+    pub fn new(n: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let devs = root.join("sys/bus/pci/devices");
+        let drv = root.join("sys/bus/pci/drivers/mlx5_core");
+        fs::create_dir_all(&drv).unwrap();
+        w(&drv.join("bind"), "");
+        w(&drv.join("unbind"), "");
+        let links = FakeLinks::new();
+        let pf_ifindex = links.add_pf(PF_NETDEV, n);
+        let pf = devs.join(PF);
+        w(&pf.join("vendor"), "0x15b3\n");
+        w(&pf.join("device"), "0x1021\n");
+        w(&pf.join("class"), "0x020700\n");
+        w(&pf.join("numa_node"), "0\n");
+        w(&pf.join("sriov_numvfs"), &format!("{n}\n"));
+        w(
+            &pf.join("net").join(PF_NETDEV).join("ifindex"),
+            &format!("{pf_ifindex}\n"),
+        );
+        symlink("../../drivers/mlx5_core", pf.join("driver")).unwrap();
+        let mut vf_ifindex = Vec::new();
+        let mut vf_mac = Vec::new();
+        for i in 0..n {
+            let a = vf_addr(i);
+            let d = devs.join(a.to_string());
+            w(&d.join("vendor"), "0x15b3\n");
+            w(&d.join("device"), "0x101e\n");
+            w(&d.join("class"), "0x020700\n");
+            w(&d.join("numa_node"), "0\n");
+            symlink("../../drivers/mlx5_core", d.join("driver")).unwrap();
+            symlink(format!("../{PF}"), d.join("physfn")).unwrap();
+            symlink(format!("../{a}"), pf.join(format!("virtfn{i}"))).unwrap();
+            let idx = links.add_link(&Netns::Host, &vf_netdev(i));
+            vf_ifindex.push(idx);
+            let l = links
+                .link_by_name(&Netns::Host, &vf_netdev(i))
+                .unwrap()
+                .unwrap();
+            vf_mac.push(l.mac);
+            w(
+                &d.join("net").join(vf_netdev(i)).join("ifindex"),
+                &format!("{idx}\n"),
+            );
+            let guid = format!("0c:42:a1:ff:00:18:01:{:02x}", i + 1);
+            let sriov = pf.join("sriov").join(i.to_string());
+            w(&sriov.join("node"), &format!("{guid}\n"));
+            w(&sriov.join("port"), &format!("{guid}\n"));
+            w(&sriov.join("policy"), "Follow\n");
+            let ib = d.join("infiniband").join(format!("mlx5_{}", 12 + i));
+            w(
+                &ib.join("node_guid"),
+                &format!("0c42:a1ff:0018:01{:02x}\n", i + 1),
+            );
+            let p = ib.join("ports/1");
+            w(&p.join("state"), "4: ACTIVE\n");
+            w(&p.join("phys_state"), "5: LinkUp\n");
+            w(&p.join("lid"), &format!("{:#x}\n", 0x20 + i));
+            w(&p.join("sm_lid"), "0x1\n");
+            w(&p.join("link_layer"), "InfiniBand\n");
+            w(&p.join("rate"), "400 Gb/sec (4X NDR)\n");
+            w(
+                &p.join("gids/0"),
+                &format!("fe80:0000:0000:0000:0c42:a1ff:0018:01{:02x}\n", i + 1),
+            );
+            links.add_rdma_device(&Netns::Host, &format!("mlx5_{}", 12 + i));
+        }
+        let pod = dir.path().join("netns-pod");
+        w(&pod, "");
+        links.add_netns(&Netns::path(&pod));
+        let cni_path = dir.path().join("cni");
+        fs::create_dir_all(&cni_path).unwrap();
+        Bench {
+            dir,
+            links,
+            pf_ifindex,
+            vf_ifindex,
+            vf_mac,
+            pod,
+            cni_path,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Plays mlx5 for GUIDs: whatever is written to `sriov/<n>/node` shows up as the RDMA
+    /// device's `node_guid` shortly after (as after a rebind on real hardware).
+    pub fn fake_driver(&self) {
+        let stop = self.stop.clone();
+        let pairs: Vec<(PathBuf, PathBuf)> = (0..self.vf_mac.len() as u32)
+            .map(|i| (self.sriov_file(i, "node"), self.node_guid_file(i)))
+            .collect();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (node, guid) in &pairs {
+                    if let Some(g) = fs::read_to_string(node)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<Guid>().ok())
+                    {
+                        // Only on change, and atomically: sysfs never shows a half value.
+                        let want = format!("{g}\n");
+                        if fs::read_to_string(guid).ok().as_deref() != Some(want.as_str()) {
+                            let tmp = guid.with_extension("tmp");
+                            let _ = fs::write(&tmp, want);
+                            let _ = fs::rename(&tmp, guid);
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+    }
+
+    pub fn node_guid_file(&self, i: u32) -> PathBuf {
+        self.vf_dir(i)
+            .join(format!("infiniband/mlx5_{}/node_guid", 12 + i))
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn vf_dir(&self, i: u32) -> PathBuf {
+        self.root()
+            .join("sys/bus/pci/devices")
+            .join(vf_addr(i).to_string())
+    }
+
+    pub fn port_file(&self, i: u32, f: &str) -> PathBuf {
+        self.vf_dir(i)
+            .join(format!("infiniband/mlx5_{}/ports/1", 12 + i))
+            .join(f)
+    }
+
+    pub fn set_port(&self, i: u32, f: &str, v: &str) {
+        fs::write(self.port_file(i, f), format!("{v}\n")).unwrap();
+    }
+
+    pub fn sriov_file(&self, i: u32, f: &str) -> PathBuf {
+        self.root()
+            .join("sys/bus/pci/devices")
+            .join(PF)
+            .join("sriov")
+            .join(i.to_string())
+            .join(f)
+    }
+
+    /// Makes each VF's sysfs `net/` show where its netdev really is, as the kernel's
+    /// per-netns sysfs does: its host name, or nothing while it is in another netns.
+    pub fn sync_sysfs(&self) {
+        let host = self.links.links(&Netns::Host);
+        for (i, mac) in self.vf_mac.iter().enumerate() {
+            let net = self.vf_dir(i as u32).join("net");
+            let _ = fs::remove_dir_all(&net);
+            fs::create_dir_all(&net).unwrap();
+            if let Some(l) = host.iter().find(|l| &l.mac == mac) {
+                w(
+                    &net.join(&l.name).join("ifindex"),
+                    &format!("{}\n", l.ifindex),
+                );
+            }
+        }
+    }
+
+    /// A second pod netns.
+    pub fn netns(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        w(&p, "");
+        self.links.add_netns(&Netns::path(&p));
+        p
+    }
+
+    /// Deletes a pod netns as the kernel would.
+    pub fn delete_netns(&self, p: &Path) {
+        self.links.remove_netns(&Netns::path(p));
+        fs::remove_file(p).unwrap();
+        self.sync_sysfs();
+    }
+
+    /// An executable IPAM stand-in in the bench's CNI_PATH.
+    pub fn ipam_script(&self, name: &str, body: &str) {
+        let p = self.cni_path.join(name);
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    pub fn env(&self, command: &str, cid: &str, ifname: &str, netns: Option<&Path>) -> Env {
+        let mut m: HashMap<&str, OsString> = HashMap::new();
+        m.insert("CNI_COMMAND", command.into());
+        m.insert("CNI_CONTAINERID", cid.into());
+        m.insert("CNI_IFNAME", ifname.into());
+        if let Some(n) = netns {
+            m.insert("CNI_NETNS", n.into());
+        }
+        m.insert("CNI_PATH", self.cni_path.clone().into());
+        m.insert("RAILVF_HOST_ROOT", self.root().into());
+        m.insert("RAILVF_STATE_DIR", self.state_dir().into());
+        Env::from_lookup(|k| m.get(k).cloned()).unwrap()
+    }
+
+    /// Runs one verb with this bench's env (`pod` netns) and `conf`.
+    pub fn run(
+        &self,
+        command: &str,
+        cid: &str,
+        netns: Option<&Path>,
+        conf: &str,
+    ) -> Result<Option<String>, CniError> {
+        self.run_with(&Mirror(self), command, cid, "net1", netns, conf)
+    }
+
+    pub fn run_with(
+        &self,
+        links: &dyn LinkOps,
+        command: &str,
+        cid: &str,
+        ifname: &str,
+        netns: Option<&Path>,
+        conf: &str,
+    ) -> Result<Option<String>, CniError> {
+        let env = self.env(command, cid, ifname, netns);
+        let conf = NetConf::parse(conf.as_bytes())?;
+        let ctx = Ctx::new(&env, links);
+        match command {
+            "ADD" => crate::add::exec(&ctx, &conf).map(Some),
+            "DEL" => crate::del::exec(&ctx, &conf).map(|()| None),
+            "CHECK" => crate::check::exec(&ctx, &conf).map(|()| None),
+            "GC" => crate::gc::exec(&ctx, &conf).map(|()| None),
+            "STATUS" => crate::status::exec(&ctx, &conf).map(|()| None),
+            other => panic!("verb {other}"),
+        }
+    }
+
+    /// State files left.
+    pub fn state_files(&self) -> Vec<String> {
+        match fs::read_dir(self.state_dir()) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    /// Where the link called `name` is.
+    pub fn whereis(&self, name: &str) -> Vec<Netns> {
+        self.links
+            .find(name)
+            .into_iter()
+            .map(|(ns, _)| ns)
+            .collect()
+    }
+}
+
+/// A network config for VF `i` with extra JSON members (`"ipam": …` etc.).
+pub fn conf(i: u32, extra: &str) -> String {
+    let sep = if extra.is_empty() { "" } else { "," };
+    format!(
+        r#"{{"cniVersion":"1.1.0","name":"rdma-net","type":"railvf","deviceID":"{}"{sep}{extra}}}"#,
+        vf_addr(i)
+    )
+}
+
+/// [`FakeLinks`] plus the kernel's sysfs behaviour: after every change the VFs' `net/`
+/// entries follow their netdevs (the simulator's mirror does the same with real veths).
+pub struct Mirror<'a>(pub &'a Bench);
+
+impl Mirror<'_> {
+    fn after<T>(&self, r: Result<T, NetError>) -> Result<T, NetError> {
+        self.0.sync_sysfs();
+        r
+    }
+}
+
+impl LinkOps for Mirror<'_> {
+    fn link_by_name(&self, ns: &Netns, name: &str) -> Result<Option<Link>, NetError> {
+        self.0.links.link_by_name(ns, name)
+    }
+    fn link_by_index(&self, ns: &Netns, ifindex: u32) -> Result<Option<Link>, NetError> {
+        self.0.links.link_by_index(ns, ifindex)
+    }
+    fn move_link(
+        &self,
+        from: &Netns,
+        ifindex: u32,
+        to: &Netns,
+        new_name: &str,
+    ) -> Result<Link, NetError> {
+        self.after(self.0.links.move_link(from, ifindex, to, new_name))
+    }
+    fn rename(&self, ns: &Netns, ifindex: u32, name: &str) -> Result<(), NetError> {
+        self.after(self.0.links.rename(ns, ifindex, name))
+    }
+    fn set_mtu(&self, ns: &Netns, ifindex: u32, mtu: u32) -> Result<(), NetError> {
+        self.0.links.set_mtu(ns, ifindex, mtu)
+    }
+    fn set_up(&self, ns: &Netns, ifindex: u32, up: bool) -> Result<(), NetError> {
+        self.0.links.set_up(ns, ifindex, up)
+    }
+    fn add_address(&self, ns: &Netns, ifindex: u32, addr: IpNet) -> Result<(), NetError> {
+        self.0.links.add_address(ns, ifindex, addr)
+    }
+    fn addresses(&self, ns: &Netns, ifindex: u32) -> Result<Vec<IpNet>, NetError> {
+        self.0.links.addresses(ns, ifindex)
+    }
+    fn add_route(
+        &self,
+        ns: &Netns,
+        ifindex: u32,
+        dst: IpNet,
+        gw: Option<IpAddr>,
+    ) -> Result<(), NetError> {
+        self.0.links.add_route(ns, ifindex, dst, gw)
+    }
+    fn vf_settings(&self, pf_ifindex: u32, vf: u32) -> Result<VfSettings, NetError> {
+        self.0.links.vf_settings(pf_ifindex, vf)
+    }
+    fn set_vf(&self, pf_ifindex: u32, vf: u32, settings: &VfSettings) -> Result<(), NetError> {
+        self.0.links.set_vf(pf_ifindex, vf, settings)
+    }
+    fn set_vf_guids(
+        &self,
+        pf_ifindex: u32,
+        vf: u32,
+        node: Guid,
+        port: Guid,
+    ) -> Result<(), NetError> {
+        let r = self.0.links.set_vf_guids(pf_ifindex, vf, node, port);
+        if r.is_ok() {
+            fs::write(self.0.node_guid_file(vf), format!("{node}\n")).unwrap();
+        }
+        r
+    }
+    fn move_rdma_device(&self, ibdev: &str, from: &Netns, to: &Netns) -> Result<(), NetError> {
+        self.0.links.move_rdma_device(ibdev, from, to)
+    }
+}

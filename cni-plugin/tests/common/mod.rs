@@ -1,0 +1,270 @@
+//! Helpers for the root tests: run the real `railvf` binary against a simulated node, and
+//! look at the result from OUTSIDE (`ip -j`, the simulator, the IPAM plugin's files), never
+//! through railvf's own output alone.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use railvf_sim::{SimNode, SimOptions};
+use serde_json::Value;
+
+/// Debian's reference plugins (host-local, static, host-device).
+pub const CNI_DIR: &str = "/usr/lib/cni";
+
+pub fn railvf_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_railvf"))
+}
+
+/// Fails loudly when a tool the test needs is missing: a skipped check must not pass.
+pub fn require_tool(path: &str, package: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: install the Debian package `{package}` (see README: test prerequisites)"
+    );
+}
+
+/// A simulated node with one VF per compute PF (8 veth VFs) and a fast subnet manager.
+pub fn sim(opts: SimOptions) -> SimNode {
+    opts.build().expect("building the simulated node")
+}
+
+pub fn small() -> SimOptions {
+    SimOptions::dgx_h200()
+        .vfs_per_pf(1)
+        .lid_delay(Duration::from_millis(0))
+}
+
+/// One railvf invocation's outcome.
+#[derive(Debug)]
+pub struct Out {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+    /// The spec error object of a failed call.
+    pub fn err(&self) -> (u64, String) {
+        assert!(!self.ok, "expected a failure, got success: {}", self.stdout);
+        let v = self.json();
+        (
+            v["code"].as_u64().expect("error code"),
+            format!(
+                "{} | {}",
+                v["msg"].as_str().unwrap_or(""),
+                v["details"].as_str().unwrap_or("")
+            ),
+        )
+    }
+    pub fn expect_ok(self) -> Self {
+        assert!(
+            self.ok,
+            "railvf failed: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// The environment of one test: sim root, private state dir, CNI_PATH.
+pub struct Cni<'a> {
+    pub sim: &'a SimNode,
+    pub state: PathBuf,
+    pub cni_path: String,
+}
+
+impl<'a> Cni<'a> {
+    pub fn new(sim: &'a SimNode, tmp: &Path) -> Self {
+        Cni {
+            sim,
+            state: tmp.join("state"),
+            cni_path: CNI_DIR.to_string(),
+        }
+    }
+
+    pub fn command(&self, verb: &str, cid: &str, ifname: &str, netns: Option<&Path>) -> Command {
+        let mut c = Command::new(railvf_bin());
+        c.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_IFNAME", ifname)
+            .env(
+                "CNI_NETNS",
+                netns.map(|p| p.as_os_str().to_owned()).unwrap_or_default(),
+            )
+            .env("CNI_PATH", &self.cni_path)
+            .env("RAILVF_HOST_ROOT", self.sim.root())
+            .env("RAILVF_STATE_DIR", &self.state)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    pub fn spawn(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &str) -> Child {
+        let mut child = self
+            .command(verb, cid, "net1", netns)
+            .spawn()
+            .expect("spawn railvf");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        child
+    }
+
+    pub fn run(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &str) -> Out {
+        self.run_if(verb, cid, "net1", netns, conf)
+    }
+
+    pub fn run_if(
+        &self,
+        verb: &str,
+        cid: &str,
+        ifname: &str,
+        netns: Option<&Path>,
+        conf: &str,
+    ) -> Out {
+        let mut child = self
+            .command(verb, cid, ifname, netns)
+            .spawn()
+            .expect("spawn railvf");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        Out {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Files left in the state dir (lock files included).
+    pub fn state_files(&self) -> Vec<String> {
+        std::fs::read_dir(&self.state)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// `ip [-n ns] -j <args>` parsed.
+pub fn ip_json(ns: Option<&str>, args: &[&str]) -> Value {
+    let mut c = Command::new("ip");
+    if let Some(n) = ns {
+        c.args(["-n", n]);
+    }
+    c.arg("-j").args(args);
+    let o = c.output().expect("run ip");
+    if !o.status.success() {
+        return Value::Array(vec![]);
+    }
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Array(vec![]))
+}
+
+/// The link `name` in `ns` (None: host), as `ip -j link show` prints it.
+pub fn link(ns: Option<&str>, name: &str) -> Option<Value> {
+    ip_json(ns, &["link", "show", "dev", name])
+        .as_array()
+        .and_then(|a| a.first().cloned())
+}
+
+/// IPv4 addresses (`a.b.c.d/nn`) of `name` in `ns`.
+pub fn addrs4(ns: Option<&str>, name: &str) -> Vec<String> {
+    let v = ip_json(ns, &["-4", "addr", "show", "dev", name]);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+        .collect()
+}
+
+/// IPv4 routes of `ns` as `dst via gw dev`.
+pub fn routes4(ns: &str) -> Vec<String> {
+    ip_json(Some(ns), &["-4", "route", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            format!(
+                "{} via {} dev {}",
+                r["dst"].as_str().unwrap_or(""),
+                r["gateway"].as_str().unwrap_or("-"),
+                r["dev"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Names of the links of `ns`.
+pub fn link_names(ns: &str) -> Vec<String> {
+    ip_json(Some(ns), &["link", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Polls `cond` every 5 ms up to `timeout` (never asserts on time: returns whether it held).
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A host-local IPAM section with its data in `dir`.
+pub fn host_local(dir: &Path, subnet: &str, gateway: &str) -> String {
+    format!(
+        r#""ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"{subnet}","gateway":"{gateway}"}}]],"routes":[{{"dst":"10.200.0.0/16"}},{{"dst":"10.201.0.0/16","gw":"{gateway}"}}]}}"#,
+        dir.display()
+    )
+}
+
+/// IPs host-local has reserved for network `net` in `dir`.
+pub fn reservations(dir: &Path, net: &str) -> Vec<String> {
+    std::fs::read_dir(dir.join(net))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn netconf(version: &str, name: &str, vf: &str, extra: &str) -> String {
+    let sep = if extra.is_empty() { "" } else { "," };
+    format!(
+        r#"{{"cniVersion":"{version}","name":"{name}","type":"railvf","deviceID":"{vf}"{sep}{extra}}}"#
+    )
+}

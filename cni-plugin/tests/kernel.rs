@@ -1,0 +1,421 @@
+//! The real `railvf` binary against the real kernel: veth "VFs" of the simulated DGX node,
+//! network namespaces created here, Debian's host-local and static IPAM plugins. Checked
+//! from outside with `ip -j`, the simulator's view and host-local's reservation files.
+//! Needs root; skips LOUDLY otherwise.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use railvf_sim::{Fault, TestNetns, require_root};
+
+const VF: &str = "0000:18:00.1";
+const VF2: &str = "0000:40:00.1";
+
+#[test]
+fn add_moves_the_vf_in_with_mtu_addresses_routes_and_del_brings_it_back() {
+    if !require_root() {
+        return;
+    }
+    require_tool("/usr/lib/cni/host-local", "containernetworking-plugins");
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = sim(small());
+    let cni = Cni::new(&sim, tmp.path());
+    let pod = TestNetns::new().unwrap();
+    let host_name = sim.vf(VF).unwrap().netdev;
+    let hl = tmp.path().join("hl");
+    let conf = netconf(
+        "1.1.0",
+        "rdma-a",
+        VF,
+        &format!(
+            r#""mtu":2044,{}"#,
+            host_local(&hl, "10.91.0.0/24", "10.91.0.1")
+        ),
+    );
+    let out = cni.run("ADD", "c-add", Some(pod.path()), &conf).expect_ok();
+    let r = out.json();
+
+    // From outside: the VF is net1 in the pod, up, with the MTU, address and routes.
+    let l = link(Some(pod.name()), "net1").expect("net1 in the pod netns");
+    assert_eq!(l["mtu"], 2044);
+    assert!(
+        l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{l}"
+    );
+    assert_eq!(addrs4(Some(pod.name()), "net1"), vec!["10.91.0.2/24"]);
+    let routes = routes4(pod.name());
+    assert!(
+        routes.contains(&"10.200.0.0/16 via 10.91.0.1 dev net1".to_string()),
+        "{routes:?}"
+    );
+    assert!(
+        routes.contains(&"10.201.0.0/16 via 10.91.0.1 dev net1".to_string()),
+        "{routes:?}"
+    );
+    assert!(link(None, &host_name).is_none(), "the VF left the host");
+    assert_eq!(reservations(&hl, "rdma-a"), vec!["10.91.0.2"]);
+    // And the result agrees with the kernel.
+    assert_eq!(r["interfaces"][0]["name"], "net1");
+    assert_eq!(r["interfaces"][0]["mac"], l["address"]);
+    assert_eq!(r["interfaces"][0]["mtu"], 2044);
+    assert_eq!(r["interfaces"][0]["pciID"], VF);
+    assert_eq!(
+        r["interfaces"][0]["sandbox"],
+        pod.path().display().to_string()
+    );
+    assert_eq!(r["ips"][0]["address"], "10.91.0.2/24");
+
+    cni.run("DEL", "c-add", Some(pod.path()), &conf).expect_ok();
+    let back = link(None, &host_name).expect("VF back in the host under its name");
+    assert_eq!(back["address"], l["address"]);
+    assert_ne!(back["mtu"], 2044, "host MTU restored");
+    assert!(!link_names(pod.name()).contains(&"net1".to_string()));
+    assert!(
+        reservations(&hl, "rdma-a").is_empty(),
+        "host-local released the address"
+    );
+    assert!(cni.state_files().is_empty(), "{:?}", cni.state_files());
+    // The simulator's sysfs mirror sees it home too.
+    assert!(eventually(Duration::from_secs(2), || {
+        sim.sync().unwrap();
+        sim.vf(VF).unwrap().host_netdev.map(|h| h.name) == Some(host_name.clone())
+    }));
+}
+
+#[test]
+fn static_ipam_takes_runtime_config_ips_and_old_versions_get_old_results() {
+    if !require_root() {
+        return;
+    }
+    require_tool("/usr/lib/cni/static", "containernetworking-plugins");
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = sim(small());
+    let cni = Cni::new(&sim, tmp.path());
+    let pod = TestNetns::new().unwrap();
+    let conf = netconf(
+        "0.4.0",
+        "rdma-static",
+        VF,
+        r#""ipam":{"type":"static","routes":[{"dst":"10.250.0.0/16","gw":"10.92.0.1"}]},"runtimeConfig":{"ips":["10.92.0.7/24"]}"#,
+    );
+    let r = cni
+        .run("ADD", "c-static", Some(pod.path()), &conf)
+        .expect_ok()
+        .json();
+    assert_eq!(addrs4(Some(pod.name()), "net1"), vec!["10.92.0.7/24"]);
+    assert!(routes4(pod.name()).contains(&"10.250.0.0/16 via 10.92.0.1 dev net1".to_string()));
+    assert_eq!(r["cniVersion"], "0.4.0");
+    assert_eq!(r["ips"][0]["version"], "4");
+    assert!(r["interfaces"][0].get("pciID").is_none());
+    cni.run("DEL", "c-static", Some(pod.path()), &conf)
+        .expect_ok();
+    assert!(link(None, &sim.vf(VF).unwrap().netdev).is_some());
+}
+
+#[test]
+fn add_waits_for_the_subnet_manager_to_assign_a_lid_after_the_guid() {
+    if !require_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = sim(small().lid_delay(Duration::from_millis(300)));
+    let cni = Cni::new(&sim, tmp.path());
+    let pod = TestNetns::new().unwrap();
+    let old = sim.vf(VF).unwrap().node_guid;
+    let conf = netconf(
+        "1.0.0",
+        "rdma-guid",
+        VF,
+        r#""runtimeConfig":{"infinibandGUID":"02:00:00:00:00:18:01:77"}"#,
+    );
+    cni.run("ADD", "c-guid", Some(pod.path()), &conf)
+        .expect_ok();
+    // Ready means: the new GUID is applied and the SM gave it a LID.
+    sim.sync().unwrap();
+    let v = sim.vf(VF).unwrap();
+    assert_eq!(v.node_guid, 0x0200_0000_0018_0177);
+    assert_eq!(v.port_guid, 0x0200_0000_0018_0177);
+    assert_ne!(v.lid, 0);
+    assert!(pod.has_link("net1").unwrap());
+    cni.run("DEL", "c-guid", Some(pod.path()), &conf)
+        .expect_ok();
+    sim.sync().unwrap();
+    assert_eq!(sim.vf(VF).unwrap().node_guid, old, "DEL restores the GUID");
+}
+
+/// Checks the spec error, that the VF is home under its name, the address released and
+/// the state dir empty.
+fn assert_rolled_back(
+    cni: &Cni<'_>,
+    out: &Out,
+    needle: &str,
+    host_name: &str,
+    hl: &std::path::Path,
+    pod: &TestNetns,
+) {
+    let (code, msg) = out.err();
+    assert_eq!(code, 11, "{msg}");
+    assert!(msg.contains(needle), "{msg}");
+    assert!(msg.contains("rolled back"), "{msg}");
+    assert!(
+        link(None, host_name).is_some(),
+        "VF back in the host as {host_name}"
+    );
+    assert!(!link_names(pod.name()).contains(&"net1".to_string()));
+    assert!(
+        reservations(hl, "rdma-fail").is_empty(),
+        "IPAM address released"
+    );
+    assert!(cni.state_files().is_empty(), "{:?}", cni.state_files());
+}
+
+#[test]
+fn lid_zero_port_down_and_ethernet_fail_with_code_11_and_roll_back() {
+    if !require_root() {
+        return;
+    }
+    require_tool("/usr/lib/cni/host-local", "containernetworking-plugins");
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = sim(small()
+        .fault(VF, Fault::LidZero)
+        .fault(VF2, Fault::PortDown)
+        .fault("0000:4f:00.1", Fault::EthFallback));
+    let cni = Cni::new(&sim, tmp.path());
+    let pod = TestNetns::new().unwrap();
+    let hl = tmp.path().join("hl");
+    for (vf, needle) in [
+        (
+            VF,
+            "lid: found 0x0, expected a LID assigned by the Subnet Manager",
+        ),
+        (VF2, "port_state: found state 1: DOWN"),
+        (
+            "0000:4f:00.1",
+            "link_layer: found Ethernet, expected InfiniBand",
+        ),
+    ] {
+        let conf = netconf(
+            "1.0.0",
+            "rdma-fail",
+            vf,
+            &format!(
+                r#""readiness":{{"timeoutMs":500}},{}"#,
+                host_local(&hl, "10.93.0.0/24", "10.93.0.1")
+            ),
+        );
+        let out = cni.run("ADD", "c-fail", Some(pod.path()), &conf);
+        assert_rolled_back(&cni, &out, needle, &sim.vf(vf).unwrap().netdev, &hl, &pod);
+        // The runtime's DEL after a failed ADD is a no-op that succeeds.
+        cni.run("DEL", "c-fail", Some(pod.path()), &conf)
+            .expect_ok();
+    }
+}
+
+#[test]
+fn del_converges_repeated_without_add_and_without_netns() {
+    if !require_root() {
+        return;
+    }
+    require_tool("/usr/lib/cni/host-local", "containernetworking-plugins");
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = sim(small());
+    let cni = Cni::new(&sim, tmp.path());
+    let hl = tmp.path().join("hl");
+    let host_name = sim.vf(VF).unwrap().netdev;
+    let conf = netconf(
+        "1.1.0",
+        "rdma-del",
+        VF,
+        &host_local(&hl, "10.94.0.0/24", "10.94.0.1"),
+    );
+
+    // DEL without ADD, with and without a netns.
+    let pod = TestNetns::new().unwrap();
+    cni.run("DEL", "never-added", Some(pod.path()), &conf)
+        .expect_ok();
+    cni.run("DEL", "never-added", None, &conf).expect_ok();
+
+    // Repeated DEL.
+    cni.run("ADD", "c-rep", Some(pod.path()), &conf).expect_ok();
+    for _ in 0..3 {
+        cni.run("DEL", "c-rep", Some(pod.path()), &conf).expect_ok();
+    }
+    assert!(link(None, &host_name).is_some());
+
+    // The netns is deleted between ADD and DEL: the VF comes back to the host under its pod
+    // name; DEL (without CNI_NETNS, as runtimes do then) renames it and frees the address.
+    let pod2 = TestNetns::new().unwrap();
+    cni.run("ADD", "c-gone", Some(pod2.path()), &conf)
+        .expect_ok();
+    assert_eq!(reservations(&hl, "rdma-del").len(), 1);
+    drop(pod2);
+    assert!(
+        eventually(Duration::from_secs(5), || link(None, "net1").is_some()),
+        "the kernel (simulator) returns the VF to the host under its pod name"
+    );
+    cni.run("DEL", "c-gone", None, &conf).expect_ok();
+    assert!(
+        link(None, &host_name).is_some(),
+        "renamed back to {host_name}"
+    );
+    assert!(link(None, "net1").is_none());
+    assert!(reservations(&hl, "rdma-del").is_empty());
+    assert!(cni.state_files().is_empty(), "{:?}", cni.state_files());
+
+    // Same, but the runtime still passes the (now dangling) CNI_NETNS path.
+    let pod3 = TestNetns::new().unwrap();
+    let path3 = pod3.path().to_path_buf();
+    cni.run("ADD", "c-gone2", Some(&path3), &conf).expect_ok();
+    drop(pod3);
+    cni.run("DEL", "c-gone2", Some(&path3), &conf).expect_ok();
+    assert!(link(None, &host_name).is_some());
+    assert!(cni.state_files().is_empty());
+}
+
+#[test]
+fn sigkill_in_the_middle_of_add_then_del_converges() {
+    if !require_root() {
+        return;
+    }
+    require_tool("/usr/lib/cni/host-local", "containernetworking-plugins");
+    let tmp = tempfile::tempdir().unwrap();
+    // LID never comes: ADD sits in the readiness gate with the VF moved and IPAM done.
+    let sim = sim(small().fault(VF, Fault::LidZero));
+    let cni = Cni::new(&sim, tmp.path());
+    let pod = TestNetns::new().unwrap();
+    let hl = tmp.path().join("hl");
+    let host_name = sim.vf(VF).unwrap().netdev;
+    let conf = netconf(
+        "1.0.0",
+        "rdma-kill",
+        VF,
+        &format!(
+            r#""readiness":{{"timeoutMs":60000}},{}"#,
+            host_local(&hl, "10.95.0.0/24", "10.95.0.1")
+        ),
+    );
+    let mut child = cni.spawn("ADD", "c-kill", Some(pod.path()), &conf);
+    assert!(
+        eventually(Duration::from_secs(20), || addrs4(Some(pod.name()), "net1")
+            .len()
+            == 1),
+        "ADD did not reach the readiness gate"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !cni.state_files().is_empty(),
+        "the state written before the changes survives"
+    );
+    cni.run("DEL", "c-kill", Some(pod.path()), &conf)
+        .expect_ok();
+    assert!(link(None, &host_name).is_some());
+    assert!(!link_names(pod.name()).contains(&"net1".to_string()));
+    assert!(reservations(&hl, "rdma-kill").is_empty());
+    assert!(cni.state_files().is_empty(), "{:?}", cni.state_files());
+}
+
+#[test]
+fn different_vfs_attach_in_parallel_and_a_shared_vf_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = sim(small().lid_delay(Duration::from_millis(200)));
+    let cni = Cni::new(&sim, tmp.path());
+    let pods: Vec<TestNetns> = (0..2).map(|_| TestNetns::new().unwrap()).collect();
+    // Both wait ~200 ms for their LIDs at the same time: per-VF locks, not a global one.
+    let confs = [
+        netconf("1.0.0", "p", VF, r#""guid":"02:00:00:00:00:00:00:a1""#),
+        netconf("1.0.0", "p", VF2, r#""guid":"02:00:00:00:00:00:00:a2""#),
+    ];
+    let children: Vec<_> = (0..2)
+        .map(|i| cni.spawn("ADD", &format!("par{i}"), Some(pods[i].path()), &confs[i]))
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    }
+    for p in &pods {
+        assert!(p.has_link("net1").unwrap());
+    }
+    // A second pod asking for VF 1: refused, naming the attachment that holds it.
+    let other = TestNetns::new().unwrap();
+    let out = cni.run("ADD", "intruder", Some(other.path()), &confs[0]);
+    let (code, msg) = out.err();
+    assert_eq!(code, 101, "{msg}");
+    assert!(
+        msg.contains("par0") && msg.contains(pods[0].name()),
+        "{msg}"
+    );
+    assert!(pods[0].has_link("net1").unwrap(), "the holder keeps its VF");
+    for i in 0..2 {
+        cni.run("DEL", &format!("par{i}"), Some(pods[i].path()), &confs[i])
+            .expect_ok();
+    }
+    cni.run("DEL", "intruder", Some(other.path()), &confs[0])
+        .expect_ok();
+    assert!(cni.state_files().is_empty(), "{:?}", cni.state_files());
+}
+
+#[test]
+fn check_status_gc_and_version_through_the_binary() {
+    if !require_root() {
+        return;
+    }
+    require_tool("/usr/lib/cni/host-local", "containernetworking-plugins");
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = sim(small());
+    let cni = Cni::new(&sim, tmp.path());
+    let pod = TestNetns::new().unwrap();
+    let hl = tmp.path().join("hl");
+    let conf = netconf(
+        "1.1.0",
+        "rdma-life",
+        VF,
+        &host_local(&hl, "10.96.0.0/24", "10.96.0.1"),
+    );
+    let res = cni
+        .run("ADD", "c-life", Some(pod.path()), &conf)
+        .expect_ok()
+        .json();
+
+    let mut check: serde_json::Value = serde_json::from_str(&conf).unwrap();
+    check["prevResult"] = res;
+    cni.run("CHECK", "c-life", Some(pod.path()), &check.to_string())
+        .expect_ok();
+    pod.ip(&["link", "set", "net1", "mtu", "1400"]).unwrap();
+    let (code, msg) = cni
+        .run("CHECK", "c-life", Some(pod.path()), &check.to_string())
+        .err();
+    assert_eq!(code, 107, "{msg}");
+
+    cni.run("STATUS", "", None, &conf).expect_ok();
+    let bad = Cni {
+        cni_path: "/nonexistent".into(),
+        ..Cni::new(&sim, tmp.path())
+    };
+    assert_eq!(bad.run("STATUS", "", None, &conf).err().0, 50);
+
+    // GC with an empty valid list reaps the attachment: VF home, address released.
+    let mut gc: serde_json::Value = serde_json::from_str(&conf).unwrap();
+    gc["cni.dev/valid-attachments"] = serde_json::json!([]);
+    cni.run("GC", "", None, &gc.to_string()).expect_ok();
+    assert!(link(None, &sim.vf(VF).unwrap().netdev).is_some());
+    assert!(reservations(&hl, "rdma-life").is_empty());
+    assert!(cni.state_files().is_empty());
+
+    let v = cni
+        .run("VERSION", "", None, r#"{"cniVersion":"1.1.0"}"#)
+        .expect_ok()
+        .json();
+    assert_eq!(
+        v["supportedVersions"],
+        serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+    // Garbage in: the spec error object on stdout, non-zero exit.
+    let (code, _) = cni.run("ADD", "c-x", Some(pod.path()), "{not json").err();
+    assert_eq!(code, 6);
+}

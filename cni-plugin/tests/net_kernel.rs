@@ -1,0 +1,548 @@
+//! `Rtnl` against the real kernel: namespaces, veth pairs, moves, renames, MTU, addresses,
+//! routes, the EEXIST-after-move behaviour, and the errors of VF/RDMA operations on a
+//! kernel without SR-IOV or RDMA. Needs root (skips loudly otherwise).
+//!
+//! Every test makes its own namespaces (`rvn-<pid>-<n>`) and veth pairs with unique names
+//! and removes them on drop, panics included.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use railvf_cni::net::netns::{self, Msg, NlSocket, nest_begin, nest_end, put_attr};
+use railvf_cni::net::rtnl::{self, Rtnl, moved_under_old_name};
+use railvf_cni::net::vf;
+use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, VfSettings};
+use railvf_host::Guid;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn next() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `true` when the test can run; prints `SKIPPED (needs root): <name>` otherwise.
+fn root(name: &str) -> bool {
+    let ok = nix::unistd::Uid::effective().is_root()
+        && Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        // Straight to stderr: libtest captures println!/eprintln!, not this.
+        let _ = writeln!(std::io::stderr(), "SKIPPED (needs root): {name}");
+    }
+    ok
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace, deleted on drop.
+struct TestNs {
+    name: String,
+}
+
+impl TestNs {
+    fn new() -> Self {
+        let name = format!("rvn-{}-{}", std::process::id(), next());
+        ip(&["netns", "add", &name]);
+        TestNs { name }
+    }
+
+    fn netns(&self) -> Netns {
+        Netns::path(format!("/var/run/netns/{}", self.name))
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A veth pair in the host netns, both ends deleted on drop wherever they ended up (a
+/// deleted namespace takes its end with it).
+struct Veth {
+    a: String,
+    b: String,
+}
+
+impl Veth {
+    fn new() -> Self {
+        let tag = format!("{:x}{:x}", std::process::id() & 0xfffff, next());
+        let v = Veth {
+            a: format!("rva{tag}"),
+            b: format!("rvb{tag}"),
+        };
+        assert!(v.a.len() <= 15, "{}", v.a);
+        ip(&["link", "add", &v.a, "type", "veth", "peer", "name", &v.b]);
+        v
+    }
+
+    fn a_index(&self, rt: &Rtnl) -> u32 {
+        rt.link_by_name(&Netns::Host, &self.a)
+            .expect("lookup")
+            .expect("veth end in host")
+            .ifindex
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        // Deleting one end deletes the pair; it may be in the host or already gone.
+        let _ = Command::new("ip").args(["link", "del", &self.b]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.a]).output();
+    }
+}
+
+/// `ip -n <ns> -j <family> route show`, parsed.
+fn routes(ns: &str, family: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&ip(&["-n", ns, "-j", family, "route", "show"])).expect("ip -j route")
+}
+
+fn find<'a>(routes: &'a [serde_json::Value], dst: &str) -> &'a serde_json::Value {
+    routes
+        .iter()
+        .find(|r| r["dst"] == dst)
+        .unwrap_or_else(|| panic!("no route to {dst} in {routes:?}"))
+}
+
+fn net(s: &str) -> IpNet {
+    let (a, p) = s.split_once('/').expect("addr/prefix");
+    IpNet {
+        addr: a.parse().expect("ip"),
+        prefix: p.parse().expect("prefix"),
+    }
+}
+
+#[test]
+fn move_rename_into_netns_and_back() {
+    if !root("move_rename_into_netns_and_back") {
+        return;
+    }
+    let ns = TestNs::new();
+    let veth = Veth::new();
+    let rt = Rtnl::new();
+    let host = Netns::Host;
+    let before = rt.link_by_name(&host, &veth.a).unwrap().unwrap();
+
+    let moved = rt
+        .move_link(&host, before.ifindex, &ns.netns(), "net1")
+        .unwrap();
+    assert_eq!(moved.name, "net1");
+    assert_eq!(moved.mac, before.mac, "same device");
+    assert!(
+        rt.link_by_name(&host, &veth.a).unwrap().is_none(),
+        "gone from host"
+    );
+    // Lookup by index in the target works, and `ip` agrees.
+    let by_index = rt
+        .link_by_index(&ns.netns(), moved.ifindex)
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_index, moved);
+    let shown = ip(&["-n", &ns.name, "-j", "link", "show", "net1"]);
+    assert!(shown.contains(&before.mac), "{shown}");
+
+    // And back under the original name.
+    let back = rt
+        .move_link(&ns.netns(), moved.ifindex, &host, &veth.a)
+        .unwrap();
+    assert_eq!(back.name, veth.a);
+    assert_eq!(back.mac, before.mac);
+    assert!(rt.link_by_name(&ns.netns(), "net1").unwrap().is_none());
+    assert_eq!(
+        rt.link_by_name(&host, &veth.a).unwrap().unwrap().mac,
+        before.mac
+    );
+}
+
+#[test]
+fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
+    if !root("eexist_after_move_is_reported_and_link_is_in_target_under_old_name") {
+        return;
+    }
+    let ns = TestNs::new();
+    let veth = Veth::new();
+    // The target already has a "net1" (another veth pair, made inside it).
+    ip(&[
+        "-n", &ns.name, "link", "add", "net1", "type", "veth", "peer", "name", "other1",
+    ]);
+    let rt = Rtnl::new();
+    let host = Netns::Host;
+    let idx = veth.a_index(&rt);
+    let mac = rt.link_by_index(&host, idx).unwrap().unwrap().mac;
+
+    let err = rt.move_link(&host, idx, &ns.netns(), "net1").unwrap_err();
+    println!("move into a netns whose net1 is taken: {err}");
+    assert!(moved_under_old_name(&err), "{err}");
+    match &err {
+        NetError::Kernel { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::EEXIST)),
+        e => panic!("unexpected {e:?}"),
+    }
+    // FACTS: the kernel moved it under its old name.
+    assert!(rt.link_by_name(&host, &veth.a).unwrap().is_none());
+    let there = rt
+        .link_by_name(&ns.netns(), &veth.a)
+        .unwrap()
+        .expect("moved under old name");
+    assert_eq!(there.mac, mac);
+
+    // Both names taken: nothing moves. Put a link named like veth.a back into the host
+    // first... simpler: move it back, then make the target hold both names.
+    let back = rt
+        .move_link(&ns.netns(), there.ifindex, &host, &veth.a)
+        .unwrap();
+    ip(&[
+        "-n", &ns.name, "link", "add", &veth.a, "type", "veth", "peer", "name", "other2",
+    ]);
+    let err = rt
+        .move_link(&host, back.ifindex, &ns.netns(), "net1")
+        .unwrap_err();
+    println!("move into a netns where both names are taken: {err}");
+    assert!(!moved_under_old_name(&err), "{err}");
+    assert!(err.to_string().contains("not moved"), "{err}");
+    assert_eq!(
+        rt.link_by_name(&host, &veth.a).unwrap().unwrap().mac,
+        mac,
+        "still in host"
+    );
+}
+
+#[test]
+fn configure_inside_netns_and_read_back() {
+    if !root("configure_inside_netns_and_read_back") {
+        return;
+    }
+    let ns = TestNs::new();
+    let veth = Veth::new();
+    let rt = Rtnl::new();
+    let host = Netns::Host;
+    let pod = ns.netns();
+    let l = rt
+        .move_link(&host, veth.a_index(&rt), &pod, "net1")
+        .unwrap();
+    assert!(!l.up);
+
+    rt.set_mtu(&pod, l.ifindex, 9000).unwrap();
+    rt.set_up(&pod, l.ifindex, true).unwrap();
+    let now = rt.link_by_index(&pod, l.ifindex).unwrap().unwrap();
+    assert_eq!(now.mtu, 9000);
+    assert!(now.up);
+
+    rt.add_address(&pod, l.ifindex, net("10.77.0.5/24"))
+        .unwrap();
+    rt.add_address(&pod, l.ifindex, net("10.77.0.5/24"))
+        .unwrap(); // idempotent
+    rt.add_address(&pod, l.ifindex, net("fd00:77::5/64"))
+        .unwrap();
+    let addrs = rt.addresses(&pod, l.ifindex).unwrap();
+    assert!(addrs.contains(&net("10.77.0.5/24")), "{addrs:?}");
+    assert!(addrs.contains(&net("fd00:77::5/64")), "{addrs:?}");
+    // Not the host's view, and not another link's.
+    let lo = rt.link_by_name(&pod, "lo").unwrap().unwrap();
+    assert!(
+        !rt.addresses(&pod, lo.ifindex)
+            .unwrap()
+            .contains(&net("10.77.0.5/24"))
+    );
+
+    // Routes: default via a gateway, an on-link one, IPv6 both ways; host bits get cleared.
+    let gw4: IpAddr = "10.77.0.1".parse().unwrap();
+    rt.add_route(&pod, l.ifindex, net("0.0.0.0/0"), Some(gw4))
+        .unwrap();
+    rt.add_route(&pod, l.ifindex, net("192.168.77.9/24"), None)
+        .unwrap();
+    rt.add_route(
+        &pod,
+        l.ifindex,
+        net("fd00:88::/64"),
+        Some("fd00:77::1".parse().unwrap()),
+    )
+    .unwrap();
+    rt.add_route(&pod, l.ifindex, net("fd00:99::/64"), None)
+        .unwrap();
+    rt.add_route(
+        &pod,
+        l.ifindex,
+        net("::/0"),
+        Some("fe80::1".parse().unwrap()),
+    )
+    .unwrap();
+
+    let r4 = routes(&ns.name, "-4");
+    println!("{r4:?}");
+    let default4 = find(&r4, "default");
+    assert_eq!(default4["gateway"], "10.77.0.1");
+    assert_eq!(default4["dev"], "net1");
+    let onlink = find(&r4, "192.168.77.0/24");
+    assert_eq!(onlink["scope"], "link");
+    assert!(onlink.get("gateway").is_none());
+    let r6 = routes(&ns.name, "-6");
+    println!("{r6:?}");
+    assert_eq!(find(&r6, "fd00:88::/64")["gateway"], "fd00:77::1");
+    assert!(find(&r6, "fd00:99::/64").get("gateway").is_none());
+    assert_eq!(find(&r6, "default")["gateway"], "fe80::1");
+    let a: serde_json::Value =
+        serde_json::from_str(&ip(&["-n", &ns.name, "-j", "addr", "show", "net1"])).unwrap();
+    let v4 = a[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["local"] == "10.77.0.5")
+        .expect("10.77.0.5 on net1")
+        .clone();
+    assert_eq!(v4["prefixlen"], 24);
+    assert_eq!(v4["broadcast"], "10.77.0.255");
+
+    // A duplicate route is an error that names the route.
+    let e = rt
+        .add_route(&pod, l.ifindex, net("0.0.0.0/0"), Some(gw4))
+        .unwrap_err();
+    println!("{e}");
+    assert!(e.to_string().contains("already exists"), "{e}");
+    // A gateway off every subnet of the link.
+    let e = rt
+        .add_route(
+            &pod,
+            l.ifindex,
+            net("172.31.0.0/16"),
+            Some("10.99.0.1".parse().unwrap()),
+        )
+        .unwrap_err();
+    println!("{e}");
+    match e {
+        NetError::Kernel { source, .. } => {
+            assert_eq!(source.raw_os_error(), Some(libc::ENETUNREACH))
+        }
+        e => panic!("{e:?}"),
+    }
+    // MTU over the device's maximum: the kernel's own words come through.
+    let e = rt.set_mtu(&pod, l.ifindex, 1_000_000).unwrap_err();
+    println!("{e}");
+    assert!(
+        e.to_string().contains("set MTU 1000000 on link net1"),
+        "{e}"
+    );
+
+    // Older kernels (RHEL 8/9) refuse to rename an up link (EBUSY, with our hint); newer
+    // ones allow it. Down, it always works.
+    match rt.rename(&pod, l.ifindex, "net2") {
+        Ok(()) => println!("this kernel renames up links"),
+        Err(e) => {
+            println!("{e}");
+            assert!(e.to_string().contains("must be down"), "{e}");
+        }
+    }
+    rt.set_up(&pod, l.ifindex, false).unwrap();
+    rt.rename(&pod, l.ifindex, "net3").unwrap();
+    assert_eq!(
+        rt.link_by_index(&pod, l.ifindex).unwrap().unwrap().name,
+        "net3"
+    );
+    // A taken name.
+    let e = rt.rename(&pod, l.ifindex, "lo").unwrap_err();
+    println!("{e}");
+    assert!(e.to_string().contains("already exists"), "{e}");
+}
+
+#[test]
+fn routes_on_a_down_link_and_missing_links() {
+    if !root("routes_on_a_down_link_and_missing_links") {
+        return;
+    }
+    let ns = TestNs::new();
+    let veth = Veth::new();
+    let rt = Rtnl::new();
+    let pod = ns.netns();
+    let l = rt
+        .move_link(&Netns::Host, veth.a_index(&rt), &pod, "net1")
+        .unwrap();
+    rt.add_address(&pod, l.ifindex, net("10.78.0.5/24"))
+        .unwrap();
+    rt.add_address(&pod, l.ifindex, net("fd00:78::5/64"))
+        .unwrap();
+    // The kernel's answers differ by family and by gateway; every one must say "bring the
+    // link up", not "wrong gateway".
+    for (dst, gw) in [
+        ("0.0.0.0/0", Some("10.78.0.1")),
+        ("192.168.78.0/24", None),
+        ("fd00:78::/64", None),
+        ("fd00:79::/64", Some("fd00:78::1")),
+        ("::/0", Some("fe80::1")),
+    ] {
+        let e = rt
+            .add_route(&pod, l.ifindex, net(dst), gw.map(|g| g.parse().unwrap()))
+            .unwrap_err();
+        println!("route on a down link: {e}");
+        assert!(e.to_string().contains("bring the link up first"), "{e}");
+    }
+
+    // Missing things.
+    assert!(rt.link_by_name(&pod, "nosuch0").unwrap().is_none());
+    assert!(
+        rt.link_by_name(&pod, "a-name-longer-than-15")
+            .unwrap()
+            .is_none()
+    );
+    assert!(rt.link_by_index(&pod, 999_999).unwrap().is_none());
+    let e = rt.set_mtu(&pod, 999_999, 1500).unwrap_err();
+    assert!(matches!(e, NetError::NoSuchLink { .. }), "{e:?}");
+    println!("{e}");
+    let e = rt.addresses(&pod, 999_999).unwrap_err();
+    assert!(matches!(e, NetError::NoSuchLink { .. }), "{e:?}");
+    let e = rt.move_link(&Netns::Host, 999_999, &pod, "x").unwrap_err();
+    assert!(matches!(e, NetError::NoSuchLink { .. }), "{e:?}");
+}
+
+#[test]
+fn bad_namespaces_are_named() {
+    if !root("bad_namespaces_are_named") {
+        return;
+    }
+    let rt = Rtnl::new();
+    let gone = Netns::path("/var/run/netns/rvn-does-not-exist");
+    let e = rt.link_by_name(&gone, "lo").unwrap_err();
+    println!("{e}");
+    assert!(matches!(e, NetError::Netns { .. }), "{e:?}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let e = rt
+        .link_by_name(&Netns::path(file.path()), "lo")
+        .unwrap_err();
+    println!("{e}");
+    assert!(e.to_string().contains("not a network namespace"), "{e}");
+}
+
+#[test]
+fn vf_operations_on_a_veth_are_unsupported() {
+    if !root("vf_operations_on_a_veth_are_unsupported") {
+        return;
+    }
+    let veth = Veth::new();
+    let rt = Rtnl::new();
+    let pf = veth.a_index(&rt);
+    let s = VfSettings {
+        mac: Some([0x02, 0, 0, 0, 0, 1]),
+        vlan: Some((100, 3, 0x8100)),
+        spoofchk: Some(false),
+        trust: Some(true),
+        rate: Some((0, 1000)),
+        link_state: Some(1),
+    };
+    let e = rt.set_vf(pf, 0, &s).unwrap_err();
+    println!("{e}");
+    assert!(matches!(e, NetError::Unsupported { .. }), "{e:?}");
+    let e = rt
+        .set_vf_guids(
+            pf,
+            0,
+            Guid(0x1122_3344_5566_7788),
+            Guid(0x1122_3344_5566_7789),
+        )
+        .unwrap_err();
+    println!("{e}");
+    assert!(matches!(e, NetError::Unsupported { .. }), "{e:?}");
+    let e = rt.vf_settings(pf, 0).unwrap_err();
+    println!("{e}");
+    assert!(matches!(e, NetError::Unsupported { .. }), "{e:?}");
+    // Nothing to set: no request, no error.
+    rt.set_vf(pf, 0, &VfSettings::default()).unwrap();
+
+    // EOPNOTSUPP (not EINVAL) above means the kernel's ifla_vf_policy accepted every one of
+    // our VF attributes (it checks each struct's size before calling the driver). The same
+    // request with a truncated struct ifla_vf_guid is refused by that policy:
+    let mut sock = NlSocket::open(netns::NETLINK_ROUTE, None).unwrap();
+    let send = |sock: &mut NlSocket, list: &[u8]| {
+        let mut m = Msg::new(rtnl::RTM_SETLINK, 0);
+        m.header(&rtnl::ifinfomsg(0, pf, 0, 0)).raw_attrs(list);
+        sock.request(&m).unwrap_err().errno()
+    };
+    let good = vf::encode_vf_guids(0, Guid(1), Guid(2));
+    assert_eq!(send(&mut sock, &good), Some(libc::EOPNOTSUPP));
+    let mut short = Vec::new();
+    let l = nest_begin(&mut short, vf::IFLA_VFINFO_LIST);
+    let i = nest_begin(&mut short, vf::IFLA_VF_INFO);
+    put_attr(
+        &mut short,
+        vf::IFLA_VF_IB_NODE_GUID,
+        &vf::vf_guid(0, 1)[..12],
+    );
+    nest_end(&mut short, i);
+    nest_end(&mut short, l);
+    // (ERANGE from nla_validate on recent kernels, EINVAL on older ones.)
+    let e = send(&mut sock, &short);
+    assert!(matches!(e, Some(libc::EINVAL | libc::ERANGE)), "{e:?}");
+    let settings = vf::encode_vf_settings(0, &s).unwrap();
+    assert_eq!(send(&mut sock, &settings), Some(libc::EOPNOTSUPP));
+    // A PF that does not exist.
+    let e = rt.set_vf(999_999, 0, &s).unwrap_err();
+    assert!(matches!(e, NetError::NoSuchLink { .. }), "{e:?}");
+}
+
+#[test]
+fn rdma_move_says_what_is_missing() {
+    if !root("rdma_move_says_what_is_missing") {
+        return;
+    }
+    let ns = TestNs::new();
+    let rt = Rtnl::new();
+    let e = rt
+        .move_rdma_device("mlx5_4", &Netns::Host, &ns.netns())
+        .unwrap_err();
+    println!("{e}");
+    match &e {
+        // This CI kernel: no RDMA subsystem at all.
+        NetError::Unsupported { what, detail, .. } if what.contains("NETLINK_RDMA") => {
+            assert!(detail.contains("no RDMA subsystem"), "{e}");
+        }
+        // A kernel with RDMA: no such device here, or shared netns mode.
+        NetError::NoSuchLink { .. } | NetError::Unsupported { .. } => {}
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn sockets_are_per_netns_and_threads_stay_home() {
+    if !root("sockets_are_per_netns_and_threads_stay_home") {
+        return;
+    }
+    let before = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    let ns1 = TestNs::new();
+    let ns2 = TestNs::new();
+    let rt = Rtnl::new();
+    ip(&[
+        "-n", &ns1.name, "link", "add", "only1", "type", "veth", "peer", "name", "peer1",
+    ]);
+    ip(&[
+        "-n", &ns2.name, "link", "add", "only2", "type", "veth", "peer", "name", "peer2",
+    ]);
+    for _ in 0..3 {
+        assert!(rt.link_by_name(&ns1.netns(), "only1").unwrap().is_some());
+        assert!(rt.link_by_name(&ns1.netns(), "only2").unwrap().is_none());
+        assert!(rt.link_by_name(&ns2.netns(), "only2").unwrap().is_some());
+        assert!(rt.link_by_name(&Netns::Host, "only1").unwrap().is_none());
+    }
+    let names: Vec<String> = rt
+        .links(&ns1.netns())
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}"); // lo, only1, peer1
+    assert_eq!(
+        std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+        before
+    );
+}

@@ -1,0 +1,122 @@
+//! Timing sanity print (not an assertion): CPU and wall time of a CNI-like cycle on the
+//! real kernel with a fresh `Rtnl` each time, as a fresh `railvf` process would have: move a
+//! veth end into a pod netns renamed `net1`, set MTU, up, an address and a default route
+//! (ADD), then move it back under its name (DEL). Needs root; alone in its test binary so
+//! the process CPU clock measures only this.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::time::{ClockId, clock_gettime};
+use railvf_cni::net::rtnl::Rtnl;
+use railvf_cni::net::{IpNet, LinkOps, Netns};
+
+fn cpu(clock: ClockId) -> Duration {
+    Duration::from(clock_gettime(clock).expect("clock_gettime"))
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Cleanup(String, String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.1]).output();
+    }
+}
+
+#[test]
+fn move_cycle_cpu_time() {
+    if !nix::unistd::Uid::effective().is_root() {
+        // Straight to stderr: libtest captures println!/eprintln!, not this.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED (needs root): move_cycle_cpu_time"
+        );
+        return;
+    }
+    let pid = std::process::id();
+    let ns = format!("rvn-{pid}-timing");
+    let a = format!("rvt{:x}a", pid & 0xfffff);
+    let b = format!("rvt{:x}b", pid & 0xfffff);
+    ip(&["netns", "add", &ns]);
+    let _cleanup = Cleanup(ns.clone(), a.clone());
+    ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+    let pod = Netns::path(format!("/var/run/netns/{ns}"));
+    let host = Netns::Host;
+
+    const N: u32 = 10;
+    let (mut proc_total, mut thread_total, mut wall_total) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut samples = Vec::new();
+    for _ in 0..N {
+        let (p0, t0, w0) = (
+            cpu(ClockId::CLOCK_PROCESS_CPUTIME_ID),
+            cpu(ClockId::CLOCK_THREAD_CPUTIME_ID),
+            Instant::now(),
+        );
+        let rt = Rtnl::new();
+        // ADD
+        let vf = rt.link_by_name(&host, &a).unwrap().unwrap();
+        let l = rt.move_link(&host, vf.ifindex, &pod, "net1").unwrap();
+        rt.set_mtu(&pod, l.ifindex, 9000).unwrap();
+        rt.set_up(&pod, l.ifindex, true).unwrap();
+        rt.add_address(
+            &pod,
+            l.ifindex,
+            IpNet {
+                addr: "10.66.0.5".parse().unwrap(),
+                prefix: 24,
+            },
+        )
+        .unwrap();
+        rt.add_route(
+            &pod,
+            l.ifindex,
+            IpNet {
+                addr: "0.0.0.0".parse().unwrap(),
+                prefix: 0,
+            },
+            Some("10.66.0.1".parse().unwrap()),
+        )
+        .unwrap();
+        // DEL
+        let l = rt.link_by_name(&pod, "net1").unwrap().unwrap();
+        rt.set_up(&pod, l.ifindex, false).unwrap();
+        rt.move_link(&pod, l.ifindex, &host, &a).unwrap();
+        drop(rt);
+        let (p, t, w) = (
+            cpu(ClockId::CLOCK_PROCESS_CPUTIME_ID) - p0,
+            cpu(ClockId::CLOCK_THREAD_CPUTIME_ID) - t0,
+            w0.elapsed(),
+        );
+        samples.push((p, w));
+        proc_total += p;
+        thread_total += t;
+        wall_total += w;
+    }
+    for (i, (p, w)) in samples.iter().enumerate() {
+        println!(
+            "cycle {i}: cpu {:>7.3} ms  wall {:>7.3} ms",
+            p.as_secs_f64() * 1e3,
+            w.as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "TIMING ADD+DEL netlink cycle (move in + rename, mtu, up, addr, route; down, move out), mean of {N}: \
+         process CPU {:.3} ms (calling thread {:.3} ms), wall {:.3} ms",
+        proc_total.as_secs_f64() * 1e3 / f64::from(N),
+        thread_total.as_secs_f64() * 1e3 / f64::from(N),
+        wall_total.as_secs_f64() * 1e3 / f64::from(N),
+    );
+}
