@@ -89,21 +89,34 @@ impl Topology {
     }
 }
 
-/// The bridge chain above a device: the components of its canonical path after
-/// `…/sys/devices/`, without the device itself (`["pci0000:15", "0000:15:01.0", …]`).
+/// The bridge chain above a device: the components of its canonical path from its PCI host
+/// bridge (`pciDDDD:BB`) on, without the device itself (`["pci0000:15", "0000:15:01.0", …]`).
+/// Platform nodes above the host bridge (ACPI, VMBus) are left out: sharing them says
+/// nothing about PCIe locality.
 fn ancestors(path: &Path) -> Vec<String> {
     let comps: Vec<String> = path
         .components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
-    // The last `sys/devices` pair: the host root itself may contain anything.
-    let Some(start) = (1..comps.len())
+    let is_host_bridge = |c: &str| {
+        c.strip_prefix("pci").is_some_and(|rest| {
+            rest.len() == 7
+                && rest.as_bytes()[4] == b':'
+                && rest
+                    .bytes()
+                    .enumerate()
+                    .all(|(i, b)| i == 4 || b.is_ascii_hexdigit())
+        })
+    };
+    // Search below the last `sys/devices`: the host root itself may be named anything.
+    let devices = (1..comps.len())
         .rev()
         .find(|&i| comps[i] == "devices" && comps[i - 1] == "sys")
-    else {
+        .map_or(0, |i| i + 1);
+    let Some(start) = (devices..comps.len()).find(|&i| is_host_bridge(&comps[i])) else {
         return Vec::new();
     };
-    let mut chain = comps[start + 1..].to_vec();
+    let mut chain = comps[start..].to_vec();
     chain.pop();
     chain
 }
@@ -190,5 +203,69 @@ mod tests {
         ];
         let nic = PathBuf::from("/r/sys/devices/pci0000:15/0000:15:01.0/0000:18:00.0");
         assert!(rail_gpu(&nic, &gpus).is_none());
+    }
+
+    #[test]
+    fn a_rail_map_overrides_detection_and_names_undetectable_pfs() {
+        use crate::inventory::{Inventory, PciFunction, Pf};
+        let pf = |addr: &str, path: &str| Pf {
+            function: PciFunction {
+                addr: addr.parse().unwrap(),
+                vendor: 0x15b3,
+                device: 0x1021,
+                class: 0x020700,
+                driver: Some("mlx5_core".into()),
+                numa_node: Some(0),
+                netdevs: vec![],
+                rdma: None,
+                uverbs: None,
+                physfn: None,
+                sysfs_path: PathBuf::from(path),
+            },
+            sriov_totalvfs: Some(16),
+            sriov_numvfs: Some(8),
+            vfs: vec![],
+        };
+        let inv = Inventory {
+            pfs: vec![
+                pf(
+                    "0000:18:00.0",
+                    "/r/sys/devices/pci0000:15/0000:15:01.0/0000:16:00.0/0000:17:00.0/0000:18:00.0",
+                ),
+                // A VM: one host bridge per device, nothing to pair by ancestry.
+                pf(
+                    "0101:00:00.0",
+                    "/r/sys/devices/LNXSYSTM:00/VMBUS:00/pci0101:00/0101:00:00.0",
+                ),
+            ],
+            gpus: vec![
+                gpu(
+                    0,
+                    "0000:1b:00.0",
+                    "/r/sys/devices/pci0000:15/0000:15:01.0/0000:16:00.0/0000:17:01.0/0000:19:00.0/0000:1a:00.0/0000:1b:00.0",
+                ),
+                gpu(
+                    1,
+                    "0001:00:00.0",
+                    "/r/sys/devices/LNXSYSTM:00/VMBUS:00/pci0001:00/0001:00:00.0",
+                ),
+            ],
+            ..Inventory::default()
+        };
+        let detected = Topology::detect(&inv, None);
+        let a = "0000:18:00.0".parse().unwrap();
+        let vm = "0101:00:00.0".parse().unwrap();
+        assert_eq!(detected.pf_rail(&a).unwrap().source, RailSource::Detected);
+        assert!(detected.pf_rail(&vm).is_none());
+
+        let map: RailMap =
+            serde_json::from_str(r#"{"0000:18:00.0": 1, "0101:00:00.0": 0}"#).unwrap();
+        let t = Topology::detect(&inv, Some(&map));
+        let ra = t.pf_rail(&a).unwrap();
+        assert_eq!((ra.index, ra.source), (1, RailSource::Configured));
+        assert_eq!(ra.gpu, Some("0001:00:00.0".parse().unwrap()));
+        assert_eq!(t.pf_rail(&vm).unwrap().index, 0);
+        assert!(t.is_compute_pf(&vm));
+        assert!(serde_json::from_str::<RailMap>(r#"{"../x": 1}"#).is_err());
     }
 }
