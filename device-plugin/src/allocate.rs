@@ -378,12 +378,16 @@ mod tests {
                         numa: Some(rail as u32 / 4),
                         rail: Some(rail as u32),
                         health: Health::Healthy,
+                        failed: Default::default(),
                         in_pod: false,
                     },
                 );
             }
         }
-        DeviceSet { devices }
+        DeviceSet {
+            devices,
+            ..Default::default()
+        }
     }
 
     fn ids(s: &DeviceSet) -> Vec<String> {

@@ -59,6 +59,39 @@ impl Health {
     }
 }
 
+/// The readiness checks that failed in a verdict (metrics report them one by one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FailedChecks(u8);
+
+impl FailedChecks {
+    fn bit(c: Check) -> u8 {
+        let i = Check::ALL.iter().position(|x| *x == c).unwrap_or(0);
+        1 << i
+    }
+
+    pub fn insert(&mut self, c: Check) {
+        self.0 |= Self::bit(c);
+    }
+
+    pub fn contains(&self, c: Check) -> bool {
+        self.0 & Self::bit(c) != 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromIterator<Check> for FailedChecks {
+    fn from_iter<I: IntoIterator<Item = Check>>(iter: I) -> Self {
+        let mut f = FailedChecks::default();
+        for c in iter {
+            f.insert(c);
+        }
+        f
+    }
+}
+
 /// Reads a small attribute with open/read/close only (no size probe, no second read when
 /// the kernel's trailing newline is already there), relative to `dir` when given so the
 /// kernel resolves one path component instead of twenty: at thousands of VFs per poll,
@@ -374,6 +407,18 @@ pub fn judge(
     pf: Option<(PciAddr, &Observation)>,
     exp: &Expectations,
 ) -> Health {
+    judge_checks(root, addr, obs, pf, exp).0
+}
+
+/// [`judge`], with the set of checks that failed (a VF in a pod can fail `driver`, and
+/// its PF's `link_layer` / `port_state`).
+pub fn judge_checks(
+    root: &HostRoot,
+    addr: PciAddr,
+    obs: &Observation,
+    pf: Option<(PciAddr, &Observation)>,
+    exp: &Expectations,
+) -> (Health, FailedChecks) {
     let readiness = if obs.in_pod() {
         let mut r = readiness::evaluate(root, &function_for(addr, obs), exp, &[Check::Driver]);
         if let Some((pf_addr, pf_obs)) = pf
@@ -394,10 +439,11 @@ pub fn judge(
     } else {
         readiness::evaluate(root, &function_for(addr, obs), exp, &Check::HEALTH)
     };
+    let failed = readiness.failures().map(|o| o.check).collect();
     if readiness.is_ready() {
-        Health::Healthy
+        (Health::Healthy, failed)
     } else {
-        Health::Unhealthy(readiness.failure_summary())
+        (Health::Unhealthy(readiness.failure_summary()), failed)
     }
 }
 
@@ -457,6 +503,8 @@ mod tests {
         write(&port.join("state"), "4: ACTIVE\n");
 
         write(&port.join("state"), "1: DOWN\n");
+        let (_, failed) = judge_checks(&root, addr, &observe(&d), None, &exp);
+        assert!(failed.contains(Check::PortState) && !failed.contains(Check::Driver));
         let Health::Unhealthy(why) = judge(&root, addr, &observe(&d), None, &exp) else {
             panic!("port down must be unhealthy")
         };

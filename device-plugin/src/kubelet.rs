@@ -10,7 +10,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchMask};
 use railvf_proto::v1beta1::RegisterRequest;
@@ -23,14 +23,18 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
+use crate::metrics::Metrics;
 use crate::service::{PluginService, ResourceCtx, options};
+use crate::status::StatusBoard;
 
 /// How long one `Register` call may take (kubelet dials us back inside it).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Fallback check of the socket files when no inotify event arrives.
 const RECHECK: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The retry interval's cap. Reaching it (about 6 s of failures: 0.1 + 0.2 + … + 3.2 s)
+/// is when `/healthz` stops calling the registration "being retried" and reports it failing.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Why registration failed.
 #[derive(Debug, thiserror::Error)]
@@ -146,11 +150,17 @@ pub struct ResourceTask {
     pub shutdown: watch::Receiver<bool>,
     /// Counts successful registrations (the daemon logs when every resource has one).
     pub registered: Option<watch::Sender<u64>>,
+    pub status: Arc<StatusBoard>,
+    pub metrics: Arc<Metrics>,
 }
 
 enum Outcome {
     Restart(&'static str),
     Shutdown,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 impl ResourceTask {
@@ -166,6 +176,7 @@ impl ResourceTask {
     pub async fn run(mut self) {
         let sock = self.dir.join(&self.socket);
         let mut backoff = BACKOFF_MIN;
+        let name = self.ctx.full_name.clone();
         loop {
             if *self.shutdown.borrow() {
                 return;
@@ -173,7 +184,13 @@ impl ResourceTask {
             let listener = match bind(&sock) {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(resource = %self.ctx.full_name, "cannot serve on {}: {e}; retrying in {backoff:?}", sock.display());
+                    tracing::warn!(resource = %name, "cannot serve on {}: {e}; retrying in {backoff:?}", sock.display());
+                    self.status.update(&name, |s| {
+                        s.serving = false;
+                        s.registered = false;
+                        s.serve_error = Some(format!("cannot serve on {}: {e}", sock.display()));
+                    });
+                    self.metrics.set_registered(&name, false);
                     if self.pause(backoff).await {
                         return;
                     }
@@ -183,12 +200,22 @@ impl ResourceTask {
             };
             let ours = file_id(&sock);
             let (stop_tx, stop_rx) = watch::channel(false);
-            let server = tokio::spawn(serve(
-                listener,
-                PluginService::new(self.ctx.clone(), stop_rx.clone()),
-                stop_rx,
-            ));
-            let outcome = self.register_and_watch(&sock, ours).await;
+            let (ended_tx, ended_rx) = watch::channel(false);
+            let svc = PluginService::new(self.ctx.clone(), stop_rx.clone());
+            let server = tokio::spawn(async move {
+                serve(listener, svc, stop_rx).await;
+                let _ = ended_tx.send(true);
+            });
+            self.status.update(&name, |s| {
+                s.serving = true;
+                s.serve_error = None;
+            });
+            let outcome = self.register_and_watch(&sock, ours, ended_rx).await;
+            self.status.update(&name, |s| {
+                s.serving = false;
+                s.registered = false;
+            });
+            self.metrics.set_registered(&name, false);
             let _ = stop_tx.send(true);
             if tokio::time::timeout(Duration::from_secs(2), server)
                 .await
@@ -220,26 +247,48 @@ impl ResourceTask {
         }
     }
 
-    async fn register_and_watch(&mut self, sock: &Path, ours: Option<FileId>) -> Outcome {
+    async fn register_and_watch(
+        &mut self,
+        sock: &Path,
+        ours: Option<FileId>,
+        mut server_ended: watch::Receiver<bool>,
+    ) -> Outcome {
         let kubelet_sock = self.dir.join(KUBELET_SOCKET);
+        let name = self.ctx.full_name.clone();
         let mut backoff = BACKOFF_MIN;
         let mut last_error = String::new();
         let mut attempts = 0u32;
+        let first_try = Instant::now();
         // Register, retrying until kubelet takes it.
         let registered_with = loop {
             self.events.borrow_and_update();
             if file_id(sock) != ours {
                 return Outcome::Restart("our socket was removed");
             }
+            if *server_ended.borrow() {
+                return Outcome::Restart("the gRPC server stopped");
+            }
             let kubelet = file_id(&kubelet_sock);
             attempts += 1;
+            let t = Instant::now();
             match register(&self.dir, self.request()).await {
                 Ok(()) => {
                     tracing::info!(
-                        resource = %self.ctx.full_name,
+                        resource = %name,
                         endpoint = %sock.display(),
+                        attempts,
+                        duration_ms = ms(t.elapsed()),
+                        since_first_attempt_ms = ms(first_try.elapsed()),
                         "registered with kubelet"
                     );
+                    self.status.update(&name, |s| {
+                        s.registered = true;
+                        s.failing_since = None;
+                        s.attempts = 0;
+                        s.last_error = None;
+                        s.backoff_exhausted = false;
+                    });
+                    self.metrics.set_registered(&name, true);
                     if let Some(tx) = &self.registered {
                         tx.send_modify(|n| *n += 1);
                     }
@@ -248,10 +297,19 @@ impl ResourceTask {
                 Err(e) => {
                     let msg = e.to_string();
                     if msg != last_error || attempts.is_multiple_of(20) {
-                        tracing::warn!(resource = %self.ctx.full_name, attempts, "cannot register: {msg}; retrying (backoff up to {BACKOFF_MAX:?}, sooner when {} changes)", self.dir.display());
+                        tracing::warn!(resource = %name, attempts, duration_ms = ms(t.elapsed()), "cannot register: {msg}; retrying (backoff up to {BACKOFF_MAX:?}, sooner when {} changes)", self.dir.display());
                     } else {
-                        tracing::debug!(resource = %self.ctx.full_name, attempts, "cannot register: {msg}");
+                        tracing::debug!(resource = %name, attempts, duration_ms = ms(t.elapsed()), "cannot register: {msg}");
                     }
+                    self.metrics.registration_failed(&name);
+                    let exhausted = backoff >= BACKOFF_MAX;
+                    self.status.update(&name, |s| {
+                        s.registered = false;
+                        s.failing_since.get_or_insert(first_try);
+                        s.attempts = attempts;
+                        s.last_error = Some(msg.clone());
+                        s.backoff_exhausted = exhausted;
+                    });
                     last_error = msg;
                     if self.pause(backoff).await {
                         return Outcome::Shutdown;
@@ -265,6 +323,9 @@ impl ResourceTask {
             tokio::select! {
                 _ = self.events.changed() => {}
                 _ = tokio::time::sleep(RECHECK) => {}
+                _ = server_ended.wait_for(|e| *e) => {
+                    return Outcome::Restart("the gRPC server stopped");
+                }
                 _ = self.shutdown.wait_for(|s| *s) => return Outcome::Shutdown,
             }
             if file_id(sock) != ours {

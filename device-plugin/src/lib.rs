@@ -4,8 +4,13 @@
 
 pub mod allocate;
 pub mod config;
+pub mod events;
 pub mod health;
+pub mod http;
 pub mod kubelet;
+pub mod metrics;
 pub mod pool;
+pub mod reload;
 pub mod serve;
 pub mod service;
+pub mod status;

@@ -7,8 +7,8 @@
 //! attributes a [`Probe`] reads, relative to one open descriptor of its directory.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use railvf_host::attr;
@@ -19,7 +19,7 @@ use railvf_host::{HostRoot, PciAddr, RailMap, Topology};
 use tokio::sync::watch;
 
 use crate::config::{Config, LinkType, ResourceConfig, Selector};
-use crate::health::{self, Health, Observation, Probe};
+use crate::health::{self, FailedChecks, Health, Observation, Probe};
 
 /// Why the node cannot be read at all.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,8 @@ pub struct VfSlot {
     probe: Probe,
     pub obs: Observation,
     pub health: Health,
+    /// The checks behind an Unhealthy verdict.
+    pub failed: FailedChecks,
     /// Index of the resource the VF belongs to (first resource whose selectors match).
     pub owner: Option<usize>,
 }
@@ -89,6 +91,8 @@ pub struct DeviceEntry {
     pub numa: Option<u32>,
     pub rail: Option<u32>,
     pub health: Health,
+    /// The readiness checks that failed (empty when Healthy).
+    pub failed: FailedChecks,
     /// Moved into a pod's network namespace (netdev and RDMA device out of the host view).
     pub in_pod: bool,
 }
@@ -97,6 +101,83 @@ pub struct DeviceEntry {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeviceSet {
     pub devices: BTreeMap<PciAddr, DeviceEntry>,
+    /// The resource's `excludeTopology`: kubelet gets no NUMA node (it is part of the set
+    /// so that a config reload that flips it re-sends the list).
+    pub exclude_topology: bool,
+}
+
+/// VFs of a resource that `Allocate` handed out and that the plugin has not seen free
+/// since (the `allocated` figure of the metrics).
+///
+/// kubelet never tells a device plugin that a device was released, so "free" is inferred:
+/// a VF leaves this set when kubelet lists it in `available_deviceIDs` of a
+/// `GetPreferredAllocation` (kubelet only offers free devices), or when it was seen in a
+/// pod (netdev and RDMA device out of the host's view) and then came back to the host.
+#[derive(Debug, Default)]
+pub struct Allocations {
+    /// VF → seen in a pod since it was handed out.
+    handed_out: Mutex<BTreeMap<PciAddr, bool>>,
+}
+
+impl Allocations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PciAddr, bool>> {
+        self.handed_out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Allocate` gave these VFs to a container.
+    pub fn handed_out(&self, vfs: impl IntoIterator<Item = PciAddr>) {
+        let mut h = self.lock();
+        for a in vfs {
+            h.insert(a, false);
+        }
+    }
+
+    /// kubelet says these VFs are free.
+    pub fn seen_free<'a>(&self, vfs: impl IntoIterator<Item = &'a PciAddr>) {
+        let mut h = self.lock();
+        for a in vfs {
+            h.remove(a);
+        }
+    }
+
+    /// The poller saw a VF enter (`true`) or leave (`false`) a pod's namespace.
+    pub fn in_pod_changed(&self, vf: PciAddr, in_pod: bool) {
+        let mut h = self.lock();
+        match (h.get_mut(&vf), in_pod) {
+            (Some(seen), true) => *seen = true,
+            (Some(true), false) => {
+                h.remove(&vf);
+            }
+            _ => {}
+        }
+    }
+
+    /// VFs of `set` that are allocated: handed out and not seen free, or in a pod now.
+    pub fn count(&self, set: &DeviceSet) -> usize {
+        let h = self.lock();
+        set.devices
+            .values()
+            .filter(|d| d.in_pod || h.contains_key(&d.addr))
+            .count()
+    }
+
+    /// Whether `vf` counts as allocated (see [`Allocations::count`]).
+    pub fn is_allocated(&self, vf: &DeviceEntry) -> bool {
+        vf.in_pod || self.lock().contains_key(&vf.addr)
+    }
+
+    fn forget_except(&self, keep: &BTreeSet<PciAddr>) {
+        self.lock().retain(|a, _| keep.contains(a));
+    }
+}
+
+/// What the daemon gets for each resource of the config: its device list and allocation
+/// bookkeeping, kept across config reloads as long as the resource's full name stays.
+#[derive(Clone, Debug)]
+pub struct ResourceHandle {
+    pub config: ResourceConfig,
+    pub devices: watch::Receiver<Arc<DeviceSet>>,
+    pub allocations: Arc<Allocations>,
 }
 
 /// The node: PFs, their VFs, GPUs' rails.
@@ -106,6 +187,8 @@ pub struct Node {
     pub pfs: Vec<PfInfo>,
     pub vfs: Vec<VfSlot>,
     pub gpus: usize,
+    /// PFs and GPUs as scanned: rails are detected again from it when `railMap` changes.
+    inventory: Inventory,
 }
 
 fn pf_info(root: &HostRoot, pf: &Pf, topo: &Topology) -> PfInfo {
@@ -216,6 +299,7 @@ impl Node {
             pfs: inv.pfs.iter().map(|pf| pf_info(root, pf, &topo)).collect(),
             vfs: Vec::new(),
             gpus: gpu_count,
+            inventory: Inventory::default(),
         };
         for (i, pf) in inv.pfs.iter().enumerate() {
             for &(index, addr) in &pf.vfs {
@@ -223,7 +307,23 @@ impl Node {
                 node.vfs.push(slot);
             }
         }
+        node.inventory = inv;
         Ok(node)
+    }
+
+    /// Detects the PFs' rails again with `rail_map` overriding; true when any changed.
+    fn redetect_rails(&mut self, rail_map: Option<&RailMap>) -> bool {
+        let topo = Topology::detect(&self.inventory, rail_map);
+        let mut changed = false;
+        for pf in &mut self.pfs {
+            let rail = topo.pf_rail(&pf.addr).map(|r| r.index);
+            if rail != pf.rail {
+                tracing::info!(pf = %pf.label(), from = ?pf.rail, to = ?rail, "PF rail changed by the railMap");
+                pf.rail = rail;
+                changed = true;
+            }
+        }
+        changed
     }
 
     fn new_vf(&self, pf: usize, index: u32, addr: PciAddr) -> VfSlot {
@@ -253,6 +353,7 @@ impl Node {
             probe,
             obs,
             health: not_judged(),
+            failed: FailedChecks::default(),
             owner: None,
         }
     }
@@ -476,14 +577,54 @@ struct ResourceRuntime {
     cfg: ResourceConfig,
     exp: Expectations,
     tx: watch::Sender<Arc<DeviceSet>>,
+    allocations: Arc<Allocations>,
     dirty: bool,
+}
+
+impl ResourceRuntime {
+    fn new(cfg: &ResourceConfig) -> Self {
+        let (tx, _) = watch::channel(Arc::new(DeviceSet::default()));
+        ResourceRuntime {
+            exp: expectations(cfg),
+            cfg: cfg.clone(),
+            tx,
+            allocations: Arc::default(),
+            dirty: true,
+        }
+    }
+
+    fn handle(&self) -> ResourceHandle {
+        ResourceHandle {
+            config: self.cfg.clone(),
+            devices: self.tx.subscribe(),
+            allocations: self.allocations.clone(),
+        }
+    }
+}
+
+fn expectations(cfg: &ResourceConfig) -> Expectations {
+    Expectations {
+        link_layer: cfg.expected_link_layer(),
+        require_lid: false,
+    }
 }
 
 /// Owns the node, polls it and publishes each resource's [`DeviceSet`].
 pub struct Monitor {
     node: Node,
     resources: Vec<ResourceRuntime>,
+    rail_map: Option<RailMap>,
     tick: u64,
+}
+
+/// The answer to [`MonitorCommand::Reconfigure`]: every resource's handle, in config
+/// order, and the resources that select nothing with the reason.
+pub type Reconfigured = (Vec<ResourceHandle>, Vec<(String, String)>);
+
+/// What the poller thread is asked to do besides polling.
+pub enum MonitorCommand {
+    /// Apply a new config.
+    Reconfigure(Config, tokio::sync::oneshot::Sender<Reconfigured>),
 }
 
 /// The health of a VF before its first verdict.
@@ -499,34 +640,71 @@ const FULL_READ_EVERY: u64 = 8;
 
 impl Monitor {
     /// Selects devices for every resource of `config`, judges their health, and returns
-    /// the monitor with one receiver per resource (in config order).
-    pub fn new(node: Node, config: &Config) -> (Self, Vec<watch::Receiver<Arc<DeviceSet>>>) {
-        let mut rxs = Vec::new();
-        let resources = config
-            .resources
-            .iter()
-            .map(|cfg| {
-                let (tx, rx) = watch::channel(Arc::new(DeviceSet::default()));
-                rxs.push(rx);
-                ResourceRuntime {
-                    exp: Expectations {
-                        link_layer: cfg.expected_link_layer(),
-                        require_lid: false,
-                    },
-                    cfg: cfg.clone(),
-                    tx,
-                    dirty: true,
-                }
-            })
-            .collect();
+    /// the monitor with one handle per resource (in config order).
+    pub fn new(node: Node, config: &Config) -> (Self, Vec<ResourceHandle>) {
+        let resources: Vec<ResourceRuntime> =
+            config.resources.iter().map(ResourceRuntime::new).collect();
+        let handles = resources.iter().map(ResourceRuntime::handle).collect();
         let mut m = Monitor {
             node,
             resources,
+            rail_map: config.rail_map.clone(),
             tick: 0,
         };
         m.assign_owners(true);
         m.publish();
-        (m, rxs)
+        (m, handles)
+    }
+
+    /// Applies a new config. A resource whose full name stays keeps its channel (open
+    /// `ListAndWatch` streams go on and get the new list if it differs); its VFs stay with
+    /// it when its selectors and the rails are unchanged, else they are selected again. A
+    /// removed resource's channel closes (its streams end) and its VFs are free for the
+    /// others. Returns every resource's handle in the new config's order.
+    pub fn reconfigure(&mut self, config: &Config) -> Vec<ResourceHandle> {
+        let rails_changed = if config.rail_map != self.rail_map {
+            self.rail_map = config.rail_map.clone();
+            self.node.redetect_rails(self.rail_map.as_ref())
+        } else {
+            false
+        };
+        let mut old: BTreeMap<String, (usize, ResourceRuntime)> =
+            std::mem::take(&mut self.resources)
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (r.cfg.full_name(), (i, r)))
+                .collect();
+        // Old index → new index, for VFs that stay with their resource.
+        let mut keep: BTreeMap<usize, usize> = BTreeMap::new();
+        for (n, cfg) in config.resources.iter().enumerate() {
+            let rt = match old.remove(&cfg.full_name()) {
+                Some((i, mut rt)) => {
+                    if rt.cfg == *cfg && !rails_changed {
+                        keep.insert(i, n);
+                    } else {
+                        rt.cfg = cfg.clone();
+                        rt.exp = expectations(cfg);
+                    }
+                    rt.dirty = true;
+                    rt
+                }
+                None => ResourceRuntime::new(cfg),
+            };
+            self.resources.push(rt);
+        }
+        // `old` now holds the removed resources: dropping them closes their channels.
+        drop(old);
+        for vf in &mut self.node.vfs {
+            vf.owner = vf.owner.and_then(|o| keep.get(&o).copied());
+        }
+        self.assign_owners(true);
+        self.publish();
+        for r in &self.resources {
+            let set = r.tx.borrow();
+            let keep: BTreeSet<PciAddr> = set.devices.keys().copied().collect();
+            r.allocations.forget_except(&keep);
+        }
+        self.resources.iter().map(ResourceRuntime::handle).collect()
     }
 
     pub fn node(&self) -> &Node {
@@ -575,6 +753,7 @@ impl Monitor {
                 tracing::info!(vf = %vf.addr, resource = %self.resources[r].cfg.full_name(), "VF joins the resource");
             }
             self.node.vfs[i].health = not_judged();
+            self.node.vfs[i].failed = FailedChecks::default();
             self.node.vfs[i].owner = Some(r);
             self.resources[r].dirty = true;
             self.judge(i);
@@ -585,13 +764,18 @@ impl Monitor {
         let vf = &self.node.vfs[i];
         let Some(r) = vf.owner else { return };
         let pf = &self.node.pfs[vf.pf];
-        let health = health::judge(
+        let (health, failed) = health::judge_checks(
             &self.node.root,
             vf.addr,
             &vf.obs,
             Some((pf.addr, &pf.obs)),
             &self.resources[r].exp,
         );
+        if failed != vf.failed {
+            self.node.vfs[i].failed = failed;
+            self.resources[r].dirty = true;
+        }
+        let vf = &self.node.vfs[i];
         if health != vf.health {
             let name = self.resources[r].cfg.full_name();
             match &health {
@@ -706,6 +890,9 @@ impl Monitor {
                 && let Some(r) = vf.owner
             {
                 self.resources[r].dirty = true;
+                self.resources[r]
+                    .allocations
+                    .in_pod_changed(vf.addr, obs.in_pod());
             }
             vf.obs = obs;
             if self.node.vfs[i].owner.is_none() {
@@ -738,12 +925,16 @@ impl Monitor {
                             numa: v.numa,
                             rail: pf.rail,
                             health: v.health.clone(),
+                            failed: v.failed,
                             in_pod: v.obs.in_pod(),
                         },
                     )
                 })
                 .collect();
-            let set = DeviceSet { devices };
+            let set = DeviceSet {
+                devices,
+                exclude_topology: res.cfg.exclude_topology,
+            };
             res.tx.send_if_modified(|cur| {
                 if **cur == set {
                     false
@@ -755,13 +946,23 @@ impl Monitor {
         }
     }
 
-    /// Polls every `interval` until `stop` fires or its sender is dropped. Runs on its own
-    /// thread: the reads are blocking and must not stall gRPC calls.
-    pub fn run(mut self, interval: Duration, stop: std_mpsc::Receiver<()>) {
+    /// Polls every `interval` and carries out commands until the command channel's
+    /// sender is dropped. Runs on its own thread: the reads are blocking and must not
+    /// stall gRPC calls.
+    pub fn run(mut self, interval: Duration, commands: std_mpsc::Receiver<MonitorCommand>) {
+        let mut next = std::time::Instant::now() + interval;
         loop {
-            match stop.recv_timeout(interval) {
-                Err(std_mpsc::RecvTimeoutError::Timeout) => self.poll(),
-                _ => return,
+            let wait = next.saturating_duration_since(std::time::Instant::now());
+            match commands.recv_timeout(wait) {
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    self.poll();
+                    next = std::time::Instant::now() + interval;
+                }
+                Ok(MonitorCommand::Reconfigure(config, reply)) => {
+                    let handles = self.reconfigure(&config);
+                    let _ = reply.send((handles, self.empty_resources()));
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
     }

@@ -1,5 +1,12 @@
 //! `railvf-device-plugin serve`: the daemon.
+//!
+//! Threads: the health poller owns the node (blocking sysfs reads); one async thread
+//! serves every resource's gRPC socket, registers with kubelet, serves `/metrics` and
+//! `/healthz`, reads the CNI's rail events and reloads the config when it changes.
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -7,12 +14,17 @@ use std::time::{Duration, Instant};
 
 use railvf_host::HostRoot;
 use railvf_host::devinfo::DP_DEVINFO_DIR;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, ResourceConfig};
+use crate::events::EVENTS_DIR;
 use crate::kubelet::{ResourceTask, watch_dir};
-use crate::pool::{Monitor, Node, ScanError};
+use crate::metrics::Metrics;
+use crate::pool::{Monitor, MonitorCommand, Node, ResourceHandle, ScanError};
+use crate::reload::{ConfigSource, Reload};
 use crate::service::{DevinfoFiles, ResourceCtx};
+use crate::status::StatusBoard;
 
 /// Why the daemon cannot start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +43,11 @@ pub enum ServeError {
     Dir {
         what: &'static str,
         path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("--metrics-addr {addr}: cannot listen: {error}")]
+    Metrics {
+        addr: SocketAddr,
         error: std::io::Error,
     },
     #[error("{what}: {error}")]
@@ -69,9 +86,28 @@ pub struct ServeArgs {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, env = "RAILVF_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Log as JSON lines.
-    #[arg(long)]
+    /// Log format: json (one object per line), text, or auto (JSON unless stderr is a
+    /// terminal).
+    #[arg(long, env = "RAILVF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+    /// Same as --log-format json (kept for existing manifests).
+    #[arg(long, hide = true)]
     pub log_json: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics and the probe endpoint /healthz
+    /// (e.g. 127.0.0.1:9108, or $(POD_IP):9108 for a scraper). Off when not given.
+    #[arg(long, env = "RAILVF_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where the CNI drops rail-alignment events [default: <host root>/run/railvf/rail-events].
+    #[arg(long, env = "RAILVF_EVENTS_DIR")]
+    pub events_dir: Option<PathBuf>,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
 }
 
 impl ServeArgs {
@@ -86,36 +122,195 @@ impl ServeArgs {
             .clone()
             .unwrap_or_else(|| root.join(DP_DEVINFO_DIR))
     }
-}
 
-/// Reads the config: `--config` must exist; the default path may be absent.
-pub fn load_config(args: &ServeArgs) -> Result<(Config, String), ConfigError> {
-    match &args.config {
-        Some(p) => Ok((Config::load(p)?, p.display().to_string())),
-        None => match Config::load_if_present(std::path::Path::new(DEFAULT_CONFIG_PATH))? {
-            Some(c) => Ok((c, DEFAULT_CONFIG_PATH.to_string())),
-            None => Ok((
-                Config::default_config(),
-                format!("built-in default ({DEFAULT_CONFIG_PATH} does not exist)"),
-            )),
-        },
+    pub fn events_dir(&self, root: &HostRoot) -> PathBuf {
+        self.events_dir
+            .clone()
+            .unwrap_or_else(|| root.join(EVENTS_DIR))
     }
 }
 
-/// Sets up logging on stderr.
+/// Sets up logging on stderr: JSON lines (`--log-format json`, or `auto` when stderr is
+/// not a terminal), else human text (colored on a terminal).
 pub fn init_logging(args: &ServeArgs) -> Result<(), ServeError> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&args.log_level)
         .map_err(|e| ServeError::LogLevel(args.log_level.clone(), e.to_string()))?;
+    let terminal = std::io::stderr().is_terminal();
+    let json = args.log_json
+        || match args.log_format {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => !terminal,
+        };
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let r = if args.log_json {
-        b.json().try_init()
+    let r = if json {
+        b.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init()
     } else {
-        b.try_init()
+        b.with_ansi(terminal).try_init()
     };
     r.map_err(|e| ServeError::Logging(e.to_string()))
+}
+
+/// What every resource task shares.
+struct Shared {
+    kubelet_dir: PathBuf,
+    root: HostRoot,
+    devinfo_dir: PathBuf,
+    devinfo_files: Arc<DevinfoFiles>,
+    metrics: Arc<Metrics>,
+    status: Arc<StatusBoard>,
+    /// Bumped on every change in the kubelet socket directory.
+    dir_events: watch::Receiver<u64>,
+    /// Counts successful registrations.
+    registered: watch::Sender<u64>,
+}
+
+/// A resource being served.
+struct Running {
+    config: ResourceConfig,
+    socket: String,
+    ctx: Arc<ResourceCtx>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The resources being served, by full name.
+struct Resources {
+    shared: Shared,
+    running: BTreeMap<String, Running>,
+}
+
+/// What a config reload did to the served resources.
+#[derive(Debug, Default)]
+struct Applied {
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+    unchanged: Vec<String>,
+}
+
+impl Resources {
+    fn start(&mut self, handle: ResourceHandle, socket: String, ctx: Option<Arc<ResourceCtx>>) {
+        let name = handle.config.full_name();
+        let sh = &self.shared;
+        let ctx = ctx.unwrap_or_else(|| {
+            Arc::new(ResourceCtx {
+                full_name: name.clone(),
+                devices: handle.devices.clone(),
+                allocations: handle.allocations.clone(),
+                root: sh.root.clone(),
+                devinfo_dir: sh.devinfo_dir.clone(),
+                devinfo_files: sh.devinfo_files.clone(),
+                metrics: sh.metrics.clone(),
+            })
+        });
+        sh.metrics
+            .add_resource(&name, handle.devices.clone(), handle.allocations.clone());
+        sh.status.update(&name, |_| {});
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(
+            ResourceTask {
+                dir: sh.kubelet_dir.clone(),
+                socket: socket.clone(),
+                ctx: ctx.clone(),
+                events: sh.dir_events.clone(),
+                shutdown: stop_rx,
+                registered: Some(sh.registered.clone()),
+                status: sh.status.clone(),
+                metrics: sh.metrics.clone(),
+            }
+            .run(),
+        );
+        self.running.insert(
+            name,
+            Running {
+                config: handle.config,
+                socket,
+                ctx,
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Stops a resource's server (its socket is removed); returns its context.
+    async fn stop(&mut self, name: &str) -> Option<Arc<ResourceCtx>> {
+        let mut r = self.running.remove(name)?;
+        let _ = r.stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(3), &mut r.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(resource = %name, "the resource's server did not stop in time; abandoning it");
+            r.task.abort();
+        }
+        self.shared.status.remove(name);
+        self.shared.metrics.remove_resource(name);
+        Some(r.ctx)
+    }
+
+    async fn stop_all(&mut self) {
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for r in self.running.values() {
+            let _ = r.stop.send(true);
+        }
+        for n in names {
+            self.stop(&n).await;
+        }
+    }
+
+    /// Serves `handles` (the new config's resources, with their sockets): keeps what did
+    /// not change, stops what went away, starts what is new.
+    async fn apply(&mut self, handles: Vec<ResourceHandle>, sockets: Vec<String>) -> Applied {
+        let mut out = Applied::default();
+        let new: BTreeMap<String, (ResourceHandle, String)> = handles
+            .into_iter()
+            .zip(sockets)
+            .map(|(h, s)| (h.config.full_name(), (h, s)))
+            .collect();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|n| !new.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.stop(&n).await;
+            tracing::info!(resource = %n, "resource removed from the config: its server stopped and its socket is gone");
+            out.removed.push(n);
+        }
+        for (name, (handle, socket)) in new {
+            match self.running.get_mut(&name) {
+                Some(r) if r.socket == socket => {
+                    if r.config == handle.config {
+                        out.unchanged.push(name);
+                    } else {
+                        // Same channel: the open ListAndWatch streams get the new list.
+                        r.config = handle.config;
+                        out.changed.push(name);
+                    }
+                }
+                Some(_) => {
+                    // Its socket name changed (another resource now shares its name).
+                    let ctx = self.stop(&name).await;
+                    self.start(handle, socket, ctx);
+                    out.changed.push(name);
+                }
+                None => {
+                    self.start(handle, socket, None);
+                    out.added.push(name);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -123,12 +318,13 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     let started = Instant::now();
     init_logging(&args)?;
     let root = HostRoot::new(&args.host_root)?;
-    let (config, origin) = load_config(&args)?;
+    let (mut source, config, origin) = ConfigSource::load(args.config.as_deref())?;
     for w in &config.ignored {
         tracing::warn!("config: {w}");
     }
     let kubelet_dir = args.kubelet_dir(&root);
     let devinfo_dir = args.devinfo_dir(&root);
+    let events_dir = args.events_dir(&root);
     std::fs::create_dir_all(&devinfo_dir).map_err(|error| ServeError::Dir {
         what: "the device-info directory",
         path: devinfo_dir.clone(),
@@ -139,6 +335,15 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         path: kubelet_dir.clone(),
         error,
     })?;
+    // Bound before anything else starts, so a taken port fails the start at once.
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|error| ServeError::Metrics { addr, error })?,
+        ),
+        None => None,
+    };
 
     let fd_limit = crate::health::raise_fd_limit();
     let node = Node::scan(&root, config.rail_map.as_ref())?;
@@ -149,30 +354,16 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
             "the open-file limit is below one descriptor per VF: health polls fall back to slower path lookups"
         );
     }
-    let (monitor, receivers) = Monitor::new(node, &config);
+    let (monitor, handles) = Monitor::new(node, &config);
     for (name, why) in monitor.empty_resources() {
         tracing::warn!(resource = %name, "the resource selects no VF on this node: {why}");
     }
-    for (r, rx) in config.resources.iter().zip(&receivers) {
-        let set = rx.borrow();
-        let healthy = set
-            .devices
-            .values()
-            .filter(|d| d.health.is_healthy())
-            .count();
-        tracing::info!(
-            resource = %r.full_name(),
-            devices = set.devices.len(),
-            healthy,
-            config = %origin,
-            "resource ready"
-        );
-    }
-    let (poll_stop_tx, poll_stop_rx) = std_mpsc::channel::<()>();
+    log_resources(&handles, &origin);
+    let (cmd_tx, cmd_rx) = std_mpsc::channel::<MonitorCommand>();
     let interval = Duration::from_millis(args.health_interval_ms);
     let poller = std::thread::Builder::new()
         .name("railvf-health".into())
-        .spawn(move || monitor.run(interval, poll_stop_rx))
+        .spawn(move || monitor.run(interval, cmd_rx))
         .map_err(io("cannot start the health poller"))?;
 
     // One thread serves every resource: the work per call is small, and the poller has
@@ -182,6 +373,8 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         .build()
         .map_err(io("cannot start the async runtime"))?;
     let devinfo_files = Arc::new(DevinfoFiles::default());
+    let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(StatusBoard::default());
     let result = rt.block_on(async {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (events_tx, events_rx) = watch::channel(0u64);
@@ -190,35 +383,49 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
             events_tx,
             shutdown_rx.clone(),
         ));
+        let mut background = vec![watcher];
+        if let Some(l) = metrics_listener {
+            let l = tokio::net::TcpListener::from_std(l)
+                .map_err(io("cannot serve the metrics address"))?;
+            let addr = l.local_addr().map_err(io("cannot serve the metrics address"))?;
+            tracing::info!(%addr, "serving /metrics and /healthz");
+            background.push(tokio::spawn(crate::http::serve(
+                l,
+                metrics.clone(),
+                status.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        background.push(tokio::spawn(crate::events::run(
+            events_dir.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        )));
+        let (reload_tx, mut reload_rx) = watch::channel(0u64);
+        background.push(tokio::spawn(crate::reload::watch_file(
+            source.path().to_path_buf(),
+            reload_tx,
+            shutdown_rx.clone(),
+        )));
+
         let (reg_tx, mut reg_rx) = watch::channel(0u64);
-        let mut tasks = Vec::new();
-        for ((r, rx), socket) in config
-            .resources
-            .iter()
-            .zip(receivers)
-            .zip(config.socket_names())
-        {
-            let ctx = Arc::new(ResourceCtx {
-                full_name: r.full_name(),
-                exclude_topology: r.exclude_topology,
-                devices: rx,
+        let mut resources = Resources {
+            shared: Shared {
+                kubelet_dir: kubelet_dir.clone(),
                 root: root.clone(),
                 devinfo_dir: devinfo_dir.clone(),
                 devinfo_files: devinfo_files.clone(),
-            });
-            tasks.push(tokio::spawn(
-                ResourceTask {
-                    dir: kubelet_dir.clone(),
-                    socket,
-                    ctx,
-                    events: events_rx.clone(),
-                    shutdown: shutdown_rx.clone(),
-                    registered: Some(reg_tx.clone()),
-                }
-                .run(),
-            ));
-        }
-        let n = config.resources.len() as u64;
+                metrics: metrics.clone(),
+                status: status.clone(),
+                dir_events: events_rx,
+                registered: reg_tx,
+            },
+            running: BTreeMap::new(),
+        };
+        resources.apply(handles, config.socket_names()).await;
+        let mut current = config;
+
+        let n = current.resources.len() as u64;
         let first_registration = async move {
             let _ = reg_rx.wait_for(|c| *c >= n).await;
             tracing::info!(
@@ -226,27 +433,96 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
                 "every resource registered with kubelet"
             );
         };
+        tokio::pin!(first_registration);
+        let mut first_done = false;
         let signal = wait_for_signal();
         tokio::pin!(signal);
-        tokio::select! {
-            r = &mut signal => { r?; }
-            _ = first_registration => {
-                (&mut signal).await?;
+        loop {
+            tokio::select! {
+                r = &mut signal => { r?; break; }
+                _ = &mut first_registration, if !first_done => { first_done = true; }
+                r = reload_rx.changed() => {
+                    if r.is_err() {
+                        continue;
+                    }
+                    match source.check() {
+                        Reload::Unchanged => {}
+                        Reload::Rejected(why) => {
+                            metrics.config_reload(false);
+                            tracing::error!(config = %source.path().display(), "config rejected, keeping the previous configuration: {why}");
+                        }
+                        Reload::Apply(new) => {
+                            for w in &new.ignored {
+                                tracing::warn!("config: {w}");
+                            }
+                            if new == current {
+                                tracing::info!(config = %source.path().display(), "config file changed; resources unchanged");
+                            } else {
+                                let t = Instant::now();
+                                let (reply_tx, reply_rx) = oneshot::channel();
+                                if cmd_tx.send(MonitorCommand::Reconfigure(new.clone(), reply_tx)).is_err() {
+                                    tracing::error!("the health poller is gone; cannot apply the new config");
+                                    metrics.config_reload(false);
+                                    continue;
+                                }
+                                let Ok((handles, empty)) = reply_rx.await else {
+                                    tracing::error!("the health poller is gone; cannot apply the new config");
+                                    metrics.config_reload(false);
+                                    continue;
+                                };
+                                for (name, why) in empty {
+                                    tracing::warn!(resource = %name, "the resource selects no VF on this node: {why}");
+                                }
+                                log_resources(&handles, &source.path().display().to_string());
+                                let a = resources.apply(handles, new.socket_names()).await;
+                                tracing::info!(
+                                    config = %source.path().display(),
+                                    added = ?a.added,
+                                    removed = ?a.removed,
+                                    changed = ?a.changed,
+                                    unchanged = ?a.unchanged,
+                                    duration_ms = t.elapsed().as_secs_f64() * 1e3,
+                                    "config reloaded"
+                                );
+                                current = new;
+                            }
+                            metrics.config_reload(true);
+                        }
+                    }
+                }
             }
         }
         tracing::info!("stopping: unregistering sockets and removing device-info files");
         let _ = shutdown_tx.send(true);
-        for t in tasks {
+        resources.stop_all().await;
+        for t in background {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
         }
-        let _ = watcher.await;
         Ok::<(), ServeError>(())
     });
     let removed = devinfo_files.remove_all();
     tracing::info!(removed, "device-info files removed");
-    drop(poll_stop_tx);
+    drop(cmd_tx);
     let _ = poller.join();
     result
+}
+
+fn log_resources(handles: &[ResourceHandle], origin: &str) {
+    for h in handles {
+        let set = h.devices.borrow();
+        let healthy = set
+            .devices
+            .values()
+            .filter(|d| d.health.is_healthy())
+            .count();
+        tracing::info!(
+            resource = %h.config.full_name(),
+            devices = set.devices.len(),
+            healthy,
+            config = %origin,
+            "resource ready"
+        );
+    }
 }
 
 async fn wait_for_signal() -> Result<(), ServeError> {
@@ -258,4 +534,10 @@ async fn wait_for_signal() -> Result<(), ServeError> {
         _ = int.recv() => tracing::info!("SIGINT"),
     }
     Ok(())
+}
+
+/// Kept for callers that only need the config (the daemon itself uses
+/// [`ConfigSource::load`], which also remembers the text for reloads).
+pub fn load_config(args: &ServeArgs) -> Result<(Config, String), ConfigError> {
+    ConfigSource::load(args.config.as_deref()).map(|(_, c, o)| (c, o))
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use railvf_host::HostRoot;
 use railvf_proto::v1beta1::device_plugin_server::DevicePlugin;
@@ -20,7 +21,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::allocate::{self, AllocError};
-use crate::pool::DeviceSet;
+use crate::metrics::{Metrics, result_label};
+use crate::pool::{Allocations, DeviceSet};
 
 /// Device-info files written by this process, removed when it stops.
 #[derive(Debug, Default)]
@@ -52,15 +54,20 @@ impl DevinfoFiles {
 /// What every service instance of a resource shares.
 pub struct ResourceCtx {
     pub full_name: String,
-    pub exclude_topology: bool,
     pub devices: watch::Receiver<Arc<DeviceSet>>,
+    pub allocations: Arc<Allocations>,
     pub root: HostRoot,
     pub devinfo_dir: PathBuf,
     pub devinfo_files: Arc<DevinfoFiles>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn ms(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
 
 impl ResourceCtx {
-    /// The list kubelet gets: ID, health, NUMA node.
+    /// The list kubelet gets: ID, health, NUMA node (none with `excludeTopology`).
     pub fn device_list(&self, set: &DeviceSet) -> Vec<Device> {
         set.devices
             .values()
@@ -73,7 +80,7 @@ impl ResourceCtx {
                 }
                 .to_string(),
                 topology: match d.numa {
-                    Some(n) if !self.exclude_topology => Some(TopologyInfo {
+                    Some(n) if !set.exclude_topology => Some(TopologyInfo {
                         nodes: vec![NumaNode { id: i64::from(n) }],
                     }),
                     _ => None,
@@ -160,7 +167,104 @@ impl DevicePlugin for PluginService {
         &self,
         req: Request<PreferredAllocationRequest>,
     ) -> Result<Response<PreferredAllocationResponse>, Status> {
+        let started = Instant::now();
         let req = req.into_inner();
+        let r = self.preferred(&req);
+        let name = &self.ctx.full_name;
+        self.ctx
+            .metrics
+            .observe_preferred(name, result_label(&r), started.elapsed());
+        let sizes: Vec<i32> = req
+            .container_requests
+            .iter()
+            .map(|c| c.allocation_size)
+            .collect();
+        let available: usize = req
+            .container_requests
+            .iter()
+            .map(|c| c.available_device_i_ds.len())
+            .sum();
+        match &r {
+            Ok(resp) => {
+                let chosen: Vec<&str> = resp
+                    .get_ref()
+                    .container_responses
+                    .iter()
+                    .flat_map(|c| c.device_i_ds.iter().map(String::as_str))
+                    .collect();
+                tracing::info!(
+                    resource = %name,
+                    sizes = ?sizes,
+                    available,
+                    devices = %chosen.join(","),
+                    duration_ms = ms(started),
+                    "GetPreferredAllocation"
+                );
+            }
+            Err(e) => tracing::warn!(
+                resource = %name,
+                sizes = ?sizes,
+                available,
+                code = ?e.code(),
+                duration_ms = ms(started),
+                "GetPreferredAllocation refused: {}",
+                e.message()
+            ),
+        }
+        r
+    }
+
+    async fn allocate(
+        &self,
+        req: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let r = self.allocate_all(&req);
+        let name = &self.ctx.full_name;
+        self.ctx
+            .metrics
+            .observe_allocate(name, result_label(&r), started.elapsed());
+        let ids: Vec<&str> = req
+            .container_requests
+            .iter()
+            .flat_map(|c| c.devices_ids.iter().map(String::as_str))
+            .collect();
+        match &r {
+            Ok(_) => tracing::info!(
+                resource = %name,
+                devices = %ids.join(","),
+                containers = req.container_requests.len(),
+                duration_ms = ms(started),
+                "Allocate"
+            ),
+            Err(e) => tracing::warn!(
+                resource = %name,
+                devices = %ids.join(","),
+                containers = req.container_requests.len(),
+                code = ?e.code(),
+                duration_ms = ms(started),
+                "Allocate refused: {}",
+                e.message()
+            ),
+        }
+        r
+    }
+
+    async fn pre_start_container(
+        &self,
+        _: Request<PreStartContainerRequest>,
+    ) -> Result<Response<PreStartContainerResponse>, Status> {
+        // Not requested in the options; answer anyway so a confused kubelet does not fail.
+        Ok(Response::new(PreStartContainerResponse {}))
+    }
+}
+
+impl PluginService {
+    fn preferred(
+        &self,
+        req: &PreferredAllocationRequest,
+    ) -> Result<Response<PreferredAllocationResponse>, Status> {
         if req.container_requests.is_empty() {
             return Err(Status::invalid_argument(
                 "the request has no container_requests",
@@ -178,17 +282,20 @@ impl DevicePlugin for PluginService {
             )
             .map_err(status)?;
             container_responses.push(ContainerPreferredAllocationResponse { device_i_ds: ids });
+            // kubelet offers only free devices: whatever it lists is not allocated.
+            let free: Vec<railvf_host::PciAddr> = c
+                .available_device_i_ds
+                .iter()
+                .filter_map(|i| i.parse().ok())
+                .collect();
+            self.ctx.allocations.seen_free(&free);
         }
         Ok(Response::new(PreferredAllocationResponse {
             container_responses,
         }))
     }
 
-    async fn allocate(
-        &self,
-        req: Request<AllocateRequest>,
-    ) -> Result<Response<AllocateResponse>, Status> {
-        let req = req.into_inner();
+    fn allocate_all(&self, req: &AllocateRequest) -> Result<Response<AllocateResponse>, Status> {
         if req.container_requests.is_empty() {
             return Err(Status::invalid_argument(
                 "the request has no container_requests",
@@ -204,14 +311,13 @@ impl DevicePlugin for PluginService {
                 &c.devices_ids,
                 &self.ctx.devinfo_dir,
             )
-            .map_err(|e| {
-                tracing::warn!(resource = %self.ctx.full_name, ids = ?c.devices_ids, "Allocate refused: {e}");
-                status(e)
-            })?;
+            .map_err(status)?;
             self.ctx
                 .devinfo_files
                 .record(a.devinfo_files.iter().cloned());
-            tracing::info!(resource = %self.ctx.full_name, ids = ?c.devices_ids, "allocated");
+            self.ctx
+                .allocations
+                .handed_out(c.devices_ids.iter().filter_map(|i| i.parse().ok()));
             container_responses.push(ContainerAllocateResponse {
                 envs: a.envs.into_iter().collect(),
                 mounts: Vec::new(),
@@ -232,14 +338,6 @@ impl DevicePlugin for PluginService {
             container_responses,
         }))
     }
-
-    async fn pre_start_container(
-        &self,
-        _: Request<PreStartContainerRequest>,
-    ) -> Result<Response<PreStartContainerResponse>, Status> {
-        // Not requested in the options; answer anyway so a confused kubelet does not fail.
-        Ok(Response::new(PreStartContainerResponse {}))
-    }
 }
 
 #[cfg(test)]
@@ -251,6 +349,10 @@ mod tests {
     use tokio_stream::StreamExt;
 
     fn set(health: &[(&str, bool)], in_pod: bool) -> Arc<DeviceSet> {
+        set_x(health, in_pod, false)
+    }
+
+    fn set_x(health: &[(&str, bool)], in_pod: bool, exclude_topology: bool) -> Arc<DeviceSet> {
         let devices = health
             .iter()
             .map(|(a, ok)| {
@@ -268,26 +370,28 @@ mod tests {
                         } else {
                             Health::Unhealthy("port_state".into())
                         },
+                        failed: Default::default(),
                         in_pod,
                     },
                 )
             })
             .collect();
-        Arc::new(DeviceSet { devices })
+        Arc::new(DeviceSet {
+            devices,
+            exclude_topology,
+        })
     }
 
-    fn service(
-        rx: watch::Receiver<Arc<DeviceSet>>,
-        exclude_topology: bool,
-    ) -> (PluginService, watch::Sender<bool>) {
+    fn service(rx: watch::Receiver<Arc<DeviceSet>>) -> (PluginService, watch::Sender<bool>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let ctx = Arc::new(ResourceCtx {
             full_name: "nvidia.com/x".into(),
-            exclude_topology,
             devices: rx,
+            allocations: Arc::default(),
             root: HostRoot::new("/nonexistent").unwrap(),
             devinfo_dir: PathBuf::from("/nonexistent"),
             devinfo_files: Arc::default(),
+            metrics: Arc::default(),
         });
         (PluginService::new(ctx, stop_rx), stop_tx)
     }
@@ -297,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn list_and_watch_sends_changes_only_and_ends_on_stop() {
         let (tx, rx) = watch::channel(set(&[("0000:18:00.1", true)], false));
-        let (svc, stop) = service(rx, false);
+        let (svc, stop) = service(rx);
         let mut stream = svc
             .list_and_watch(Request::new(Empty {}))
             .await
@@ -325,8 +429,8 @@ mod tests {
 
     #[tokio::test]
     async fn exclude_topology_leaves_numa_out() {
-        let (_tx, rx) = watch::channel(set(&[("0000:18:00.1", true)], false));
-        let (svc, _stop) = service(rx, true);
+        let (_tx, rx) = watch::channel(set_x(&[("0000:18:00.1", true)], false, true));
+        let (svc, _stop) = service(rx);
         let mut stream = svc
             .list_and_watch(Request::new(Empty {}))
             .await

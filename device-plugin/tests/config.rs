@@ -165,7 +165,7 @@ fn the_seed_config_on_a_dgx_h200_explains_why_it_selects_nothing() {
     let c = Config::load(&file("seed-dgx-h200.json")).unwrap();
     let root = HostRoot::new(sim.root()).unwrap();
     let (m, rx) = Monitor::new(Node::scan(&root, None).unwrap(), &c);
-    assert!(rx[0].borrow().devices.is_empty());
+    assert!(rx[0].devices.borrow().devices.is_empty());
     let empty = m.empty_resources();
     assert_eq!(empty.len(), 1);
     let (name, why) = &empty[0];
@@ -251,7 +251,7 @@ fn the_deployed_configmap_selects_every_compute_vf() {
     let sim = SimOptions::dgx_h200().no_links().build().unwrap();
     let root = HostRoot::new(sim.root()).unwrap();
     let (_m, rx) = Monitor::new(Node::scan(&root, None).unwrap(), &c);
-    let set = rx[0].borrow();
+    let set = rx[0].devices.borrow();
     assert_eq!(set.devices.len(), 64);
     assert!(set.devices.values().all(|d| d.health.is_healthy()));
 }

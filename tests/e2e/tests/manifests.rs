@@ -416,12 +416,39 @@ fn check_security(d: &Deploy) -> Result<(), String> {
             return Err(format!("{name} must set readOnlyRootFilesystem: true"));
         }
     }
-    // A probe would fail: /healthz is not served yet.
+    // A probe must reach what the plugin serves: /healthz on its --metrics-addr port.
     let c = container(spec, "containers", PLUGIN)?;
+    let metrics_port = c["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str()?.strip_prefix("--metrics-addr="))
+        .find_map(|addr| addr.rsplit_once(':').map(|(_, p)| p.to_string()));
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
-        if !c[probe].is_null() {
+        let p = &c[probe];
+        if p.is_null() {
+            continue;
+        }
+        let Some(port) = &metrics_port else {
             return Err(format!(
-                "{PLUGIN} has a {probe}, but the plugin serves no health endpoint yet"
+                "{PLUGIN} has a {probe}, but no --metrics-addr: /healthz is not served"
+            ));
+        };
+        let get = &p["httpGet"];
+        if get["path"].as_str() != Some("/healthz") {
+            return Err(format!(
+                "{PLUGIN} {probe} must GET /healthz, found {}",
+                get["path"]
+            ));
+        }
+        let probe_port = match &get["port"] {
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if &probe_port != port {
+            return Err(format!(
+                "{PLUGIN} {probe} probes port {probe_port}, but --metrics-addr serves /healthz on {port}"
             ));
         }
     }
@@ -1061,7 +1088,7 @@ fn every_check_catches_a_broken_copy() {
             DS,
             "          env:\n",
             "          livenessProbe:\n            httpGet: {path: /healthz, port: 8080}\n          env:\n",
-            "livenessProbe",
+            "probes port 8080",
         ),
         (
             "image",
