@@ -55,16 +55,22 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<String, CniError> {
             "Multus adds deviceID from the device plugin's allocation when the NetworkAttachmentDefinition has the k8s.v1.cni.cncf.io/resourceName annotation and the pod requests that resource",
         )
     })?;
-    if !netns.exists() {
+    if let Err(why) = ctx.links.check_netns(netns) {
         return Err(CniError::new(
             code::INVALID_ENV,
-            format!("CNI_NETNS {} does not exist", netns.display()),
-            "the runtime passed a network namespace that is already gone",
+            format!("CNI_NETNS {}: {why}", netns.display()),
+            "expected a network namespace file (/var/run/netns/<name>, /proc/<pid>/ns/net); the runtime passed another file or one already gone",
         ));
     }
     let vf = vf::resolve(ctx.root(), addr)?;
+    crate::log::step("resolve");
+    // Rail guardrail (railPolicy): `require` refuses here, before anything is locked or
+    // changed; otherwise its finding goes into the result and a rail event.
+    let rail = crate::rail::guard(ctx, conf, &vf, cid, ifname)?;
     let _lock = ctx.state.lock_vf(ctx.root(), &addr)?;
-    locked(ctx, conf, vf, cid, ifname, network, netns)
+    crate::log::step("lock");
+    let out = locked(ctx, conf, vf, cid, ifname, network, netns)?;
+    Ok(crate::rail::report(ctx, rail, cid, ifname, out))
 }
 
 fn locked(
@@ -96,6 +102,11 @@ fn locked(
         )
     })?;
     preflight(ctx, conf, &vf)?;
+    // A missing IPAM plugin is known before anything changes.
+    if let Some(t) = &conf.ipam_type {
+        Plugin::find(t, &ctx.env.cni_path)?;
+    }
+    crate::log::step("preflight");
 
     let id = VfId::from(&vf);
     let need_pf = conf.has_vf_settings()
@@ -161,6 +172,8 @@ fn locked(
     // Recorded before the first change, with everything teardown needs: from here on DEL
     // can always converge. ADD does not rewrite it unless a GUID rebind changes the VF.
     ctx.state.save(&st)?;
+    crate::faultpoint::hit("state-written");
+    crate::log::step("state");
     crate::log_info!(
         "attaching VF {addr} ({}, PF {} VF {}) as {ifname} in {}",
         link.name,
@@ -180,6 +193,7 @@ fn locked(
                     ipam: st.ipam_called,
                 },
             );
+            crate::log::step("rollback");
             if report.ok()
                 && let Err(se) = ctx.state.remove(cid, ifname)
             {
@@ -231,11 +245,15 @@ fn attach(
             st.rdma_device = rdma.or(st.rdma_device.take());
             ctx.state.save(st)?;
         }
+        crate::faultpoint::hit("guid-set");
+        crate::log::step("guid");
     }
     if let Some(vc) = &st.vf_settings {
         links
             .set_vf(vc.pf_ifindex, st.vf_index, &conf.vf)
             .map_err(|e| net_err(format!("applying VF {} settings through its PF", st.vf), e))?;
+        crate::faultpoint::hit("vf-settings");
+        crate::log::step("vf-settings");
     }
 
     let moved = links
@@ -252,6 +270,8 @@ fn attach(
             )
         })?;
     st.pod_ifindex = Some(moved.ifindex);
+    crate::faultpoint::hit("moved");
+    crate::log::step("move");
     let idx = moved.ifindex;
     if let Some(mtu) = conf.mtu {
         links
@@ -261,6 +281,8 @@ fn attach(
     links
         .set_up(&ns, idx, true)
         .map_err(|e| net_err(format!("setting {} up", st.ifname), e))?;
+    crate::faultpoint::hit("up");
+    crate::log::step("link-up");
 
     let mut result = CniResult::default();
     if let Some(t) = &conf.ipam_type {
@@ -275,9 +297,13 @@ fn attach(
             cni_path: &ctx.env.cni_path,
         };
         result = plugin.add(&call, &conf.raw)?;
+        crate::faultpoint::hit("ipam");
         apply_ipam(links, &ns, idx, &st.ifname, &result)?;
+        crate::faultpoint::hit("addresses");
+        crate::log::step("ipam");
     }
 
+    crate::faultpoint::hit("readiness");
     let exp = conf.readiness.expectations;
     let ready = gate::wait(
         root,
@@ -291,12 +317,14 @@ fn attach(
         CniError::from(e)
     })?;
     crate::log_debug!("readiness: {:?}", ready.outcomes);
+    crate::log::step("readiness");
 
     // After the gate: the host's sysfs stops showing the RDMA device once it moves.
     if let Some(dev) = &st.rdma_device {
         links
             .move_rdma_device(dev, &Netns::Host, &ns)
             .map_err(|e| net_err(format!("moving RDMA device {dev} into the pod netns"), e))?;
+        crate::log::step("rdma");
     }
     let now = links
         .link_by_index(&ns, idx)
@@ -404,7 +432,12 @@ fn preflight(ctx: &Ctx<'_>, conf: &NetConf, vf: &Vf) -> Result<(), CniError> {
         ctx.root(),
         &vf.function,
         &conf.readiness.expectations,
-        &[Check::Driver, Check::Ownership],
+        &[
+            Check::Driver,
+            Check::Rdma,
+            Check::LinkLayer,
+            Check::Ownership,
+        ],
     );
     if r.is_ready() {
         return Ok(());

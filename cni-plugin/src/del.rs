@@ -2,11 +2,15 @@
 //! without ADD, DEL after a failed or killed ADD, netns already gone); fails only when
 //! something real is left undone, and then keeps the state file so the next DEL retries.
 
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
 use crate::Ctx;
 use crate::error::{CniError, code};
 use crate::ipam::{Call, Plugin};
 use crate::netconf::NetConf;
-use crate::state::StateError;
+use crate::state::{Attachment, HostLink, SCHEMA, StateError};
 use crate::teardown::{self, Options};
 use crate::vf;
 
@@ -30,34 +34,29 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
             crate::log_warn!("{e}");
             errors.push(e.to_string());
         }
+        crate::log::step("ipam");
     }
 
     let st = match ctx.state.load(cid, ifname) {
         Ok(st) => st,
         Err(StateError::Corrupt { path, why }) => {
-            // Unreadable: safe to drop only when the VF is visibly home.
-            let home = conf.device.is_some_and(|d| {
-                vf::find_in_host(ctx.root(), ctx.links, &d)
-                    .ok()
-                    .flatten()
-                    .is_some()
-            });
-            if home {
-                crate::log_warn!(
-                    "removing unreadable state {} ({why}): VF is on the host",
-                    path.display()
-                );
-                ctx.state.remove(cid, ifname)?;
-                None
-            } else {
-                return Err(StateError::Corrupt { path, why }.into());
+            // Unreadable (cut short, overwritten): converge by PCI address from what is
+            // left of it and from where the VF is now.
+            match unreadable(ctx, conf, cid, ifname, &path, &why) {
+                Ok(()) => None,
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
             }
         }
         Err(e) => return Err(e.into()),
     };
 
+    let mut kept = false;
     if let Some(st) = st {
         let _lock = ctx.state.lock_vf(ctx.root(), &st.vf)?;
+        crate::log::step("lock");
         // Another DEL may have finished while we waited for the lock.
         if let Some(st) = ctx.state.load(cid, ifname)? {
             let report = teardown::converge(
@@ -68,10 +67,12 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
                     ipam: false,
                 },
             );
+            crate::log::step("teardown");
             if report.ok() {
                 ctx.state.remove(cid, ifname)?;
                 crate::log_info!("VF {} returned to the host as {}", st.vf, st.host.name);
             } else {
+                kept = true;
                 errors.extend(report.errors);
             }
         }
@@ -88,10 +89,229 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
                 "DEL of {cid}/{ifname} left work undone: {}",
                 errors.join("; ")
             ),
-            format!(
-                "the state file in {} is kept and the next DEL retries; fix the cause above (docs/cni.md, \"DEL\")",
-                ctx.state.path().display()
-            ),
+            if kept {
+                format!(
+                    "the state file in {} is kept and the next DEL retries; fix the cause above (docs/cni.md, \"DEL\")",
+                    ctx.state.path().display()
+                )
+            } else {
+                "the VF is on the host; the next DEL retries the rest (the IPAM release); fix the cause above (docs/cni.md, \"DEL\")".to_string()
+            },
         ))
+    }
+}
+
+/// DEL of an attachment whose state file cannot be parsed. The VF is the one the file is
+/// named after (else `deviceID`); its interface is `CNI_IFNAME` in `CNI_NETNS`, or it is
+/// already back in the host. What the file still holds (the host name, MTU, GUID to
+/// restore) is salvaged; what it does not is said in the log. The file is removed once the
+/// VF is in the host namespace; otherwise it is kept and the error names what was found.
+fn unreadable(
+    ctx: &Ctx<'_>,
+    conf: &NetConf,
+    cid: &str,
+    ifname: &str,
+    path: &Path,
+    why: &str,
+) -> Result<(), String> {
+    let root = ctx.root();
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.get(..12))
+        .and_then(|a| a.parse::<railvf_host::PciAddr>().ok());
+    let Some(addr) = named.or(conf.device) else {
+        return Err(format!(
+            "state {} is unreadable ({why}) and names no VF; no deviceID in the config either",
+            path.display()
+        ));
+    };
+    if let (Some(n), Some(d)) = (named, conf.device)
+        && n != d
+    {
+        crate::log_warn!("deviceID {d} differs from the VF {n} the state file names: using {n}");
+    }
+    let _lock = ctx.state.lock_vf(root, &addr).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let host: Option<HostLink> = salvage(&text, "host");
+    crate::log_warn!(
+        "state {} is unreadable ({why}; {} bytes): converging VF {addr} by PCI address; salvaged: {}",
+        path.display(),
+        bytes.len(),
+        host.as_ref()
+            .map(|h| format!("host name {}", h.name))
+            .unwrap_or_else(|| "nothing".into())
+    );
+    let gone = |what: &str| {
+        crate::log_warn!("{what}: removing unreadable state {}", path.display());
+        ctx.state.remove(cid, ifname).map_err(|e| e.to_string())
+    };
+    if !vf::exists(root, &addr) {
+        return gone(&format!("VF {addr} no longer exists on this host"));
+    }
+    let found = vf::find_in_host(root, ctx.links, &addr).map_err(|e| e.to_string())?;
+    if let Some(l) = &found
+        && host.as_ref().is_none_or(|h| h.name == l.name)
+    {
+        return gone(&format!("VF {addr} is on the host as {}", l.name));
+    }
+    let v = vf::resolve(root, addr).map_err(|e| e.to_string())?;
+    // The pod's interface CNI_IFNAME in CNI_NETNS is this attachment's (the runtime's
+    // contract); with no netns left, the kernel has returned the VF to the host.
+    let ns = ctx.env.netns.as_deref().filter(|p| p.exists());
+    let in_pod = ns.and_then(|p| {
+        ctx.links
+            .link_by_name(&crate::net::Netns::path(p), ifname)
+            .ok()
+            .flatten()
+    });
+    match (&in_pod, &found) {
+        (Some(l), _) => crate::log_warn!(
+            "found VF {addr} as {} (ifindex {}) in {}",
+            l.name,
+            l.ifindex,
+            ns.unwrap_or(Path::new("?")).display()
+        ),
+        (None, Some(l)) => crate::log_warn!("found VF {addr} on the host as {}", l.name),
+        (None, None) => crate::log_warn!(
+            "VF {addr} is neither {ifname} in {} nor on the host (yet): waiting for it",
+            ns.unwrap_or(Path::new("(no netns)")).display()
+        ),
+    }
+    let current = in_pod.as_ref().or(found.as_ref());
+    let host = host.unwrap_or_else(|| {
+        let mut name = current
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| ifname.to_string());
+        // Taken in the host (another VF came home under the same pod name): the kernel's
+        // own fallback when a netns dies.
+        if let Some(l) = current
+            && in_pod.is_some()
+            && let Ok(Some(_)) = ctx.links.link_by_name(&crate::net::Netns::Host, &name)
+        {
+            name = format!("dev{}", l.ifindex);
+        }
+        crate::log_warn!(
+            "the VF's host name is lost with the state: it stays {name} (rename it, or rebind the VF's driver for the udev name); its MTU and GUID are left as they are"
+        );
+        HostLink {
+            name,
+            ifindex: 0,
+            mtu: 0,
+            mac: current.map(|l| l.mac.clone()).unwrap_or_default(),
+            up: false,
+        }
+    });
+    let st = Attachment {
+        schema: SCHEMA,
+        network: conf.name.clone().unwrap_or_default(),
+        container_id: cid.to_string(),
+        ifname: ifname.to_string(),
+        netns: ns.map(Path::to_path_buf),
+        vf: addr,
+        pf: v.pf,
+        vf_index: v.index,
+        host,
+        guid: salvage(&text, "guid"),
+        vf_settings: salvage(&text, "vfSettings"),
+        moving: salvage(&text, "moving"),
+        pod_ifindex: in_pod.as_ref().map(|l| l.ifindex),
+        rdma_device: salvage(&text, "rdmaDevice"),
+        ipam: false,
+        ipam_called: false,
+        netconf: String::new(),
+        cni_args: None,
+        created_unix: 0,
+    };
+    let report = teardown::converge(
+        ctx,
+        &st,
+        Options {
+            netns: ns,
+            ipam: false,
+        },
+    );
+    if report.ok() {
+        crate::log_warn!(
+            "VF {addr} converged without its state: {}",
+            report.done.join(", ")
+        );
+        gone(&format!(
+            "VF {addr} is back on the host as {}",
+            st.host.name
+        ))
+    } else {
+        Err(format!(
+            "state {} is unreadable ({why}) and VF {addr} could not be returned: {}",
+            path.display(),
+            report.errors.join("; ")
+        ))
+    }
+}
+
+/// The top-level field `key` of a pretty-printed state file that may be cut short: found
+/// by its position (two-space indent), parsed alone. `None` when it is absent, cut, `null`
+/// or malformed.
+fn salvage<T: DeserializeOwned>(text: &str, key: &str) -> Option<T> {
+    let pattern = format!("\n  \"{key}\": ");
+    let start = text.find(&pattern)? + pattern.len();
+    let rest = &text[start..];
+    // The value ends at the first `,` or newline outside strings and brackets.
+    let (mut depth, mut in_str, mut esc) = (0i32, false, false);
+    let mut end = None;
+    for (i, c) in rest.char_indices() {
+        if in_str {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, '\\') => esc = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_str = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            ',' | '\n' if depth == 0 => {
+                end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            end = Some(i);
+            break;
+        }
+    }
+    serde_json::from_str(&rest[..end?]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::salvage;
+    use crate::state::{GuidChange, HostLink};
+
+    #[test]
+    fn salvages_fields_of_a_state_file_cut_short() {
+        let mut a = crate::state::sample("c1", "net1", "0000:18:00.1");
+        a.guid = Some(GuidChange {
+            method: crate::state::GuidMethod::OfedSysfs,
+            previous: None,
+            target: railvf_host::Guid(0x1122),
+        });
+        a.netconf = r#"{"guid": {"x": 1}, "host": 3}"#.into();
+        let full = String::from_utf8(serde_json::to_vec_pretty(&a).unwrap()).unwrap();
+        assert_eq!(salvage::<HostLink>(&full, "host"), Some(a.host.clone()));
+        assert_eq!(salvage::<GuidChange>(&full, "guid"), a.guid);
+        assert_eq!(salvage::<u32>(&full, "vfIndex"), Some(0));
+        // Cut in the middle of the host object: nothing from it; what came before is there.
+        let cut = &full[..full.find("\"mtu\"").unwrap()];
+        assert_eq!(salvage::<HostLink>(cut, "host"), None);
+        assert_eq!(salvage::<String>(cut, "ifname").as_deref(), Some("net1"));
+        for bad in ["", "{", "\0\0\0", "{\n  \"host\": {\"name\": 5},\n"] {
+            assert_eq!(salvage::<HostLink>(bad, "host"), None, "{bad:?}");
+        }
     }
 }

@@ -20,6 +20,25 @@ use crate::version::{SUPPORTED, Version};
 
 /// How long one IPAM call may take (DHCP can be slow; kubelet gives a sandbox ~4 minutes).
 pub const TIMEOUT: Duration = Duration::from_secs(60);
+/// The node admin's override of [`TIMEOUT`], in ms (1–600000; tests use a short one).
+pub const TIMEOUT_ENV: &str = "RAILVF_IPAM_TIMEOUT_MS";
+
+/// [`TIMEOUT`], or `RAILVF_IPAM_TIMEOUT_MS` when it is set to 1–600000.
+pub fn timeout() -> Duration {
+    let Some(v) = std::env::var_os(TIMEOUT_ENV) else {
+        return TIMEOUT;
+    };
+    match v.to_str().and_then(|s| s.parse::<u64>().ok()) {
+        Some(ms @ 1..=600_000) => Duration::from_millis(ms),
+        _ => {
+            crate::log_warn!(
+                "{TIMEOUT_ENV}={v:?} ignored: expected 1-600000 (ms); using {} s",
+                TIMEOUT.as_secs()
+            );
+            TIMEOUT
+        }
+    }
+}
 /// Largest IPAM answer read.
 const MAX_OUTPUT: u64 = 1 << 20;
 
@@ -125,7 +144,7 @@ impl Plugin {
             {
                 return Ok(Plugin {
                     path: p,
-                    timeout: TIMEOUT,
+                    timeout: timeout(),
                 });
             }
         }
@@ -192,23 +211,38 @@ impl Plugin {
             }
             let _ = tx.send(buf);
         });
-        let out = match rx.recv_timeout(self.timeout) {
-            Ok(out) => out,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(IpamError::Timeout {
-                    plugin: self.path.clone(),
-                    command: call.command.to_string(),
-                    ms: self.timeout.as_millis(),
-                });
+        let deadline = std::time::Instant::now() + self.timeout;
+        let timed_out = |child: &mut std::process::Child| {
+            let _ = child.kill();
+            let _ = child.wait();
+            IpamError::Timeout {
+                plugin: self.path.clone(),
+                command: call.command.to_string(),
+                ms: self.timeout.as_millis(),
             }
         };
-        let _ = writer.join();
-        let status = child.wait().map_err(|source| IpamError::Spawn {
-            plugin: self.path.clone(),
-            source,
-        })?;
+        let Ok(out) = rx.recv_timeout(self.timeout) else {
+            return Err(timed_out(&mut child));
+        };
+        // Its stdout is closed, but it may still run (and not read its stdin): the
+        // timeout bounds the wait for its exit too.
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok(None) => return Err(timed_out(&mut child)),
+                Err(source) => {
+                    return Err(IpamError::Spawn {
+                        plugin: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        };
+        // Not joined: a child the plugin left behind could hold its stdin open unread.
+        drop(writer);
         if status.success() {
             return Ok(out);
         }
@@ -414,6 +448,20 @@ echo "{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.1.0.2/24\"}],\"dns\":
         let mut p = Plugin::find("hang", &dirs).unwrap();
         p.timeout = Duration::from_millis(200);
         let e = p.run(&call("ADD", &dirs), b"{}").unwrap_err();
+        assert!(matches!(e, IpamError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_plugin_that_closes_stdout_and_hangs_is_killed_at_the_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        // Neither reads its (large) stdin nor exits, but closes stdout at once.
+        script(d.path(), "half", "exec >&-; exec sleep 30");
+        let dirs = vec![d.path().to_path_buf()];
+        let mut p = Plugin::find("half", &dirs).unwrap();
+        p.timeout = Duration::from_millis(200);
+        let e = p
+            .run(&call("ADD", &dirs), &vec![b' '; 512 * 1024])
+            .unwrap_err();
         assert!(matches!(e, IpamError::Timeout { .. }), "{e}");
     }
 

@@ -3,17 +3,23 @@
 //! A few lines per call, so a tiny logger instead of a subscriber framework: the plugin is
 //! exec'd for every pod and must start fast.
 //!
+//! Format: JSON lines (one object per line: `time`, `level`, `msg`, `pid`, and the
+//! attachment's `command`, `containerID`, `ifname`, `vf` when known) to `logFile` and to a
+//! stderr that is not a terminal (what runtimes capture); human text on a terminal.
+//! [`step`] marks the end of a step of ADD/DEL and [`finish`] writes one summary line with
+//! each step's duration in ms.
+//!
 //! `logFile` rule: an absolute path without `.`/`..`, below the log directory (`/var/log`,
 //! or `RAILVF_LOG_DIR`), opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` so no
 //! symlink can lead outside it; created with mode 0600 when absent, appended to otherwise.
 
 use std::fmt;
 use std::fs::File;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
 use nix::sys::stat::Mode;
@@ -53,19 +59,172 @@ impl Level {
 struct Sink {
     level: Level,
     file: Option<File>,
-    /// Prefix naming the call (`ADD cid=… if=net1`).
+    /// Prefix naming the call (`ADD cid=… if=net1`), for the text format.
     context: String,
+    /// JSON lines (`logFile`, or stderr not a terminal) rather than text.
+    json: bool,
 }
 
 static SINK: OnceLock<Mutex<Sink>> = OnceLock::new();
 
+/// The attachment a run is about: fields of every JSON line.
+#[derive(Clone, Debug, Default)]
+struct Fields {
+    command: Option<String>,
+    container_id: Option<String>,
+    ifname: Option<String>,
+    vf: Option<String>,
+}
+
+static FIELDS: Mutex<Fields> = Mutex::new(Fields {
+    command: None,
+    container_id: None,
+    ifname: None,
+    vf: None,
+});
+
+/// Step timings of this run: when the clock started, the last mark, each step's duration.
+struct Clock {
+    start: Option<Instant>,
+    last: Option<Instant>,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+static CLOCK: Mutex<Clock> = Mutex::new(Clock {
+    start: None,
+    last: None,
+    steps: Vec::new(),
+});
+
 /// Installs the logger. Later calls are ignored (one plugin run, one logger).
 pub fn init(level: Level, file: Option<File>, context: String) {
+    let json = file.is_some() || !std::io::stderr().is_terminal();
     let _ = SINK.set(Mutex::new(Sink {
         level,
         file,
         context,
+        json,
     }));
+    start_clock();
+}
+
+/// Names the attachment in every following JSON line.
+pub fn set_attachment(
+    command: &str,
+    container_id: Option<&str>,
+    ifname: Option<&str>,
+    vf: Option<String>,
+) {
+    if let Ok(mut f) = FIELDS.lock() {
+        *f = Fields {
+            command: Some(command.to_string()),
+            container_id: container_id.map(str::to_string),
+            ifname: ifname.map(str::to_string),
+            vf,
+        };
+    }
+}
+
+/// Starts (or restarts) the step clock.
+pub fn start_clock() {
+    if let Ok(mut c) = CLOCK.lock() {
+        let now = Instant::now();
+        c.start = Some(now);
+        c.last = Some(now);
+        c.steps.clear();
+    }
+}
+
+/// Marks the end of step `name`: the time since the previous mark (or the clock's start)
+/// is booked to it. A step marked twice adds up.
+pub fn step(name: &'static str) {
+    let Ok(mut c) = CLOCK.lock() else { return };
+    let now = Instant::now();
+    let since = c.last.or(c.start).unwrap_or(now);
+    c.start.get_or_insert(now);
+    c.last = Some(now);
+    let d = now.saturating_duration_since(since);
+    match c.steps.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, total)) => *total += d,
+        None => c.steps.push((name, d)),
+    }
+}
+
+/// Milliseconds with two decimals (a JSON number).
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// Writes the run's summary line (info): total time, outcome, each step's duration in ms.
+/// Time after the last mark is booked to `rest`.
+pub fn finish(command: &str, error_code: Option<u32>) {
+    let (total, steps) = {
+        let Ok(mut c) = CLOCK.lock() else { return };
+        let now = Instant::now();
+        let Some(start) = c.start else { return };
+        if let Some(last) = c.last {
+            let rest = now.saturating_duration_since(last);
+            if !rest.is_zero() {
+                c.steps.push(("rest", rest));
+            }
+        }
+        (now.saturating_duration_since(start), c.steps.clone())
+    };
+    let outcome = match error_code {
+        None => "done".to_string(),
+        Some(code) => format!("failed (code {code})"),
+    };
+    let list = steps
+        .iter()
+        .map(|(n, d)| format!("{n} {}", ms(*d)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let steps_json = steps
+        .iter()
+        .map(|(n, d)| format!("{}:{}", json_str(n), ms(*d)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut extra = vec![("ms", ms(total)), ("steps", format!("{{{steps_json}}}"))];
+    if let Some(code) = error_code {
+        extra.push(("code", code.to_string()));
+    }
+    emit(
+        Level::Info,
+        format_args!("{command} {outcome} in {} ms: {list}", ms(total)),
+        &extra,
+    );
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// One JSON line: `extra` values are raw JSON.
+fn json_line(level: Level, msg: &str, extra: &[(&str, String)]) -> String {
+    let mut o = format!(
+        "{{\"time\":\"{}\",\"level\":\"{}\",\"msg\":{},\"pid\":{}",
+        timestamp(),
+        level.label(),
+        json_str(msg),
+        std::process::id()
+    );
+    if let Ok(f) = FIELDS.lock() {
+        for (k, v) in [
+            ("command", &f.command),
+            ("containerID", &f.container_id),
+            ("ifname", &f.ifname),
+            ("vf", &f.vf),
+        ] {
+            if let Some(v) = v {
+                o.push_str(&format!(",{}:{}", json_str(k), json_str(v)));
+            }
+        }
+    }
+    for (k, v) in extra {
+        o.push_str(&format!(",{}:{v}", json_str(k)));
+    }
+    o.push_str("}\n");
+    o
 }
 
 /// Whether `level` would be written (to skip building expensive messages).
@@ -77,15 +236,23 @@ pub fn enabled(level: Level) -> bool {
 
 /// Writes one line. Before [`init`] (config parse errors) warnings and errors go to stderr.
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
-    let line = |ctx: &str| {
-        format!(
-            "{} railvf[{}] {} {}{}\n",
-            timestamp(),
-            std::process::id(),
-            level.label(),
-            ctx,
-            args
-        )
+    emit(level, args, &[]);
+}
+
+fn emit(level: Level, args: fmt::Arguments<'_>, extra: &[(&str, String)]) {
+    let line = |ctx: &str, json: bool| {
+        if json {
+            json_line(level, &args.to_string(), extra)
+        } else {
+            format!(
+                "{} railvf[{}] {} {}{}\n",
+                timestamp(),
+                std::process::id(),
+                level.label(),
+                ctx,
+                args
+            )
+        }
     };
     match SINK.get() {
         Some(sink) => {
@@ -93,7 +260,7 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
             if level > s.level {
                 return;
             }
-            let text = line(&s.context);
+            let text = line(&s.context, s.json);
             match s.file.as_mut() {
                 Some(f) => {
                     let _ = f.write_all(text.as_bytes());
@@ -104,7 +271,7 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
             }
         }
         None if level <= Level::Warning => {
-            eprint!("{}", line(""));
+            eprint!("{}", line("", !std::io::stderr().is_terminal()));
         }
         None => {}
     }
@@ -157,11 +324,13 @@ pub fn open_log_file(path: &Path, log_dir: &Path) -> Result<File, CniError> {
     Ok(File::from(fd))
 }
 
-/// RFC 3339 UTC with milliseconds, computed without a time crate.
 fn timestamp() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    rfc3339(SystemTime::now())
+}
+
+/// RFC 3339 UTC with milliseconds, computed without a time crate.
+pub fn rfc3339(at: SystemTime) -> String {
+    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (H. Hinnant), valid for the Unix era.
@@ -214,5 +383,46 @@ mod tests {
         let t = timestamp();
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+        let at = UNIX_EPOCH + Duration::from_millis(951_782_400_007); // leap day 2000
+        assert_eq!(rfc3339(at), "2000-02-29T00:00:00.007Z");
+    }
+
+    #[test]
+    fn json_lines_carry_the_attachment_and_extra_fields() {
+        set_attachment("ADD", Some("c1"), Some("net1"), Some("0000:18:00.1".into()));
+        let l = json_line(
+            Level::Warning,
+            "a \"quoted\" msg\nover lines",
+            &[("ms", "1.50".into()), ("steps", r#"{"move":1.00}"#.into())],
+        );
+        assert!(l.ends_with("}\n") && l.matches('\n').count() == 1, "{l}");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["level"], "warning");
+        assert_eq!(v["msg"], "a \"quoted\" msg\nover lines");
+        assert_eq!(v["command"], "ADD");
+        assert_eq!(v["containerID"], "c1");
+        assert_eq!(v["ifname"], "net1");
+        assert_eq!(v["vf"], "0000:18:00.1");
+        assert_eq!(v["pid"], std::process::id());
+        assert_eq!(v["ms"], 1.5);
+        assert_eq!(v["steps"]["move"], 1.0);
+        assert!(l.starts_with(r#"{"time":""#), "time first: {l}");
+    }
+
+    #[test]
+    fn steps_add_up_in_order() {
+        start_clock();
+        step("first");
+        step("second");
+        step("first");
+        // Other tests of this process may mark their own steps meanwhile.
+        let c = CLOCK.lock().unwrap();
+        let mine: Vec<_> = c
+            .steps
+            .iter()
+            .filter(|(n, _)| matches!(*n, "first" | "second"))
+            .collect();
+        let names: Vec<_> = mine.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["first", "second"]);
     }
 }

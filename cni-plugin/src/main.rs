@@ -38,13 +38,27 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
         Ok(e) => e,
         Err(e) => return (None, Err(e)),
     };
-    if let Err(e) = std::io::stdin().take(MAX_CONFIG_BYTES).read_to_end(stdin) {
+    if let Err(e) = std::io::stdin()
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(stdin)
+    {
         return (
             None,
             Err(CniError::new(
                 railvf_cni::error::code::IO,
                 format!("reading the network config from stdin: {e}"),
                 "the runtime must pass the network config on stdin",
+            )),
+        );
+    }
+    if stdin.len() as u64 > MAX_CONFIG_BYTES {
+        stdin.clear();
+        return (
+            None,
+            Err(CniError::new(
+                railvf_cni::error::code::INVALID_CONFIG,
+                format!("the network config on stdin is larger than {MAX_CONFIG_BYTES} bytes"),
+                "real network configs are a few KiB: check the NetworkAttachmentDefinition",
             )),
         );
     }
@@ -73,6 +87,12 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
             env.ifname.as_deref().unwrap_or("-")
         ),
     );
+    log::set_attachment(
+        env.command.as_str(),
+        env.container_id.as_deref(),
+        env.ifname.as_deref(),
+        conf.device.map(|d| d.to_string()),
+    );
     let links = Rtnl::new();
     let ctx = Ctx::new(&env, &links);
     let res = match env.command {
@@ -83,5 +103,8 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
         Command::Gc => gc::exec(&ctx, &conf).map(|()| None),
         Command::Version => Ok(Some(version::exec())),
     };
+    if matches!(env.command, Command::Add | Command::Del) {
+        log::finish(env.command.as_str(), res.as_ref().err().map(|e| e.code));
+    }
     (v, res)
 }

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use crate::error::{CniError, code};
 use crate::log::Level;
 use crate::net::VfSettings;
+use crate::rail::Policy as RailPolicy;
 use crate::version::Version;
 
 /// The largest network configuration railvf reads (stdin): real ones are a few KiB.
@@ -65,6 +66,8 @@ pub struct NetConf {
     pub log_file: Option<PathBuf>,
     pub log_level: Level,
     pub readiness: ReadinessConf,
+    /// `railPolicy`: `none`, `warn` (default) or `require` (see [`crate::rail`]).
+    pub rail_policy: RailPolicy,
     pub prev_result: Option<Value>,
     pub valid_attachments: Option<Vec<AttachmentKey>>,
 }
@@ -83,6 +86,7 @@ impl NetConf {
         let Value::Object(m) = value else {
             return Err(invalid("", "a JSON object", &value));
         };
+        no_duplicate_keys(raw)?;
         let version = match m.get("cniVersion") {
             Some(Value::String(s)) => Version::parse(s)?,
             None | Some(Value::Null) => {
@@ -202,6 +206,16 @@ impl NetConf {
             Some(p) => Some(validate_log_file_syntax(p)?),
         };
         let readiness = readiness(&m)?;
+        let rail_policy = match string(&m, "railPolicy", "railPolicy")? {
+            None => RailPolicy::default(),
+            Some(p) => RailPolicy::parse(p).ok_or_else(|| {
+                invalid(
+                    "railPolicy",
+                    "\"none\", \"warn\" or \"require\"",
+                    &m["railPolicy"],
+                )
+            })?,
+        };
         let prev_result = match m.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(v @ Value::Object(_)) => Some(v.clone()),
@@ -228,6 +242,7 @@ impl NetConf {
             log_file,
             log_level,
             readiness,
+            rail_policy,
             prev_result,
             valid_attachments,
         })
@@ -519,12 +534,90 @@ fn valid_attachments(m: &Map<String, Value>) -> Result<Option<Vec<AttachmentKey>
     Ok(Some(out))
 }
 
+/// Refuses an object with the same key twice, at any depth: parsers disagree on which one
+/// counts (serde_json and Go keep the last, others the first), so whoever reviewed the
+/// NetworkAttachmentDefinition could have read another `deviceID` or `ipam` than railvf.
+fn no_duplicate_keys(raw: &[u8]) -> Result<(), CniError> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    struct Walk;
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(Walk)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            while a.next_element_seed(Walk)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = a.next_key::<String>()? {
+                a.next_value_seed(Walk)?;
+                if !seen.insert(k.clone()) {
+                    return Err(A::Error::custom(format!(
+                        "duplicate key {:?}",
+                        k.chars().take(80).collect::<String>()
+                    )));
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut d = serde_json::Deserializer::from_slice(raw);
+    Walk.deserialize(&mut d).map_err(|e| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("the network config is ambiguous: {e}"),
+            "give each key once; parsers disagree on which of two values counts",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<NetConf, CniError> {
         NetConf::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        for bad in [
+            r#"{"cniVersion":"1.0.0","deviceID":"0000:18:00.1","deviceID":"0000:18:00.2"}"#,
+            r#"{"cniVersion":"1.0.0","ipam":{"type":"static","type":"host-local"}}"#,
+            r#"{"cniVersion":"1.0.0","x":[{"a":1,"a":1}]}"#,
+            r#"{"cniVersion":"1.0.0","d\u0065viceID":"0000:18:00.1","deviceID":"0000:18:00.1"}"#,
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e}");
+            assert!(e.msg.contains("duplicate key"), "{e}");
+        }
+        parse(r#"{"cniVersion":"1.0.0","a":{"type":1},"b":{"type":2},"type":"railvf"}"#).unwrap();
     }
 
     #[test]
@@ -549,6 +642,7 @@ mod tests {
         assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
         assert_eq!(c.log_level, Level::Debug);
         assert_eq!(c.readiness, ReadinessConf::default());
+        assert_eq!(c.rail_policy, RailPolicy::Warn, "warn by default");
         assert!(c.has_vf_settings());
     }
 
@@ -568,6 +662,14 @@ mod tests {
         assert_eq!(c.readiness.expectations.link_layer, LinkLayer::Ethernet);
         assert!(!c.readiness.expectations.require_lid);
         assert!(c.ipam_type.is_none());
+        for (p, want) in [
+            ("none", RailPolicy::None),
+            ("warn", RailPolicy::Warn),
+            ("require", RailPolicy::Require),
+        ] {
+            let c = parse(&format!(r#"{{"cniVersion":"1.1.0","railPolicy":"{p}"}}"#)).unwrap();
+            assert_eq!(c.rail_policy, want);
+        }
     }
 
     #[test]
@@ -633,6 +735,16 @@ mod tests {
                 "logFile",
             ),
             (r#"{"cniVersion":"1.0.0","logLevel":"loud"}"#, 7, "logLevel"),
+            (
+                r#"{"cniVersion":"1.0.0","railPolicy":"strict"}"#,
+                7,
+                "\"railPolicy\"",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","railPolicy":true}"#,
+                7,
+                "railPolicy",
+            ),
             (
                 r#"{"cniVersion":"1.0.0","readiness":{"timeoutMs":-1}}"#,
                 7,

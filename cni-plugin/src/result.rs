@@ -256,9 +256,34 @@ impl CniResult {
     }
 }
 
+/// Adds a top-level member to a printed result (railvf's own `"railvf"` key). Unknown keys
+/// are allowed in a result: libcni and Multus ignore them when they decode it, a runtime
+/// that keeps the raw result keeps it. Text that is not a JSON object is returned as is.
+pub fn with_member(text: String, key: &str, value: Value) -> String {
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(mut o)) => {
+            o.insert(key.to_string(), value);
+            Value::Object(o).to_string()
+        }
+        _ => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_is_added_and_nothing_else_changes() {
+        let r = CniResult::default().to_json(Version::V1_1_0);
+        let out = with_member(r.to_string(), "railvf", json!({"rail": {"vf": 5}}));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["railvf"]["rail"]["vf"], 5);
+        let mut back = v.as_object().unwrap().clone();
+        back.remove("railvf");
+        assert_eq!(Value::Object(back), r);
+        assert_eq!(with_member("x".into(), "k", json!(1)), "x");
+    }
 
     #[test]
     fn reads_a_0_3_1_ipam_result_and_prints_every_version() {

@@ -1,6 +1,6 @@
-//! kubelet device plugin API v1beta1 (`k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1`),
-//! generated at build time from `proto/deviceplugin/v1beta1/api.proto` without `protoc`,
-//! plus the unix-socket plumbing both sides of the API need.
+//! kubelet device plugin API v1beta1 (`k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1`) and
+//! PodResources API v1 (`k8s.io/kubelet/pkg/apis/podresources/v1`), generated at build time
+//! from `proto/` without `protoc`, plus the unix-socket plumbing both sides need.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -14,8 +14,24 @@ pub mod v1beta1 {
     tonic::include_proto!("v1beta1");
 }
 
+/// kubelet's PodResources API (`PodResourcesLister`: `List`, `GetAllocatableResources`,
+/// `Get`), which says which devices kubelet allocated to which pod.
+pub mod podresources {
+    pub mod v1 {
+        tonic::include_proto!("v1");
+    }
+    /// kubelet's PodResources socket (below the host root on a node).
+    pub const SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+    /// kubelet's own limit on a PodResources message (grpc-go client default is 4 MiB;
+    /// `List` on a busy node can be larger).
+    pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+}
+
 #[cfg(feature = "fake-kubelet")]
 pub mod fake_kubelet;
+
+#[cfg(feature = "fake-podresources")]
+pub mod fake_podresources;
 
 /// API version string sent in `RegisterRequest.version`.
 pub const VERSION: &str = "v1beta1";
@@ -166,5 +182,154 @@ mod tests {
             devices_ids: vec![s("a")],
         };
         assert_eq!(pre.encode_to_vec(), [tag(1, 2), 1, b'a']);
+    }
+}
+
+#[cfg(test)]
+#[rustfmt::skip] // byte tables read better one field per line
+mod podresources_wire {
+    //! kubelet's PodResources v1 field numbers, pinned byte for byte: every field of every
+    //! message is set, encoded, and compared with the tags of kubelet's api.proto
+    //! (`k8s.io/kubelet/pkg/apis/podresources/v1/api.proto`).
+    use super::podresources::v1::*;
+    use prost::Message;
+
+    fn tag(field: u8, wire: u8) -> u8 {
+        (field << 3) | wire
+    }
+
+    /// A length-delimited field (wire type 2) holding `body` (< 128 bytes).
+    fn ld(field: u8, body: &[u8]) -> Vec<u8> {
+        assert!(body.len() < 128);
+        let mut v = vec![tag(field, 2), body.len() as u8];
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn s(x: &str) -> String {
+        x.to_string()
+    }
+
+    fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    fn topology() -> TopologyInfo {
+        TopologyInfo { nodes: vec![NumaNode { id: 1 }] }
+    }
+    /// TopologyInfo { nodes: [NUMANode { ID: 1 }] }
+    fn topology_bytes() -> Vec<u8> {
+        ld(1, &[tag(1, 0), 1])
+    }
+
+    fn devices() -> ContainerDevices {
+        ContainerDevices {
+            resource_name: s("r"),
+            device_ids: vec![s("d"), s("e")],
+            topology: Some(topology()),
+        }
+    }
+    fn devices_bytes() -> Vec<u8> {
+        cat(&[
+            ld(1, b"r"),              // resource_name = 1
+            ld(2, b"d"),              // device_ids = 2
+            ld(2, b"e"),
+            ld(3, &topology_bytes()), // topology = 3
+        ])
+    }
+
+    fn memory() -> ContainerMemory {
+        ContainerMemory { memory_type: s("m"), size: 2, topology: Some(topology()) }
+    }
+    fn memory_bytes() -> Vec<u8> {
+        cat(&[
+            ld(1, b"m"),              // memory_type = 1
+            vec![tag(2, 0), 2],       // size = 2
+            ld(3, &topology_bytes()), // topology = 3
+        ])
+    }
+
+    fn pod() -> PodResources {
+        PodResources {
+            name: s("p"),
+            namespace: s("n"),
+            containers: vec![ContainerResources {
+                name: s("c"),
+                devices: vec![devices()],
+                cpu_ids: vec![3, 4],
+                memory: vec![memory()],
+                dynamic_resources: vec![DynamicResource {
+                    claim_name: s("a"),
+                    claim_namespace: s("b"),
+                    claim_resources: vec![ClaimResource {
+                        cdi_devices: vec![CdiDevice { name: s("x") }],
+                        driver_name: s("d"),
+                        pool_name: s("p"),
+                        device_name: s("v"),
+                    }],
+                }],
+            }],
+        }
+    }
+    fn pod_bytes() -> Vec<u8> {
+        let claim = cat(&[
+            ld(1, &ld(1, b"x")), // cdi_devices = 1 { name = 1 }
+            ld(2, b"d"),         // driver_name = 2
+            ld(3, b"p"),         // pool_name = 3
+            ld(4, b"v"),         // device_name = 4
+        ]);
+        let dynamic = cat(&[
+            ld(2, b"a"),   // claim_name = 2 (1 is the removed class_name)
+            ld(3, b"b"),   // claim_namespace = 3
+            ld(4, &claim), // claim_resources = 4
+        ]);
+        let container = cat(&[
+            ld(1, b"c"),              // name = 1
+            ld(2, &devices_bytes()),  // devices = 2
+            ld(3, &[3, 4]),           // cpu_ids = 3 (packed int64)
+            ld(4, &memory_bytes()),   // memory = 4
+            ld(5, &dynamic),          // dynamic_resources = 5
+        ]);
+        cat(&[
+            ld(1, b"p"),       // name = 1
+            ld(2, b"n"),       // namespace = 2
+            ld(3, &container), // containers = 3
+        ])
+    }
+
+    #[test]
+    fn get_request_and_response() {
+        let req = GetPodResourcesRequest { pod_name: s("p"), pod_namespace: s("n") };
+        assert_eq!(req.encode_to_vec(), cat(&[ld(1, b"p"), ld(2, b"n")]));
+        let resp = GetPodResourcesResponse { pod_resources: Some(pod()) };
+        assert_eq!(resp.encode_to_vec(), ld(1, &pod_bytes()));
+        assert_eq!(GetPodResourcesResponse::decode(&*ld(1, &pod_bytes())).unwrap(), resp);
+    }
+
+    #[test]
+    fn list_response() {
+        let resp = ListPodResourcesResponse { pod_resources: vec![pod(), pod()] };
+        assert_eq!(resp.encode_to_vec(), cat(&[ld(1, &pod_bytes()), ld(1, &pod_bytes())]));
+        assert!(ListPodResourcesRequest {}.encode_to_vec().is_empty());
+    }
+
+    #[test]
+    fn allocatable_response() {
+        let resp = AllocatableResourcesResponse {
+            devices: vec![devices()],
+            cpu_ids: vec![5, 6],
+            memory: vec![memory()],
+        };
+        assert_eq!(
+            resp.encode_to_vec(),
+            cat(&[ld(1, &devices_bytes()), ld(2, &[5, 6]), ld(3, &memory_bytes())])
+        );
+        assert!(AllocatableResourcesRequest {}.encode_to_vec().is_empty());
+    }
+
+    #[test]
+    fn service_and_method_paths_are_kubelets() {
+        use super::podresources::v1::pod_resources_lister_server::SERVICE_NAME;
+        assert_eq!(SERVICE_NAME, "v1.PodResourcesLister");
     }
 }

@@ -99,6 +99,10 @@ impl FromStr for PciAddr {
         if value.len() != 12 {
             return Err(err("wrong length"));
         }
+        // Byte offsets below: anything but ASCII would split a character (and panic).
+        if !value.is_ascii() {
+            return Err(err("not ASCII"));
+        }
         let (domain, rest) = value.split_at(4);
         let rest = rest
             .strip_prefix(':')
@@ -181,6 +185,11 @@ mod tests {
             "+000:18:00.1",
             "0000:18:0 .1",
             "0000:18:00.1/../../x",
+            // Found by the sysfs_attrs fuzz target: 12 bytes, multi-byte characters across
+            // the split points (used to panic: "byte index 4 is not a char boundary").
+            "882\u{7f8}\u{7f8}\u{5e2}jM:",
+            "000\u{e9}18:00.1",
+            "0000:1\u{e9}00.1",
         ] {
             let e = bad.parse::<PciAddr>().unwrap_err();
             assert!(e.to_string().contains("dddd:bb:dd.f"), "{bad:?}: {e}");

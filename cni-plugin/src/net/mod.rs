@@ -125,4 +125,13 @@ pub trait LinkOps {
     /// Moves the RDMA device `ibdev`, seen in `from`, into `to` (RDMA_NLDEV_CMD_SET with
     /// the target netns fd); needs the RDMA subsystem in exclusive netns mode.
     fn move_rdma_device(&self, ibdev: &str, from: &Netns, to: &Netns) -> Result<(), NetError>;
+    /// Whether `path` (`CNI_NETNS`) is a network namespace, or why not. The default only
+    /// checks that it exists; the kernel's implementation checks what it is.
+    fn check_netns(&self, path: &Path) -> Result<(), String> {
+        if path.exists() {
+            Ok(())
+        } else {
+            Err("it does not exist".into())
+        }
+    }
 }

@@ -74,6 +74,50 @@ pub fn open_netns(path: &Path) -> io::Result<File> {
     File::open(path)
 }
 
+/// Checks that `path` is a network namespace file (what `CNI_NETNS` must be): a file on
+/// nsfs that `setns(CLONE_NEWNET)` accepts. Never blocks (a FIFO is refused before it is
+/// opened, and it is opened non-blocking) and never moves the calling thread.
+pub fn check_netns(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let md = match std::fs::metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("it does not exist".into()),
+        Err(e) => return Err(format!("it cannot be read: {e}")),
+    };
+    let ft = md.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device node"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!("it is {kind}, not a network namespace"));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("it cannot be opened: {e}"))?;
+    match nix::sys::statfs::fstatfs(&f) {
+        Ok(st) if st.filesystem_type() == nix::sys::statfs::NSFS_MAGIC => {}
+        Ok(_) => return Err("it is an ordinary file, not a namespace (nsfs) file".into()),
+        Err(e) => return Err(format!("statfs: {e}")),
+    }
+    in_netns(&f, || Ok(())).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            "it is a namespace of another kind (mount, pid, …), not a network namespace".into()
+        } else {
+            format!("setns: {e}")
+        }
+    })
+}
+
 /// Runs `f` on a short-lived helper thread that first joins the netns `ns` (a netns file),
 /// and returns what `f` returned. The calling thread never changes namespace.
 ///

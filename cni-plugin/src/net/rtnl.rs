@@ -656,6 +656,10 @@ fn valid_ifname(name: &str) -> bool {
 }
 
 impl LinkOps for Rtnl {
+    fn check_netns(&self, path: &std::path::Path) -> Result<(), String> {
+        super::netns::check_netns(path)
+    }
+
     fn link_by_name(&self, ns: &Netns, name: &str) -> Result<Option<Link>, NetError> {
         if !valid_ifname(name) {
             return Ok(None); // no link can have that name

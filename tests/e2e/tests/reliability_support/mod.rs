@@ -1,0 +1,595 @@
+//! Shared by the `reliability_*` and `hostile_*` tests: run the real `railvf` binary against
+//! the simulated node and look at the outcome from OUTSIDE — `ip -j`, the simulator's mirror
+//! (by PCI address), the state directory, host-local's data directory — never through
+//! railvf's own answer alone.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use railvf_sim::{SimNode, VfInfo};
+use serde_json::Value;
+
+/// Debian's reference plugins (host-local).
+pub const CNI_DIR: &str = "/usr/lib/cni";
+pub const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
+
+/// Hang guard for one plugin run: generous, never a measurement.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+/// Fails loudly when a tool the test needs is missing: a skipped check must not pass.
+pub fn require_host_local() {
+    assert!(
+        Path::new(HOST_LOCAL).exists(),
+        "{HOST_LOCAL} is missing: install the Debian package containernetworking-plugins"
+    );
+}
+
+/// A summary line on the process's stderr (not captured by libtest), for docs/reliability.md.
+pub fn summary(line: impl AsRef<str>) {
+    let _ = writeln!(std::io::stderr(), "reliability: {}", line.as_ref());
+}
+
+/// The `railvf` binary built with `--features test-faultpoints` into its own target dir
+/// (`target/faultpoints`), once per test process, so the normal binary never has them.
+pub fn faultpoint_bin() -> PathBuf {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.as_ref() {
+        return p.clone();
+    }
+    // target/debug → target
+    let target = railvf_e2e::target_dir()
+        .parent()
+        .expect("target/<profile> has a parent")
+        .join("faultpoints");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "-p",
+            "railvf-cni",
+            "--features",
+            "test-faultpoints",
+            "--bin",
+            "railvf",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .status()
+        .expect("running cargo to build railvf with fault points");
+    assert!(
+        status.success(),
+        "building railvf with test-faultpoints failed"
+    );
+    let p = target.join("debug").join("railvf");
+    assert!(p.exists(), "{} was not built", p.display());
+    *built = Some(p.clone());
+    p
+}
+
+/// One railvf invocation's outcome.
+#[derive(Debug)]
+pub struct Out {
+    pub ok: bool,
+    /// The signal that ended it, if one did (SIGKILL at a fault point: 9).
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// The spec error object of a failed call: checks its shape, returns code and text.
+    pub fn err(&self) -> (u64, String) {
+        assert!(!self.ok, "expected a failure, got success: {}", self.stdout);
+        let v = self.json();
+        assert!(
+            v["cniVersion"].as_str().is_some_and(|s| !s.is_empty()),
+            "error object without cniVersion: {}",
+            self.stdout
+        );
+        assert!(
+            v["msg"].as_str().is_some_and(|s| !s.is_empty()),
+            "error object without msg: {}",
+            self.stdout
+        );
+        (
+            v["code"]
+                .as_u64()
+                .expect("error object without a numeric code"),
+            format!(
+                "{} | {}",
+                v["msg"].as_str().unwrap_or(""),
+                v["details"].as_str().unwrap_or("")
+            ),
+        )
+    }
+
+    pub fn expect_ok(self) -> Self {
+        assert!(
+            self.ok,
+            "railvf failed: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self.assert_no_panic();
+        self
+    }
+
+    pub fn assert_no_panic(&self) {
+        assert!(
+            !self.stderr.contains("panicked"),
+            "railvf panicked:\n{}",
+            self.stderr
+        );
+    }
+}
+
+/// The environment of one test: sim root, private state dir, CNI_PATH, which binary.
+#[derive(Clone)]
+pub struct Cni {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub cni_path: String,
+    pub bin: PathBuf,
+    /// Extra environment for every call.
+    pub env: Vec<(String, String)>,
+}
+
+impl Cni {
+    pub fn new(sim: &SimNode, tmp: &Path) -> Self {
+        Cni {
+            root: sim.root().to_path_buf(),
+            state: tmp.join("state"),
+            cni_path: CNI_DIR.to_string(),
+            bin: railvf_e2e::bin_path("railvf"),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn with_env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// The command with a clean, complete CNI environment.
+    pub fn command(&self, verb: &str, cid: &str, ifname: &str, netns: Option<&Path>) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_IFNAME", ifname)
+            .env(
+                "CNI_NETNS",
+                netns.map(|p| p.as_os_str().to_owned()).unwrap_or_default(),
+            )
+            .env("CNI_PATH", &self.cni_path)
+            .env("RAILVF_HOST_ROOT", &self.root)
+            .env("RAILVF_STATE_DIR", &self.state)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn spawn(&self, mut cmd: Command, stdin: &[u8]) -> Child {
+        let mut child = cmd.spawn().expect("spawn railvf");
+        let mut sin = child.stdin.take().unwrap();
+        let input = stdin.to_vec();
+        // A writer thread: railvf may stop reading (oversized input) or die first.
+        std::thread::spawn(move || {
+            let _ = sin.write_all(&input);
+        });
+        child
+    }
+
+    pub fn run_cmd(&self, cmd: Command, stdin: &[u8]) -> Out {
+        wait(self.spawn(cmd, stdin))
+    }
+
+    pub fn run(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &str) -> Out {
+        self.run_cmd(self.command(verb, cid, "net1", netns), conf.as_bytes())
+    }
+
+    /// Files in the state dir (temp files included).
+    pub fn state_files(&self) -> Vec<String> {
+        std::fs::read_dir(&self.state)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Waits for a railvf process (hang guard: killed and failed after [`GUARD`]).
+pub fn wait(mut child: Child) -> Out {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "railvf did not finish within {GUARD:?} (killed); stdout {} stderr {}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let o = child.wait_with_output().unwrap();
+    Out {
+        ok: o.status.success(),
+        signal: o.status.signal(),
+        stdout: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// `ip [-n ns] -j <args>` parsed (an empty array when `ip` fails).
+pub fn ip_json(ns: Option<&str>, args: &[&str]) -> Value {
+    let mut c = Command::new("ip");
+    if let Some(n) = ns {
+        c.args(["-n", n]);
+    }
+    c.arg("-j").args(args);
+    let o = c.output().expect("run ip");
+    if !o.status.success() {
+        return Value::Array(vec![]);
+    }
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Array(vec![]))
+}
+
+/// The links of `ns` (None: the host), as `ip -j link show` prints them.
+pub fn links(ns: Option<&str>) -> Vec<Value> {
+    ip_json(ns, &["link", "show"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The sim tags each VF veth with the alias `railvf-sim:<tag>:<bdf>` (the tag is unique per
+/// sim, so tests in parallel never see each other's VFs); it follows the link through moves
+/// and renames, so it says which VF a link is.
+pub fn vf_of_link(sim: &SimNode, l: &Value) -> Option<String> {
+    l["ifalias"]
+        .as_str()
+        .and_then(|a| a.strip_prefix("railvf-sim:"))
+        .and_then(|a| a.split_once(':'))
+        .filter(|(tag, _)| *tag == sim.tag())
+        .map(|(_, bdf)| bdf.to_string())
+}
+
+/// Where the sim's VF `vf` is seen in `ns` (None: the host), by its alias: its name there.
+pub fn vf_name_in(sim: &SimNode, ns: Option<&str>, vf: &str) -> Option<String> {
+    links(ns)
+        .iter()
+        .find(|l| vf_of_link(sim, l).as_deref() == Some(vf))
+        .and_then(|l| l["ifname"].as_str().map(str::to_string))
+}
+
+/// Names of the links of `ns` other than `lo`.
+pub fn pod_links(ns: &str) -> Vec<String> {
+    links(Some(ns))
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .filter(|n| n != "lo")
+        .collect()
+}
+
+/// IPv4 addresses (`a.b.c.d/nn`) of `name` in `ns`.
+pub fn addrs4(ns: &str, name: &str) -> Vec<String> {
+    ip_json(Some(ns), &["-4", "addr", "show", "dev", name])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+        .collect()
+}
+
+/// Is the VF home: in the host namespace under its original name, by the sim's mirror AND
+/// by `ip` (alias)? Returns what is wrong, if anything.
+pub fn home_problem(sim: &SimNode, vf: &VfInfo) -> Option<String> {
+    let bdf = vf.pci.to_string();
+    let by_ip = vf_name_in(sim, None, &bdf);
+    if by_ip.as_deref() != Some(vf.netdev.as_str()) {
+        return Some(format!(
+            "VF {bdf}: ip shows it in the host as {by_ip:?}, expected {}",
+            vf.netdev
+        ));
+    }
+    let _ = sim.sync();
+    let mirror = sim
+        .vf(vf.pci)
+        .ok()
+        .and_then(|v| v.host_netdev)
+        .map(|h| h.name);
+    if mirror.as_deref() != Some(vf.netdev.as_str()) {
+        return Some(format!(
+            "VF {bdf}: the sim's sysfs shows {mirror:?} in the host, expected {}",
+            vf.netdev
+        ));
+    }
+    None
+}
+
+/// Waits (hang guard) until the VF is home; panics with what is wrong otherwise.
+pub fn assert_home(sim: &SimNode, vf: &VfInfo) {
+    let mut last = None;
+    let ok = eventually(Duration::from_secs(5), || {
+        last = home_problem(sim, vf);
+        last.is_none()
+    });
+    assert!(ok, "{}", last.unwrap_or_default());
+}
+
+/// Polls `cond` every 5 ms up to `timeout` (never asserts on time: returns whether it held).
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A host-local IPAM section with its data in `dir`.
+pub fn host_local(dir: &Path, subnet: &str) -> String {
+    format!(
+        r#""ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"{subnet}"}}]]}}"#,
+        dir.display()
+    )
+}
+
+/// IPs host-local holds for network `net` in `dir`, with the container ID each is for.
+pub fn reservations(dir: &Path, net: &str) -> Vec<(String, String)> {
+    std::fs::read_dir(dir.join(net))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.parse::<std::net::IpAddr>().ok()?;
+                    let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    Some((n, owner.lines().next().unwrap_or("").trim().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Files of host-local's data dir for `net` that are neither its lock nor its
+/// `last_reserved_ip.*` bookkeeping: leaked addresses (or anything else).
+pub fn ipam_leftovers(dir: &Path, net: &str) -> Vec<String> {
+    std::fs::read_dir(dir.join(net))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn netconf(version: &str, name: &str, vf: &str, extra: &str) -> String {
+    let sep = if extra.is_empty() { "" } else { "," };
+    format!(
+        r#"{{"cniVersion":"{version}","name":"{name}","type":"railvf","deviceID":"{vf}"{sep}{extra}}}"#
+    )
+}
+
+/// The sim's OFED GUID files of a VF (`<pf>/sriov/<n>/{node,port}`), as written.
+pub fn guid_files(sim: &SimNode, vf: &VfInfo) -> (String, String) {
+    let dir = sim
+        .pf(vf.pf)
+        .unwrap()
+        .sysfs_dir
+        .join("sriov")
+        .join(vf.index.to_string());
+    let r = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    (r("node"), r("port"))
+}
+
+/// The real `railvf-device-plugin` against the fake kubelet of `railvf-proto`.
+pub mod dp {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use railvf_proto::fake_kubelet::{FakeKubelet, Registered};
+    use railvf_proto::v1beta1::device_plugin_client::DevicePluginClient;
+    use railvf_proto::v1beta1::{
+        AllocateRequest, ContainerAllocateRequest, Device, Empty, ListAndWatchResponse,
+    };
+    use tonic::Streaming;
+    use tonic::transport::Channel;
+
+    /// Hang guard for anything the tests wait on: generous, never a measurement.
+    pub const GUARD: Duration = Duration::from_secs(30);
+    /// The socket of the default resource.
+    pub const SOCKET: &str = "railvf-dgx_h200_vfs.sock";
+
+    pub struct Dirs {
+        pub kubelet: PathBuf,
+        pub devinfo: PathBuf,
+        pub work: PathBuf,
+    }
+
+    impl Dirs {
+        pub fn new(tmp: &Path) -> Dirs {
+            let d = Dirs {
+                kubelet: tmp.join("device-plugins"),
+                devinfo: tmp.join("devinfo"),
+                work: tmp.to_path_buf(),
+            };
+            std::fs::create_dir_all(&d.kubelet).unwrap();
+            d
+        }
+    }
+
+    /// A running plugin; SIGKILLed on drop if still running.
+    pub struct Plugin {
+        child: Option<Child>,
+        pub log: PathBuf,
+    }
+
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    impl Plugin {
+        pub fn start(root: &Path, dirs: &Dirs) -> Plugin {
+            let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let log = dirs.work.join(format!("plugin-{n}.log"));
+            // Never pick up a real /etc/railvf/config.json of the machine running tests.
+            let config = dirs.work.join("no-config.json");
+            std::fs::write(&config, "{}").unwrap();
+            let child = Command::new(railvf_e2e::bin_path("railvf-device-plugin"))
+                .arg("serve")
+                .arg("--host-root")
+                .arg(root)
+                .arg("--kubelet-dir")
+                .arg(&dirs.kubelet)
+                .arg("--devinfo-dir")
+                .arg(&dirs.devinfo)
+                .arg("--config")
+                .arg(&config)
+                .args(["--health-interval-ms", "50", "--log-level", "debug"])
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("spawn railvf-device-plugin");
+            Plugin {
+                child: Some(child),
+                log,
+            }
+        }
+
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
+
+        /// SIGKILL (the OOM killer, a node agent, `kubectl delete --force`).
+        pub fn kill9(&mut self) {
+            let mut c = self.child.take().expect("plugin running");
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+
+        /// Fails the test with the log if the plugin has exited or panicked.
+        pub fn assert_running(&mut self) {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("plugin exited ({st}); log:\n{}", self.log());
+            }
+            self.assert_no_panic();
+        }
+
+        pub fn assert_no_panic(&self) {
+            let log = self.log();
+            assert!(!log.contains("panicked"), "plugin panicked:\n{log}");
+        }
+    }
+
+    impl Drop for Plugin {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// The next registration, failing with the plugin's log on timeout.
+    pub async fn registration(k: &mut FakeKubelet, p: &Plugin) -> Registered {
+        match k.next_registration(GUARD).await {
+            Some(r) => r,
+            None => panic!("no registration within {GUARD:?}; plugin log:\n{}", p.log()),
+        }
+    }
+
+    pub async fn stream(
+        client: &mut DevicePluginClient<Channel>,
+    ) -> Streaming<ListAndWatchResponse> {
+        client.list_and_watch(Empty {}).await.unwrap().into_inner()
+    }
+
+    /// Reads lists until `pred` holds for one; returns it.
+    pub async fn wait_list(
+        stream: &mut Streaming<ListAndWatchResponse>,
+        what: &str,
+        pred: impl Fn(&[Device]) -> bool,
+    ) -> Vec<Device> {
+        let fut = async {
+            loop {
+                let r = stream
+                    .message()
+                    .await
+                    .unwrap_or_else(|e| panic!("stream failed while waiting for {what}: {e}"))
+                    .unwrap_or_else(|| panic!("stream ended while waiting for {what}"));
+                if pred(&r.devices) {
+                    return r.devices;
+                }
+            }
+        };
+        tokio::time::timeout(GUARD, fut)
+            .await
+            .unwrap_or_else(|_| panic!("no device list with {what} within {GUARD:?}"))
+    }
+
+    pub fn alloc_req(ids: &[&str]) -> AllocateRequest {
+        AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: ids.iter().map(|s| s.to_string()).collect(),
+            }],
+        }
+    }
+
+    /// (id, health, NUMA nodes) of every device, sorted: what kubelet sees.
+    pub fn view(list: &[Device]) -> Vec<(String, String, Vec<i64>)> {
+        let mut v: Vec<_> = list
+            .iter()
+            .map(|d| {
+                (
+                    d.id.clone(),
+                    d.health.clone(),
+                    d.topology
+                        .as_ref()
+                        .map(|t| t.nodes.iter().map(|n| n.id).collect())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
