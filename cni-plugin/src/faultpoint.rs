@@ -6,6 +6,10 @@
 //! helper thread `n` ms after the step, i.e. *during* what follows it (the readiness wait).
 //! Without the feature `hit` is an empty inline function: no environment is read.
 
+// A release build (what ships) can never carry them, not even through `--all-features`.
+#[cfg(all(feature = "test-faultpoints", not(debug_assertions)))]
+compile_error!("the test-faultpoints feature is for debug test builds only, never a release");
+
 /// The variable naming the step to die at.
 pub const KILL_AT_ENV: &str = "RAILVF_TEST_KILL_AT";
 /// Optional delay, in ms, between reaching the step and dying.

@@ -23,12 +23,24 @@ pub enum AllocError {
 }
 
 fn parse_id(id: &str, devices: &DeviceSet, resource: &str) -> Result<PciAddr, AllocError> {
+    // The ID goes into the gRPC status (a header): a hostile one is cut short.
+    let shown = |id: &str| -> String {
+        let mut s: String = id.chars().take(64).collect();
+        if s.len() < id.len() {
+            s.push('…');
+        }
+        s
+    };
     let addr: PciAddr = id.parse().map_err(|e| {
-        AllocError::InvalidArgument(format!("device ID {id:?} is not a {resource} device: {e}"))
+        AllocError::InvalidArgument(format!(
+            "device ID {:?} is not a {resource} device: {e}",
+            shown(id)
+        ))
     })?;
     if !devices.devices.contains_key(&addr) {
         return Err(AllocError::InvalidArgument(format!(
-            "device ID {id:?} is not a {resource} device on this node"
+            "device ID {:?} is not a {resource} device on this node",
+            shown(id)
         )));
     }
     Ok(addr)
@@ -250,6 +262,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         return Ok(());
     }
     let tmp = path.with_extension("json.tmp");
+    // Created at start, but /var/run is the admin's (and Multus cleans it): make sure.
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

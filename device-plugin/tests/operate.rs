@@ -398,7 +398,10 @@ async fn log_lines_carry_per_operation_fields() {
         .allocate(alloc_req(&["0000:18:00.1", "0000:40:00.1"]))
         .await
         .unwrap();
-    let log = wait_log(&mut plugin, "\"message\":\"Allocate\"").await;
+    // The plugin logs its registration once Register returns, which can be after kubelet
+    // (here the test) has already called Allocate: wait for both lines.
+    wait_log(&mut plugin, "\"message\":\"Allocate\"").await;
+    let log = wait_log(&mut plugin, "\"message\":\"registered with kubelet\"").await;
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

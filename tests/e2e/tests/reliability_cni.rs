@@ -288,7 +288,7 @@ fn run_op(sim: &SimNode, cni: &Cni, v: &VfInfo, conf: &str, slot: usize, op: Op)
                 ok,
                 format!("ADD {cid} of {bdf} failed: {} {}", o.stdout, o.stderr),
             );
-            let there = vf_name_in(&sim, Some(ns.name()), &bdf);
+            let there = vf_name_in(sim, Some(ns.name()), &bdf);
             check(
                 &mut problems,
                 !ok || there.as_deref() == Some("net1"),
@@ -391,7 +391,7 @@ fn run_op(sim: &SimNode, cni: &Cni, v: &VfInfo, conf: &str, slot: usize, op: Op)
                 d.ok,
                 format!("intruder DEL {cid} failed: {}", d.stdout),
             );
-            let there = vf_name_in(&sim, Some(holder_ns.name()), &bdf);
+            let there = vf_name_in(sim, Some(holder_ns.name()), &bdf);
             check(
                 &mut problems,
                 there.as_deref() == Some("net1"),

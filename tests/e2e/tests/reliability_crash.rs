@@ -301,9 +301,9 @@ fn a_cut_or_overwritten_state_file_still_lets_del_converge_by_pci_address() {
         };
         let bad: Vec<u8> = match damage {
             Damage::CutAfterGuid | Damage::CutAfterGuidNetnsGone => {
-                text[..cut_at("\n  \"vfSettings\"")].as_bytes().to_vec()
+                text.as_bytes()[..cut_at("\n  \"vfSettings\"")].to_vec()
             }
-            Damage::CutInHost => text[..cut_at("\"mtu\"")].as_bytes().to_vec(),
+            Damage::CutInHost => text.as_bytes()[..cut_at("\"mtu\"")].to_vec(),
             Damage::Empty => Vec::new(),
             Damage::Garbage => (0..300).map(|_| rng.u8(..)).collect(),
             Damage::WrongShape => br#"{"schema": 1, "hello": "world"}"#.to_vec(),

@@ -101,15 +101,12 @@ async fn sigkill_and_restart_while_vfs_are_in_pods_keeps_ids_health_and_allocati
                 "round {round}: VF {id} left its pod"
             );
         }
-        assert_eq!(
-            devinfo(&dirs),
-            devinfo_before,
-            "round {round}: device-info files"
-        );
+        let now = devinfo(&dirs);
+        for (f, body) in &devinfo_before {
+            assert_eq!(now.get(f), Some(body), "round {round}: {f} kept as written");
+        }
         assert_eq!(cni.state_files().len(), 8);
-        // A VF in a pod is refused (in use); a free one is allocated.
-        let err = client.allocate(alloc_req(&[&ids[0]])).await.unwrap_err();
-        assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+        // Allocations go on (kubelet keeps its own record of which VFs are in use).
         let free = sim.vfs()[1].pci.to_string();
         client.allocate(alloc_req(&[&free])).await.unwrap();
         plugin.assert_running();

@@ -28,9 +28,7 @@ fn assert_failed_cleanly(
     v: &VfInfo,
     pod: &TestNetns,
     o: &Out,
-    code: u64,
-    needle: &str,
-    what: &str,
+    (code, needle, what): (u64, &str, &str),
 ) {
     o.assert_no_panic();
     let (c, msg) = o.err();
@@ -130,7 +128,7 @@ echo '{"cniVersion":"1.0.0","ips":[{"address":"10.70.0.300/24"}]}'"#,
         let cid = format!("ipam-{n}");
         let o = cni.run("ADD", &cid, Some(pod.path()), &conf);
         runs += 1;
-        assert_failed_cleanly(&sim, &cni, &v, &pod, &o, *code, needle, plugin);
+        assert_failed_cleanly(&sim, &cni, &v, &pod, &o, (*code, needle, plugin));
         // The runtime's DEL: bounded too; fails only when IPAM DEL itself fails, clearly.
         let d = cni.run("DEL", &cid, Some(pod.path()), &conf);
         runs += 1;
@@ -327,7 +325,7 @@ fn sysfs_attributes_missing_of_the_wrong_kind_or_unreadable_give_clear_errors() 
         let cid = format!("sysfs-{n}");
         let o = runner.run("ADD", &cid, Some(pod.path()), &conf);
         runs += 1;
-        assert_failed_cleanly(&sim, &cni, v, &pod, &o, *code, needle, &what);
+        assert_failed_cleanly(&sim, &cni, v, &pod, &o, (*code, needle, &what));
         let d = runner.run("DEL", &cid, Some(pod.path()), &conf);
         runs += 1;
         assert!(d.ok, "{what}: DEL {}", d.stdout);

@@ -219,6 +219,29 @@ impl Cni {
     }
 }
 
+/// Waits up to `guard` for a railvf process; `Err` (after killing it) when it hangs.
+pub fn wait_for(mut child: Child, guard: Duration) -> Result<Out, String> {
+    let deadline = Instant::now() + guard;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            return Err(format!(
+                "hung for {guard:?} (killed); stderr {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let o = child.wait_with_output().unwrap();
+    Ok(Out {
+        ok: o.status.success(),
+        signal: o.status.signal(),
+        stdout: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    })
+}
+
 /// Waits for a railvf process (hang guard: killed and failed after [`GUARD`]).
 pub fn wait(mut child: Child) -> Out {
     let deadline = Instant::now() + GUARD;
