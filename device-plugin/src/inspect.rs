@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use railvf_host::readiness::{self, Check, Expectations, Readiness};
 use railvf_host::topology::{Rail, RailMap};
 use railvf_host::{HostRoot, Inventory, PciAddr, Topology, Vf};
@@ -88,19 +87,7 @@ pub struct UnreadableReport {
 
 pub fn exec(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let root = HostRoot::new(&args.host_root)?;
-    let rail_map = match &args.rail_map {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading rail map {}", p.display()))?;
-            Some(serde_json::from_str::<RailMap>(&text).with_context(|| {
-                format!(
-                    "rail map {}: expected a JSON object of PF PCI address to rail number, e.g. {{\"0000:18:00.0\": 0}}",
-                    p.display()
-                )
-            })?)
-        }
-        None => None,
-    };
+    let rail_map = args.rail_map.as_deref().map(RailMap::load).transpose()?;
     let report = build(&root, rail_map.as_ref())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

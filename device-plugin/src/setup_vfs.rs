@@ -131,19 +131,7 @@ pub struct Options {
 
 impl Options {
     pub fn from_args(args: &SetupVfsArgs) -> anyhow::Result<Self> {
-        let rail_map = match &args.rail_map {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading rail map {}", p.display()))?;
-                Some(serde_json::from_str::<RailMap>(&text).with_context(|| {
-                    format!(
-                        "rail map {}: expected a JSON object of PF PCI address to rail number, e.g. {{\"0000:18:00.0\": 0}}",
-                        p.display()
-                    )
-                })?)
-            }
-            None => None,
-        };
+        let rail_map = args.rail_map.as_deref().map(RailMap::load).transpose()?;
         Ok(Self {
             root: HostRoot::new(&args.host_root)?,
             vfs: args.vfs,

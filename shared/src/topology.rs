@@ -34,6 +34,39 @@ pub struct Rail {
 #[serde(transparent)]
 pub struct RailMap(pub BTreeMap<PciAddr, u32>);
 
+/// A rail map file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RailMapError {
+    #[error("cannot read rail map {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "rail map {path}: {source}; expected a JSON object of PF PCI address to rail number, e.g. {{\"0000:18:00.0\": 0}}"
+    )]
+    Parse {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl RailMap {
+    /// Reads a rail map file (`{"0000:18:00.0": 0, …}`), as `--rail-map` takes it.
+    pub fn load(path: &Path) -> Result<Self, RailMapError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RailMapError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| RailMapError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
 /// Rails of every PF of an inventory.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Topology {
