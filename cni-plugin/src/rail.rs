@@ -379,7 +379,20 @@ fn vf_rail(root: &HostRoot, vf: &Vf, gpus: &[Gpu]) -> Result<Option<Rail>, Strin
 pub fn scan_gpus(root: &HostRoot) -> Result<Vec<Gpu>, String> {
     let devices = root.join("sys/bus/pci/devices");
     let mut addrs = Vec::new();
-    for name in host::list_dir(&devices).map_err(|e| e.to_string())? {
+    // The GPUs the NVIDIA driver manages are the ones its device plugin hands out and
+    // nvidia-smi numbers: its driver directory lists them without reading the class of
+    // every PCI function on the node (the ADD hot path). Without it, scan everything.
+    let bound: Vec<PciAddr> = host::list_dir(&root.pci_driver("nvidia"))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let candidates = if bound.is_empty() {
+        host::list_dir(&devices).map_err(|e| e.to_string())?
+    } else {
+        bound.iter().map(ToString::to_string).collect()
+    };
+    for name in candidates {
         let Ok(addr) = name.parse::<PciAddr>() else {
             continue;
         };
@@ -668,6 +681,26 @@ mod tests {
         ] {
             assert_eq!(parse_gpu_id(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn gpus_come_from_the_nvidia_driver_directory_or_a_full_scan_alike() {
+        let sim = node();
+        let r = root(&sim);
+        let fast = scan_gpus(&r).unwrap();
+        // Without the driver directory (another driver, or none loaded) the full scan of
+        // every PCI function's class finds the same GPUs in the same order.
+        let drv = r.pci_driver("nvidia");
+        for e in std::fs::read_dir(&drv).unwrap() {
+            let e = e.unwrap();
+            if e.file_name().to_string_lossy().parse::<PciAddr>().is_ok() {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        let slow = scan_gpus(&r).unwrap();
+        let key = |g: &[Gpu]| g.iter().map(|g| (g.addr, g.index)).collect::<Vec<_>>();
+        assert_eq!(key(&fast), key(&slow));
+        assert_eq!(slow.len(), 8);
     }
 
     #[test]
