@@ -16,8 +16,8 @@ use std::fs;
 use std::time::SystemTime;
 
 use railvf_host::host;
-use railvf_host::inventory::{self, Gpu, Inventory, VENDOR_NVIDIA};
-use railvf_host::{HostRoot, PciAddr, Rail, Topology, Vf, attr};
+use railvf_host::inventory::{self, Gpu, Inventory};
+use railvf_host::{HostRoot, PciAddr, Rail, Topology, Vf};
 use serde_json::{Value, json};
 
 use crate::Ctx;
@@ -374,59 +374,9 @@ fn vf_rail(root: &HostRoot, vf: &Vf, gpus: &[Gpu]) -> Result<Option<Rail>, Strin
     Ok(Topology::detect(&inv, None).pf_rail(&vf.pf))
 }
 
-/// NVIDIA GPUs (display / 3D controllers of vendor 10de) in PCI address order, numbered
-/// as nvidia-smi does: the index is the rail.
+/// NVIDIA GPUs in PCI address order, numbered as nvidia-smi does: the index is the rail.
 pub fn scan_gpus(root: &HostRoot) -> Result<Vec<Gpu>, String> {
-    let devices = root.join("sys/bus/pci/devices");
-    let mut addrs = Vec::new();
-    // The GPUs the NVIDIA driver manages are the ones its device plugin hands out and
-    // nvidia-smi numbers: its driver directory lists them without reading the class of
-    // every PCI function on the node (the ADD hot path). Without it, scan everything.
-    let bound: Vec<PciAddr> = host::list_dir(&root.pci_driver("nvidia"))
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let candidates = if bound.is_empty() {
-        host::list_dir(&devices).map_err(|e| e.to_string())?
-    } else {
-        bound.iter().map(ToString::to_string).collect()
-    };
-    for name in candidates {
-        let Ok(addr) = name.parse::<PciAddr>() else {
-            continue;
-        };
-        let dir = devices.join(&name);
-        let Ok(class) = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex) else {
-            continue;
-        };
-        if !matches!(class >> 8, 0x0302 | 0x0300) {
-            continue;
-        }
-        if host::parse_attr(&dir.join("vendor"), attr::parse_prefixed_hex)
-            .is_ok_and(|v| v as u16 == VENDOR_NVIDIA)
-        {
-            addrs.push(addr);
-        }
-    }
-    addrs.sort();
-    addrs
-        .into_iter()
-        .enumerate()
-        .map(|(i, addr)| {
-            let dir = root.pci_device(&addr);
-            Ok(Gpu {
-                addr,
-                index: i as u32,
-                device: host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)
-                    .map(|d| d as u16)
-                    .unwrap_or(0),
-                numa_node: None,
-                sysfs_path: fs::canonicalize(&dir)
-                    .map_err(|e| format!("{}: {e}", dir.display()))?,
-            })
-        })
-        .collect()
+    inventory::scan_gpus(root).map_err(|e| e.to_string())
 }
 
 /// A GPU as a device plugin names it.

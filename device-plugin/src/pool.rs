@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use railvf_host::attr;
 use railvf_host::host::{self, HostError};
-use railvf_host::inventory::{self, Gpu, Inventory, Pf, VENDOR_NVIDIA};
+use railvf_host::inventory::{self, Inventory, Pf};
 use railvf_host::readiness::Expectations;
 use railvf_host::{HostRoot, PciAddr, RailMap, Topology};
 use tokio::sync::watch;
@@ -261,32 +261,11 @@ impl Node {
                     known_vfs.extend(pf.vfs.iter().map(|(_, a)| *a));
                     pfs.push(pf);
                 }
-                0x03 if matches!(class >> 8, 0x0300 | 0x0302) => {
-                    let vendor = host::parse_attr(&dir.join("vendor"), attr::parse_prefixed_hex)?;
-                    if vendor as u16 == VENDOR_NVIDIA {
-                        gpu_addrs.push(addr);
-                    }
-                }
+                0x03 if inventory::is_nvidia_gpu(&dir, class)? => gpu_addrs.push(addr),
                 _ => {}
             }
         }
-        gpu_addrs.sort();
-        let mut gpus = Vec::new();
-        for (index, addr) in gpu_addrs.into_iter().enumerate() {
-            let dir = root.pci_device(&addr);
-            gpus.push(Gpu {
-                addr,
-                index: index as u32,
-                device: host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)? as u16,
-                numa_node: read_numa(&dir),
-                sysfs_path: std::fs::canonicalize(&dir).map_err(|source| {
-                    HostError::Unreadable {
-                        path: dir.clone(),
-                        source,
-                    }
-                })?,
-            });
-        }
+        let gpus = inventory::gpus_in_pci_order(root, gpu_addrs)?;
         let gpu_count = gpus.len();
         let inv = Inventory {
             pfs,
@@ -361,12 +340,6 @@ impl Node {
     pub fn pf_of(&self, vf: &VfSlot) -> &PfInfo {
         &self.pfs[vf.pf]
     }
-}
-
-fn read_numa(dir: &std::path::Path) -> Option<u32> {
-    host::parse_attr(&dir.join("numa_node"), attr::parse_numa_node)
-        .ok()
-        .flatten()
 }
 
 /// Whether `sel` takes `vf` (of `pf`). Every non-empty field must match.

@@ -277,12 +277,7 @@ impl Inventory {
                         None => inv.pfs.push(read_pf(root, function)?),
                     }
                 }
-                0x03 if matches!(class >> 8, 0x0302 | 0x0300) => {
-                    let vendor = host::parse_attr(&dir.join("vendor"), attr::parse_prefixed_hex)?;
-                    if vendor as u16 == VENDOR_NVIDIA {
-                        gpu_addrs.push(addr);
-                    }
-                }
+                0x03 if is_nvidia_gpu(&dir, class)? => gpu_addrs.push(addr),
                 _ => {}
             }
         }
@@ -293,17 +288,7 @@ impl Inventory {
                 vf.index = *n;
             }
         }
-        gpu_addrs.sort();
-        for (index, addr) in gpu_addrs.into_iter().enumerate() {
-            let dir = root.pci_device(&addr);
-            inv.gpus.push(Gpu {
-                addr,
-                index: index as u32,
-                device: host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)? as u16,
-                numa_node: read_numa(&dir),
-                sysfs_path: canonical(&dir)?,
-            });
-        }
+        inv.gpus = gpus_in_pci_order(root, gpu_addrs)?;
         Ok(inv)
     }
 
@@ -447,6 +432,65 @@ fn vf_index(root: &HostRoot, pf: &PciAddr, vf: &PciAddr) -> Result<Option<u32>, 
         }
     }
     Ok(None)
+}
+
+/// Whether the PCI function at `dir`, of PCI `class`, is an NVIDIA GPU (display or 3D
+/// controller of vendor 0x10de).
+pub fn is_nvidia_gpu(dir: &Path, class: u32) -> Result<bool, HostError> {
+    if !matches!(class >> 8, 0x0302 | 0x0300) {
+        return Ok(false);
+    }
+    let vendor = host::parse_attr(&dir.join("vendor"), attr::parse_prefixed_hex)?;
+    Ok(vendor as u16 == VENDOR_NVIDIA)
+}
+
+/// The GPUs at `addrs`, numbered as nvidia-smi does: in PCI address order. Every program
+/// that maps GPUs to rails builds them here, so they all number them alike.
+pub fn gpus_in_pci_order(root: &HostRoot, mut addrs: Vec<PciAddr>) -> Result<Vec<Gpu>, HostError> {
+    addrs.sort();
+    addrs.dedup();
+    addrs
+        .into_iter()
+        .enumerate()
+        .map(|(index, addr)| {
+            let dir = root.pci_device(&addr);
+            Ok(Gpu {
+                addr,
+                index: index as u32,
+                device: host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)? as u16,
+                numa_node: read_numa(&dir),
+                sysfs_path: canonical(&dir)?,
+            })
+        })
+        .collect()
+}
+
+/// The node's GPUs without an inventory scan (the CNI's hot path): the functions bound to
+/// the NVIDIA driver (`drivers/nvidia/<bdf>`), or, with no such driver directory, every
+/// PCI function whose class says GPU.
+pub fn scan_gpus(root: &HostRoot) -> Result<Vec<Gpu>, HostError> {
+    let bound: Vec<PciAddr> = host::list_dir(&root.pci_driver("nvidia"))?
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    if !bound.is_empty() {
+        return gpus_in_pci_order(root, bound);
+    }
+    let devices = root.join("sys/bus/pci/devices");
+    let mut addrs = Vec::new();
+    for name in host::list_dir(&devices)? {
+        let Ok(addr) = name.parse::<PciAddr>() else {
+            continue;
+        };
+        let dir = devices.join(&name);
+        let Ok(class) = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex) else {
+            continue;
+        };
+        if is_nvidia_gpu(&dir, class)? {
+            addrs.push(addr);
+        }
+    }
+    gpus_in_pci_order(root, addrs)
 }
 
 fn read_numa(dir: &Path) -> Option<u32> {
