@@ -10,8 +10,9 @@ fi
 
 # iproute2: ip netns/link; containernetworking-plugins: host-local/static IPAM and the
 # host-device baseline (in /usr/lib/cni); podman + runc + busybox-static: the real CNI
-# runtime test.
-packages=(iproute2 containernetworking-plugins podman runc busybox-static)
+# runtime test; libc6-dev: glibc's static libc.a for the shipped CNI binary
+# (scripts/build-cni.sh).
+packages=(iproute2 containernetworking-plugins podman runc busybox-static libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

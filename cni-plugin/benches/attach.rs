@@ -2,26 +2,21 @@
 //! on the same veth "VF" of the simulated node; and how fast ADD returns once the subnet
 //! manager assigns the LID it waits for.
 //!
-//! Run (root; release build):
+//! Run (root), on the binary as it ships (scripts/build-cni.sh: static, non-PIE):
 //!
 //! ```text
-//! sudo -E cargo bench -p railvf-cni --bench attach
-//! RAILVF_BENCH_CYCLES=100 sudo -E cargo bench -p railvf-cni --bench attach
+//! sudo -E scripts/bench-cni.sh
+//! RAILVF_BENCH_CYCLES=100 sudo -E scripts/bench-cni.sh
 //! ```
 //!
-//! `RAILVF_BENCH_BIN=<path>` benchmarks another railvf binary, e.g. a statically linked one
-//! (process start-up is a large part of a CNI plugin's cost; static glibc saves ~0.2 ms per
-//! exec here):
-//!
-//! ```text
-//! RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p railvf-cni --bin railvf \
-//!     --target x86_64-unknown-linux-gnu
-//! RAILVF_BENCH_BIN=target/x86_64-unknown-linux-gnu/release/railvf sudo -E cargo bench -p railvf-cni --bench attach
-//! ```
+//! `cargo bench -p railvf-cni --bench attach` alone measures cargo's default (dynamically
+//! linked) build; `RAILVF_BENCH_BIN=<path>` measures any other railvf binary, and cargo's
+//! build is then measured beside it for context.
 //!
 //! CPU time is the user+system time of the plugin processes (`getrusage(RUSAGE_CHILDREN)`
-//! deltas), or of the measuring thread for the in-process floor (`RUSAGE_THREAD`). Medians
-//! over the cycles. Not a test: nothing here asserts a time.
+//! deltas), or of the measuring thread for the in-process floors (`RUSAGE_THREAD`). Rows are
+//! interleaved cycle by cycle in a shuffled order; medians over the cycles. Not a test:
+//! nothing here asserts a time.
 
 use std::io::Write;
 use std::path::Path;
@@ -105,31 +100,93 @@ fn ip(args: &[&str]) {
     assert!(s.success(), "ip {args:?}");
 }
 
-/// `settle` runs between cycles, untimed: it waits for the simulator's sysfs mirror to show
-/// the VF home again (a real kernel's sysfs is current at once; the mirror lags a few ms).
-fn measure(
-    cycles: usize,
+/// One contender: a labelled ADD+DEL-like cycle, the clock its CPU is read from, and whether
+/// the VF must be home before it runs.
+struct Row<'a> {
+    label: String,
     who: UsageWho,
-    settle: &dyn Fn(),
-    mut cycle: impl FnMut(),
-) -> Vec<Sample> {
-    for _ in 0..3 {
-        cycle();
-        settle();
+    settle: bool,
+    /// Untimed, before each run (after `settle`).
+    prep: Option<Box<dyn FnMut() + 'a>>,
+    run: Box<dyn FnMut() + 'a>,
+    samples: Vec<Sample>,
+}
+
+impl<'a> Row<'a> {
+    fn new(label: impl Into<String>, who: UsageWho, settle: bool, run: impl FnMut() + 'a) -> Self {
+        Row {
+            label: label.into(),
+            who,
+            settle,
+            prep: None,
+            run: Box::new(run),
+            samples: Vec::new(),
+        }
     }
-    (0..cycles)
-        .map(|_| {
-            settle();
-            let c0 = cpu(who);
-            let t0 = Instant::now();
-            cycle();
-            let wall = t0.elapsed();
-            Sample {
-                wall,
-                cpu: cpu(who) - c0,
+
+    fn prep(mut self, prep: impl FnMut() + 'a) -> Self {
+        self.prep = Some(Box::new(prep));
+        self
+    }
+
+    fn wall(&self) -> Duration {
+        median(self.samples.iter().map(|s| s.wall).collect())
+    }
+
+    fn cpu(&self) -> Duration {
+        median(self.samples.iter().map(|s| s.cpu).collect())
+    }
+}
+
+/// Runs every row `cycles` times, interleaved: each cycle runs every row once, in an order
+/// shuffled per cycle, so the machine's drift over the run (other tenants, page cache) falls
+/// on all rows alike and no row always runs right after the same other one. Before each
+/// timed run, untimed: `settle` (for rows that need it) and a quiet pause, so the kernel's
+/// deferred work from the previous row (RCU callbacks, workqueues after a link went down or
+/// changed namespace) is not billed to the next one.
+fn measure(rows: &mut [Row<'_>], cycles: usize, settle: &dyn Fn()) {
+    const QUIET: Duration = Duration::from_millis(30);
+    let n = rows.len();
+    for row in rows.iter_mut() {
+        for _ in 0..3 {
+            if row.settle {
+                settle();
             }
-        })
-        .collect()
+            if let Some(p) = row.prep.as_mut() {
+                p();
+            }
+            (row.run)();
+        }
+    }
+    // xorshift64: a fixed seed keeps runs comparable.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut order: Vec<usize> = (0..n).collect();
+    for _ in 0..cycles {
+        for i in (1..n).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
+            let row = &mut rows[i];
+            if row.settle {
+                settle();
+            }
+            if let Some(p) = row.prep.as_mut() {
+                p();
+            }
+            std::thread::sleep(QUIET);
+            let c0 = cpu(row.who);
+            let t0 = Instant::now();
+            (row.run)();
+            let wall = t0.elapsed();
+            row.samples.push(Sample {
+                wall,
+                cpu: cpu(row.who) - c0,
+            });
+        }
+    }
 }
 
 /// The state dir where production has it (`/var/lib/cni/…`), not in `/tmp`: on a busy
@@ -140,6 +197,34 @@ fn state_dir() -> tempfile::TempDir {
         .prefix("railvf-bench-")
         .tempdir_in("/var/lib/cni")
         .unwrap()
+}
+
+/// "static" or "dynamic" (has a `PT_INTERP` program header), read from the ELF headers.
+fn linkage(bin: &Path) -> &'static str {
+    let Ok(b) = std::fs::read(bin) else {
+        return "unreadable";
+    };
+    let u16_at = |o: usize| {
+        b.get(o..o + 2)
+            .map(|x| u16::from_le_bytes([x[0], x[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|x| u32::from_le_bytes(x.try_into().unwrap()))
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|x| u64::from_le_bytes(x.try_into().unwrap()))
+    };
+    if b.get(..4) != Some(b"\x7fELF") || b.get(4) != Some(&2) {
+        return "not a 64-bit ELF";
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return "truncated ELF";
+    };
+    let interp = (0..phnum).any(|i| u32_at(phoff as usize + i * phentsize) == Some(3));
+    if interp { "dynamic" } else { "static" }
 }
 
 fn main() {
@@ -156,10 +241,13 @@ fn main() {
     let cycles: usize = std::env::var("RAILVF_BENCH_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(60);
+    // The binary as it ships (scripts/build-cni.sh, what scripts/bench-cni.sh passes here);
+    // cargo's own dynamically linked build is measured beside it for context.
+    let dev_build = Path::new(env!("CARGO_BIN_EXE_railvf"));
     let bin = std::env::var_os("RAILVF_BENCH_BIN")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_railvf").into());
+        .unwrap_or_else(|| dev_build.into());
     let railvf = bin.as_path();
     let host_device = Path::new(CNI_DIR).join("host-device");
     assert!(
@@ -178,56 +266,30 @@ fn main() {
     let pod = TestNetns::new().unwrap();
     let me = std::process::id().to_string();
     println!(
-        "railvf attach benchmark: {cycles} ADD+DEL cycles per row (medians; p90 in brackets), VF {VF} = veth {name}, binary {}",
-        railvf.display()
+        "railvf attach benchmark: {cycles} ADD+DEL cycles per row, rows interleaved (medians; p90 in brackets), VF {VF} = veth {name}\nrailvf binary: {} ({})",
+        railvf.display(),
+        linkage(railvf)
     );
 
-    let mut rows: Vec<(&str, Vec<Sample>)> = Vec::new();
+    // Between cycles, untimed: the VF home again, and the rail events read away as the
+    // device plugin does on a node (without a reader they pile up, and each ADD's count of
+    // the pending ones would grow with the benchmark's length).
+    let events = sim.root().join(railvf_cni::events::DIR);
     let settle = || {
         sim.wait_netdev(VF, Some(&name), Duration::from_secs(5))
             .expect("VF back in the host");
+        if let Ok(rd) = std::fs::read_dir(&events) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     };
 
     let rt = Rtnl::new();
     let podns = Netns::path(pod.path());
-    rows.push((
-        "kernel floor: netlink move in+out (in-process)",
-        measure(cycles, UsageWho::RUSAGE_THREAD, &settle, || {
-            let l = rt.link_by_name(&Netns::Host, &name).unwrap().unwrap();
-            let moved = rt
-                .move_link(&Netns::Host, l.ifindex, &podns, "net1")
-                .unwrap();
-            rt.move_link(&podns, moved.ifindex, &Netns::Host, &name)
-                .unwrap();
-        }),
-    ));
-    rows.push((
-        "kernel floor: 2x `ip link set … netns`",
-        measure(cycles, UsageWho::RUSAGE_CHILDREN, &settle, || {
-            ip(&["link", "set", &name, "netns", pod.name(), "name", "net1"]);
-            ip(&[
-                "-n",
-                pod.name(),
-                "link",
-                "set",
-                "net1",
-                "netns",
-                &me,
-                "name",
-                &name,
-            ]);
-        }),
-    ));
     let hd_conf = format!(
         r#"{{"cniVersion":"1.0.0","name":"bench-hd","type":"host-device","device":"{name}"}}"#
     );
-    rows.push((
-        "host-device 1.1.1 (Debian) ADD+DEL",
-        measure(cycles, UsageWho::RUSAGE_CHILDREN, &settle, || {
-            plugin(&host_device, "ADD", pod.path(), &hd_conf, &[]);
-            plugin(&host_device, "DEL", pod.path(), &hd_conf, &[]);
-        }),
-    ));
     let split = std::cell::RefCell::new(Vec::<(Duration, Duration)>::new());
     let rv_conf =
         format!(r#"{{"cniVersion":"1.1.0","name":"bench-rv","type":"railvf","deviceID":"{VF}"}}"#);
@@ -235,20 +297,6 @@ fn main() {
         ("RAILVF_HOST_ROOT", sim.root()),
         ("RAILVF_STATE_DIR", state.path()),
     ];
-    rows.push((
-        "railvf ADD+DEL (incl. readiness gate)",
-        measure(cycles, UsageWho::RUSAGE_CHILDREN, &settle, || {
-            let c0 = cpu(UsageWho::RUSAGE_CHILDREN);
-            plugin(railvf, "ADD", pod.path(), &rv_conf, &rv_env);
-            let c1 = cpu(UsageWho::RUSAGE_CHILDREN);
-            plugin(railvf, "DEL", pod.path(), &rv_conf, &rv_env);
-            split
-                .borrow_mut()
-                .push((c1 - c0, cpu(UsageWho::RUSAGE_CHILDREN) - c1));
-        }),
-    ));
-
-    // Context: what merely starting each plugin twice costs (VERSION does no work).
     let version = |bin: &Path| {
         let mut c = Command::new(bin);
         c.env_clear()
@@ -257,58 +305,180 @@ fn main() {
             .stdout(Stdio::null());
         assert!(c.status().unwrap().success());
     };
-    rows.push((
+    let mut rows = vec![
+        Row::new(
+            "kernel floor: netlink move in+out (in-process)",
+            UsageWho::RUSAGE_THREAD,
+            true,
+            || {
+                let l = rt.link_by_name(&Netns::Host, &name).unwrap().unwrap();
+                let moved = rt
+                    .move_found_link(&Netns::Host, &l, &podns, "net1")
+                    .unwrap();
+                rt.move_found_link(&podns, &moved, &Netns::Host, &name)
+                    .unwrap();
+            },
+        ),
+        Row::new(
+            "kernel floor: 2x `ip link set … netns`",
+            UsageWho::RUSAGE_CHILDREN,
+            true,
+            || {
+                ip(&["link", "set", &name, "netns", pod.name(), "name", "net1"]);
+                ip(&[
+                    "-n",
+                    pod.name(),
+                    "link",
+                    "set",
+                    "net1",
+                    "netns",
+                    &me,
+                    "name",
+                    &name,
+                ]);
+            },
+        ),
+        Row::new(
+            "host-device (Debian) ADD+DEL",
+            UsageWho::RUSAGE_CHILDREN,
+            true,
+            || {
+                plugin(&host_device, "ADD", pod.path(), &hd_conf, &[]);
+                plugin(&host_device, "DEL", pod.path(), &hd_conf, &[]);
+            },
+        ),
+        Row::new(
+            format!("railvf ADD+DEL ({}, incl. readiness gate)", linkage(railvf)),
+            UsageWho::RUSAGE_CHILDREN,
+            true,
+            || {
+                let c0 = cpu(UsageWho::RUSAGE_CHILDREN);
+                plugin(railvf, "ADD", pod.path(), &rv_conf, &rv_env);
+                let c1 = cpu(UsageWho::RUSAGE_CHILDREN);
+                plugin(railvf, "DEL", pod.path(), &rv_conf, &rv_env);
+                split
+                    .borrow_mut()
+                    .push((c1 - c0, cpu(UsageWho::RUSAGE_CHILDREN) - c1));
+            },
+        ),
+    ];
+    // A CNI plugin must also bring the interface up, and a link that was up goes through
+    // `dev_close` when it leaves the pod: kernel work (and RCU waits) the two floors above
+    // do not include. These rows measure it, in-process and with host-device on a VF that
+    // was up on the host (host-device then brings it up in the pod; it restores the
+    // original state and leaves a down VF down, as in the row above).
+    rows.push(Row::new(
+        "kernel floor incl. link up: move in, up, move out (in-process)",
+        UsageWho::RUSAGE_THREAD,
+        true,
+        || {
+            let l = rt.link_by_name(&Netns::Host, &name).unwrap().unwrap();
+            let moved = rt
+                .move_found_link(&Netns::Host, &l, &podns, "net1")
+                .unwrap();
+            rt.set_up(&podns, moved.ifindex, true).unwrap();
+            rt.move_found_link(&podns, &moved, &Netns::Host, &name)
+                .unwrap();
+        },
+    ));
+    rows.push(
+        Row::new(
+            "host-device ADD+DEL, VF up on the host",
+            UsageWho::RUSAGE_CHILDREN,
+            true,
+            || {
+                plugin(&host_device, "ADD", pod.path(), &hd_conf, &[]);
+                plugin(&host_device, "DEL", pod.path(), &hd_conf, &[]);
+            },
+        )
+        .prep(|| ip(&["link", "set", &name, "up"])),
+    );
+    if railvf != dev_build {
+        rows.push(Row::new(
+            format!("  railvf ADD+DEL, cargo's {} build", linkage(dev_build)),
+            UsageWho::RUSAGE_CHILDREN,
+            true,
+            || {
+                plugin(dev_build, "ADD", pod.path(), &rv_conf, &rv_env);
+                plugin(dev_build, "DEL", pod.path(), &rv_conf, &rv_env);
+            },
+        ));
+    }
+    // Context: what merely starting each plugin twice costs (VERSION does no work).
+    rows.push(Row::new(
         "  start-up only: railvf VERSION x2",
-        measure(cycles, UsageWho::RUSAGE_CHILDREN, &|| (), || {
+        UsageWho::RUSAGE_CHILDREN,
+        false,
+        || {
             version(railvf);
             version(railvf);
-        }),
+        },
     ));
-    rows.push((
+    rows.push(Row::new(
         "  start-up only: host-device VERSION x2",
-        measure(cycles, UsageWho::RUSAGE_CHILDREN, &|| (), || {
+        UsageWho::RUSAGE_CHILDREN,
+        false,
+        || {
             version(&host_device);
             version(&host_device);
-        }),
+        },
     ));
+    measure(&mut rows, cycles, &settle);
 
     println!();
-    println!("{:<48} {:>18} {:>18}", "", "wall ms/cycle", "CPU ms/cycle");
-    for (label, s) in &rows {
-        let wall: Vec<Duration> = s.iter().map(|x| x.wall).collect();
-        let cpu: Vec<Duration> = s.iter().map(|x| x.cpu).collect();
+    println!("{:<52} {:>18} {:>18}", "", "wall ms/cycle", "CPU ms/cycle");
+    for r in &rows {
+        let wall: Vec<Duration> = r.samples.iter().map(|x| x.wall).collect();
+        let cpu: Vec<Duration> = r.samples.iter().map(|x| x.cpu).collect();
         println!(
-            "{:<48} {:>8} [{:>7}] {:>8} [{:>7}]",
-            label,
-            ms(median(wall.clone())),
+            "{:<52} {:>8} [{:>7}] {:>8} [{:>7}]",
+            r.label,
+            ms(r.wall()),
             ms(p90(wall)),
-            ms(median(cpu.clone())),
+            ms(r.cpu()),
             ms(p90(cpu))
         );
     }
+    let (floor_wall, hd_cpu, rv_wall, rv_cpu, inproc_wall, up_wall, hd_up) = (
+        rows[1].wall(),
+        rows[2].cpu(),
+        rows[3].wall(),
+        rows[3].cpu(),
+        rows[0].wall(),
+        rows[4].wall(),
+        (rows[5].wall(), rows[5].cpu()),
+    );
+    drop(rows);
     let split = split.into_inner();
+    // The warm-up cycles are in `split` too; skip them.
+    let split = &split[3.min(split.len())..];
     println!(
         "  railvf CPU split: ADD {} ms, DEL {} ms (medians)",
         ms(median(split.iter().map(|s| s.0).collect())),
         ms(median(split.iter().map(|s| s.1).collect()))
     );
-    let med = |i: usize, f: fn(&Sample) -> Duration| median(rows[i].1.iter().map(f).collect());
-    let (floor_wall, hd_cpu, rv_wall, rv_cpu) = (
-        med(1, |s| s.wall),
-        med(2, |s| s.cpu),
-        med(3, |s| s.wall),
-        med(3, |s| s.cpu),
-    );
     println!();
     println!(
         "railvf CPU / host-device CPU = {:.2} (target <= 0.33)\nrailvf wall - kernel floor (2x `ip link set … netns`, also two processes) = {} ms (target <= 2)\nrailvf wall - in-process netlink floor (no process start at all) = {} ms",
         rv_cpu.as_secs_f64() / hd_cpu.as_secs_f64(),
-        ms(rv_wall.saturating_sub(floor_wall)),
-        ms(rv_wall.saturating_sub(med(0, |s| s.wall)))
+        signed_ms(rv_wall, floor_wall),
+        signed_ms(rv_wall, inproc_wall)
+    );
+    println!(
+        "railvf wall - kernel floor incl. link up (in-process) = {} ms; host-device with the VF up on the host: wall {} ms, CPU {} ms (railvf CPU / that = {:.2})",
+        signed_ms(rv_wall, up_wall),
+        ms(hd_up.0),
+        ms(hd_up.1),
+        rv_cpu.as_secs_f64() / hd_up.1.as_secs_f64()
     );
     drop(sim);
 
-    reaction(railvf, (cycles / 3).max(5));
+    reaction(railvf, (cycles / 6).max(5));
+}
+
+/// `a - b` in ms, with its sign (railvf may well beat a floor that starts two `ip` processes).
+fn signed_ms(a: Duration, b: Duration) -> String {
+    format!("{:+.2}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
 }
 
 /// How long after the simulated SM writes the LID does ADD return? A watcher thread polls

@@ -181,7 +181,7 @@ fn locked(
         vf.index,
         netns.display()
     );
-    match attach(ctx, conf, &mut st, link, pf_ifindex) {
+    match attach(ctx, conf, &mut st, link, pf_ifindex, vf.function) {
         Ok(out) => Ok(out),
         Err(e) => {
             crate::log_warn!("ADD failed, rolling back: {e}");
@@ -210,6 +210,7 @@ fn attach(
     st: &mut Attachment,
     mut link: Link,
     pf_ifindex: Option<u32>,
+    function: railvf_host::PciFunction,
 ) -> Result<String, CniError> {
     let root = ctx.root();
     let links = ctx.links;
@@ -257,7 +258,7 @@ fn attach(
     }
 
     let moved = links
-        .move_link(&Netns::Host, link.ifindex, &ns, &st.ifname)
+        .move_found_link(&Netns::Host, &link, &ns, &st.ifname)
         .map_err(|e| {
             net_err(
                 format!(
@@ -307,7 +308,7 @@ fn attach(
     let exp = conf.readiness.expectations;
     let ready = gate::wait(
         root,
-        &st.vf,
+        function,
         &exp,
         conf.readiness.timeout,
         st.guid.as_ref().map(|g| g.target),
@@ -326,15 +327,12 @@ fn attach(
             .map_err(|e| net_err(format!("moving RDMA device {dev} into the pod netns"), e))?;
         crate::log::step("rdma");
     }
-    let now = links
-        .link_by_index(&ns, idx)
-        .ok()
-        .flatten()
-        .unwrap_or(moved);
+    // The link as the move's answer showed it, with the MTU set above: nothing after the
+    // move changes its address (GUID and VF MAC are set before it) or its MTU.
     result.interfaces = vec![Interface {
         name: st.ifname.clone(),
-        mac: now.mac.clone(),
-        mtu: Some(now.mtu),
+        mac: moved.mac.clone(),
+        mtu: Some(conf.mtu.unwrap_or(moved.mtu)),
         sandbox: Some(netns_path.display().to_string()),
         pci_id: Some(st.vf.to_string()),
     }];

@@ -69,7 +69,7 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
             );
             crate::log::step("teardown");
             if report.ok() {
-                ctx.state.remove(cid, ifname)?;
+                ctx.state.remove_attachment(&st)?;
                 crate::log_info!("VF {} returned to the host as {}", st.vf, st.host.name);
             } else {
                 kept = true;

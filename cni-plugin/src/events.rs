@@ -74,11 +74,20 @@ pub fn file_name(at: SystemTime) -> String {
 
 /// Writes `ev` (whose `time` was taken at `at`) into `dir`; returns the file's path.
 pub fn write_in(dir: &Path, ev: &RailEvent, at: SystemTime) -> io::Result<PathBuf> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let pending = fs::read_dir(dir)?.take(MAX_PENDING).count();
+    // The directory exists after the first event: create it only when reading it fails.
+    let pending = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            fs::read_dir(dir)?
+        }
+        Err(e) => return Err(e),
+    }
+    .take(MAX_PENDING)
+    .count();
     if pending >= MAX_PENDING {
         return Err(io::Error::other(format!(
             "{pending} events are waiting in {} (is the device plugin running?): not adding more",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use railvf_host::inventory;
 use railvf_host::readiness::{Outcome, Status};
-use railvf_host::{Check, Expectations, Guid, HostRoot, PciAddr, Readiness, host};
+use railvf_host::{Check, Expectations, Guid, HostRoot, PciAddr, PciFunction, Readiness, host};
 
 use crate::error::{CniError, code};
 
@@ -86,23 +86,40 @@ pub fn evaluate(
     Ok(railvf_host::readiness::evaluate(root, &f, exp, checks))
 }
 
+/// Evaluates `checks` once on the VF `f` as ADD resolved it, re-reading first only what the
+/// checks watch change (driver, RDMA device: [`inventory::refresh`]).
+fn evaluate_fresh(
+    root: &HostRoot,
+    f: &mut PciFunction,
+    exp: &Expectations,
+    checks: &[Check],
+) -> Result<Readiness, GateError> {
+    inventory::refresh(root, f).map_err(|e| GateError::Vanished {
+        vf: f.addr,
+        why: e.to_string(),
+    })?;
+    Ok(railvf_host::readiness::evaluate(root, f, exp, checks))
+}
+
 /// Waits until every gate check passes, a failure is permanent, or `timeout` passes.
 /// `guid_set`: the GUID railvf just set (and rebound the driver for). Until the RDMA
 /// device shows it, `driver`, `rdma` and `guid` may still be settling and are waited for,
 /// and a LID still belongs to the old GUID, so the VF is not ready yet.
 pub fn wait(
     root: &HostRoot,
-    vf: &PciAddr,
+    mut f: PciFunction,
     exp: &Expectations,
     timeout: Duration,
     guid_set: Option<Guid>,
 ) -> Result<Readiness, GateError> {
+    let addr = f.addr;
+    let vf = &addr;
     let start = Instant::now();
     let deadline = start + timeout;
     let mut polls = 0u32;
     let guid_just_set = guid_set.is_some();
     loop {
-        let mut r = evaluate(root, vf, exp, &GATE_CHECKS)?;
+        let mut r = evaluate_fresh(root, &mut f, exp, &GATE_CHECKS)?;
         if let Some(want) = guid_set {
             expect_guid(root, vf, want, &mut r);
         }

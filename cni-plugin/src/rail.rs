@@ -5,7 +5,7 @@
 //! PodResources API which GPUs the pod got (`K8S_POD_NAMESPACE` / `K8S_POD_NAME` from
 //! `CNI_ARGS`), maps their IDs to PCI addresses (UUIDs through
 //! `<host root>/proc/driver/nvidia/gpus/<pci>/information`, numeric IDs as indexes in PCI
-//! order), and compares their rails with the VF's (its PF's rail, [`Topology`]: the GPU
+//! order), and compares their rails with the VF's (its PF's rail, [`topology::detect_rail`]: the GPU
 //! sharing the deepest PCIe bridge; GPU index = rail index).
 //!
 //! `railPolicy`: `none` — nothing is read, no runtime is built; `warn` (default) — logged,
@@ -16,8 +16,8 @@ use std::fs;
 use std::time::SystemTime;
 
 use railvf_host::host;
-use railvf_host::inventory::{self, Gpu, Inventory};
-use railvf_host::{HostRoot, PciAddr, Rail, Topology, Vf};
+use railvf_host::inventory::{self, GpuSite};
+use railvf_host::{HostRoot, PciAddr, Rail, Vf, topology};
 use serde_json::{Value, json};
 
 use crate::Ctx;
@@ -360,23 +360,16 @@ pub fn check(
     Some(f)
 }
 
-/// The VF's rail (its PF's), from the PF and the GPUs only: no inventory scan.
-fn vf_rail(root: &HostRoot, vf: &Vf, gpus: &[Gpu]) -> Result<Option<Rail>, String> {
-    let pf = inventory::read_function(root, vf.pf)
-        .and_then(|f| inventory::read_pf(root, f))
-        .map_err(|e| e.to_string())?;
-    let inv = Inventory {
-        pfs: vec![pf],
-        vfs: vec![vf.clone()],
-        gpus: gpus.to_vec(),
-        unreadable: Vec::new(),
-    };
-    Ok(Topology::detect(&inv, None).pf_rail(&vf.pf))
+/// The VF's rail (its PF's), from the PF's sysfs path and the GPUs only: no inventory
+/// scan, nothing else of the PF read.
+fn vf_rail(root: &HostRoot, vf: &Vf, gpus: &[GpuSite]) -> Result<Option<Rail>, String> {
+    let pf = inventory::function_path(root, &vf.pf).map_err(|e| e.to_string())?;
+    Ok(topology::detect_rail(&pf, gpus))
 }
 
 /// NVIDIA GPUs in PCI address order, numbered as nvidia-smi does: the index is the rail.
-pub fn scan_gpus(root: &HostRoot) -> Result<Vec<Gpu>, String> {
-    inventory::scan_gpus(root).map_err(|e| e.to_string())
+pub fn scan_gpus(root: &HostRoot) -> Result<Vec<GpuSite>, String> {
+    inventory::scan_gpu_sites(root).map_err(|e| e.to_string())
 }
 
 /// A GPU as a device plugin names it.
@@ -444,14 +437,14 @@ pub fn gpu_uuids(root: &HostRoot) -> Vec<(String, PciAddr)> {
 }
 
 /// The node's GPUs named by `ids` (deduplicated, PCI order), and the IDs that name none.
-pub fn resolve_ids(root: &HostRoot, gpus: &[Gpu], ids: &[&str]) -> (Vec<Gpu>, Vec<String>) {
+pub fn resolve_ids(root: &HostRoot, gpus: &[GpuSite], ids: &[&str]) -> (Vec<GpuSite>, Vec<String>) {
     let refs: Vec<(&str, Option<GpuRef>)> = ids.iter().map(|i| (*i, parse_gpu_id(i))).collect();
     let uuids = if refs.iter().any(|(_, r)| matches!(r, Some(GpuRef::Uuid(_)))) {
         gpu_uuids(root)
     } else {
         Vec::new()
     };
-    let mut found: Vec<Gpu> = Vec::new();
+    let mut found: Vec<GpuSite> = Vec::new();
     let mut unmapped = Vec::new();
     for (id, r) in refs {
         let gpu = match r {
@@ -648,7 +641,7 @@ mod tests {
             }
         }
         let slow = scan_gpus(&r).unwrap();
-        let key = |g: &[Gpu]| g.iter().map(|g| (g.addr, g.index)).collect::<Vec<_>>();
+        let key = |g: &[GpuSite]| g.iter().map(|g| (g.addr, g.index)).collect::<Vec<_>>();
         assert_eq!(key(&fast), key(&slow));
         assert_eq!(slow.len(), 8);
     }

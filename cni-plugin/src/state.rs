@@ -347,6 +347,15 @@ impl StateDir {
         Ok(())
     }
 
+    /// Removes the state file of `a` (and the temporary file of an interrupted save of it)
+    /// by name: what [`StateDir::remove`] does without listing the directory, for a caller
+    /// that has just read `a` from its file.
+    pub fn remove_attachment(&self, a: &Attachment) -> Result<(), StateError> {
+        let name = Self::name(&a.vf, &a.container_id, &a.ifname);
+        self.remove_path(&self.dir.join(format!(".{name}.tmp")))?;
+        self.remove_path(&self.dir.join(name))
+    }
+
     /// Every state file, parsed; a corrupt one is returned as an error with its path.
     pub fn list(&self) -> Result<Vec<Entry>, StateError> {
         self.list_where(|_, _| true)

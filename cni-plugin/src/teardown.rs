@@ -162,7 +162,7 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
         match locate_in_netns(links, ns, st) {
             Ok(Some(l)) => {
                 // No explicit down: leaving a namespace closes the device anyway.
-                match links.move_link(ns, l.ifindex, &Netns::Host, &st.host.name) {
+                match links.move_found_link(ns, &l, &Netns::Host, &st.host.name) {
                     Ok(h) => {
                         r.did(format!("{} back to the host as {}", l.name, st.host.name));
                         home = Some(h);

@@ -545,4 +545,26 @@ fn sockets_are_per_netns_and_threads_stay_home() {
         std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
         before
     );
+    // in_netns: inside the closure the thread is in the netns, after it (also after an
+    // error from the closure) it is home again.
+    let f = std::fs::File::open(format!("/run/netns/{}", ns1.name)).unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().unwrap());
+    let want = std::path::PathBuf::from(format!("net:[{ino}]"));
+    let inside = netns::in_netns(&f, || std::fs::read_link("/proc/thread-self/ns/net")).unwrap();
+    assert_eq!(inside, want);
+    assert_ne!(inside, before);
+    let failed: std::io::Result<()> = netns::in_netns(&f, || Err(std::io::Error::other("no")));
+    assert!(failed.is_err());
+    assert_eq!(
+        std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+        before
+    );
+    // A file that is not a network namespace: setns refuses, the thread stays home.
+    let mnt = std::fs::File::open("/proc/self/ns/mnt").unwrap();
+    let e = netns::in_netns(&mnt, || Ok(())).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    assert_eq!(
+        std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+        before
+    );
 }

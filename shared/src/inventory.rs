@@ -5,7 +5,7 @@
 //! one broken VF never hides the other 63 and `inspect` can say exactly what is missing.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Serialize, Serializer};
 
@@ -363,6 +363,26 @@ pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, Host
     })
 }
 
+/// Re-reads what changes while a PCI function stays the same function — its driver binding
+/// and its RDMA device (port state, LID, GUIDs) — into `f`. A readiness poll needs only
+/// these; identity, netdevs and topology are left as read. `NoSuchFunction` when the
+/// function is gone (a VF disappears when `sriov_numvfs` is lowered).
+pub fn refresh(root: &HostRoot, f: &mut PciFunction) -> Result<(), HostError> {
+    let dir = root.pci_device(&f.addr);
+    if std::fs::symlink_metadata(&dir).is_err() {
+        return Err(HostError::NoSuchFunction {
+            addr: f.addr,
+            path: dir,
+        });
+    }
+    f.driver = host::link_basename(&dir.join("driver"))?;
+    f.rdma = match host::list_dir(&dir.join("infiniband"))?.into_iter().next() {
+        Some(name) => Some(read_rdma(&dir.join("infiniband").join(&name), name)?),
+        None => None,
+    };
+    Ok(())
+}
+
 /// Reads a VF and finds its index under its PF. Fails, saying why, when `addr` is not a VF.
 pub fn read_vf(root: &HostRoot, addr: PciAddr) -> Result<Vf, HostError> {
     let function = read_function(root, addr)?;
@@ -444,37 +464,65 @@ pub fn is_nvidia_gpu(dir: &Path, class: u32) -> Result<bool, HostError> {
     Ok(vendor as u16 == VENDOR_NVIDIA)
 }
 
+/// Where a GPU sits and its number: what rail detection needs, without reading the GPU's
+/// identity or NUMA node (the CNI's hot path reads no more).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuSite {
+    pub addr: PciAddr,
+    /// Index as nvidia-smi numbers GPUs: PCI address order.
+    pub index: u32,
+    pub sysfs_path: PathBuf,
+}
+
 /// The GPUs at `addrs`, numbered as nvidia-smi does: in PCI address order. Every program
-/// that maps GPUs to rails builds them here, so they all number them alike.
-pub fn gpus_in_pci_order(root: &HostRoot, mut addrs: Vec<PciAddr>) -> Result<Vec<Gpu>, HostError> {
+/// that maps GPUs to rails numbers them here, so they all number them alike.
+pub fn gpu_sites_in_pci_order(
+    root: &HostRoot,
+    mut addrs: Vec<PciAddr>,
+) -> Result<Vec<GpuSite>, HostError> {
     addrs.sort();
     addrs.dedup();
     addrs
         .into_iter()
         .enumerate()
         .map(|(index, addr)| {
-            let dir = root.pci_device(&addr);
-            Ok(Gpu {
+            Ok(GpuSite {
                 addr,
                 index: index as u32,
-                device: host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)? as u16,
-                numa_node: read_numa(&dir),
-                sysfs_path: canonical(&dir)?,
+                sysfs_path: canonical(&root.pci_device(&addr))?,
             })
         })
         .collect()
 }
 
-/// The node's GPUs without an inventory scan (the CNI's hot path): the functions bound to
-/// the NVIDIA driver (`drivers/nvidia/<bdf>`), or, with no such driver directory, every
+/// The GPUs at `addrs` with their device ID and NUMA node, numbered as
+/// [`gpu_sites_in_pci_order`] numbers them.
+pub fn gpus_in_pci_order(root: &HostRoot, addrs: Vec<PciAddr>) -> Result<Vec<Gpu>, HostError> {
+    gpu_sites_in_pci_order(root, addrs)?
+        .into_iter()
+        .map(|site| {
+            let dir = root.pci_device(&site.addr);
+            Ok(Gpu {
+                addr: site.addr,
+                index: site.index,
+                device: host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)? as u16,
+                numa_node: read_numa(&dir),
+                sysfs_path: site.sysfs_path,
+            })
+        })
+        .collect()
+}
+
+/// The node's GPU sites without an inventory scan (the CNI's hot path): the functions bound
+/// to the NVIDIA driver (`drivers/nvidia/<bdf>`), or, with no such driver directory, every
 /// PCI function whose class says GPU.
-pub fn scan_gpus(root: &HostRoot) -> Result<Vec<Gpu>, HostError> {
+pub fn scan_gpu_sites(root: &HostRoot) -> Result<Vec<GpuSite>, HostError> {
     let bound: Vec<PciAddr> = host::list_dir(&root.pci_driver("nvidia"))?
         .iter()
         .filter_map(|n| n.parse().ok())
         .collect();
     if !bound.is_empty() {
-        return gpus_in_pci_order(root, bound);
+        return gpu_sites_in_pci_order(root, bound);
     }
     let devices = root.join("sys/bus/pci/devices");
     let mut addrs = Vec::new();
@@ -490,7 +538,7 @@ pub fn scan_gpus(root: &HostRoot) -> Result<Vec<Gpu>, HostError> {
             addrs.push(addr);
         }
     }
-    gpus_in_pci_order(root, addrs)
+    gpu_sites_in_pci_order(root, addrs)
 }
 
 fn read_numa(dir: &Path) -> Option<u32> {
@@ -523,9 +571,107 @@ fn read_rdma(dir: &Path, name: String) -> Result<RdmaDevice, HostError> {
     })
 }
 
+/// The real sysfs path of a PCI function (below `sys/devices`, where its PCIe bridges
+/// show), without reading anything else of it.
+pub fn function_path(root: &HostRoot, addr: &PciAddr) -> Result<PathBuf, HostError> {
+    let dir = root.pci_device(addr);
+    if std::fs::symlink_metadata(&dir).is_err() {
+        return Err(HostError::NoSuchFunction {
+            addr: *addr,
+            path: dir,
+        });
+    }
+    canonical(&dir)
+}
+
+/// Where a PCI function's directory really is: `dir` is its bus link
+/// (`sys/bus/pci/devices/<bdf>`), and sysfs makes that a relative link into `sys/devices`
+/// whose directories are no links themselves, so one `readlink` and a lexical join give
+/// the path. (`canonicalize` would `readlink` every component of the whole path — a dozen
+/// system calls per device on the ADD hot path.) Anything else (an absolute or odd link,
+/// a plain directory in a hand-made tree) is canonicalized.
 fn canonical(dir: &Path) -> Result<PathBuf, HostError> {
-    std::fs::canonicalize(dir).map_err(|source| HostError::Unreadable {
+    let unreadable = |source| HostError::Unreadable {
         path: dir.to_path_buf(),
         source,
-    })
+    };
+    if let Ok(target) = std::fs::read_link(dir)
+        && target.is_relative()
+        && let Some(mut path) = dir.parent().map(Path::to_path_buf)
+    {
+        let mut lexical = true;
+        for c in target.components() {
+            match c {
+                Component::ParentDir => lexical &= path.pop(),
+                Component::Normal(n) => path.push(n),
+                Component::CurDir => {}
+                Component::RootDir | Component::Prefix(_) => lexical = false,
+            }
+        }
+        if lexical {
+            return match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => Ok(path),
+                Ok(_) => std::fs::canonicalize(dir).map_err(unreadable),
+                Err(e) => Err(unreadable(e)),
+            };
+        }
+    }
+    std::fs::canonicalize(dir).map_err(unreadable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A bus link as sysfs makes it, under a root that is itself reached through a link.
+    #[test]
+    fn a_relative_bus_link_resolves_like_canonicalize_below_sys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        let dev = real.join("sys/devices/pci0000:15/0000:15:01.0/0000:16:00.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::create_dir_all(real.join("sys/bus/pci/devices")).unwrap();
+        symlink(
+            "../../../devices/pci0000:15/0000:15:01.0/0000:16:00.0",
+            real.join("sys/bus/pci/devices/0000:16:00.0"),
+        )
+        .unwrap();
+        let via = tmp.path().join("via");
+        symlink(&real, &via).unwrap();
+        let link = via.join("sys/bus/pci/devices/0000:16:00.0");
+        let fast = canonical(&link).unwrap();
+        assert_eq!(
+            fast,
+            via.join("sys/devices/pci0000:15/0000:15:01.0/0000:16:00.0")
+        );
+        let below_sys = |p: &Path| {
+            p.to_str()
+                .unwrap()
+                .split_once("/sys/")
+                .unwrap()
+                .1
+                .to_owned()
+        };
+        assert_eq!(
+            below_sys(&fast),
+            below_sys(&std::fs::canonicalize(&link).unwrap())
+        );
+    }
+
+    #[test]
+    fn plain_directories_absolute_and_dangling_links_are_handled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = tmp.path().join("sys/bus/pci/devices/0000:16:00.0");
+        std::fs::create_dir_all(&plain).unwrap();
+        let canon = std::fs::canonicalize(&plain).unwrap();
+        assert_eq!(canonical(&plain).unwrap(), canon);
+        let abs = tmp.path().join("sys/bus/pci/devices/0000:17:00.0");
+        symlink(&canon, &abs).unwrap();
+        assert_eq!(canonical(&abs).unwrap(), canon);
+        let dangling = tmp.path().join("sys/bus/pci/devices/0000:18:00.0");
+        symlink("../../../devices/pci0000:15/gone", &dangling).unwrap();
+        let e = canonical(&dangling).unwrap_err().to_string();
+        assert!(e.contains("0000:18:00.0"), "{e}");
+    }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::{Gpu, Inventory};
+use crate::inventory::{Gpu, GpuSite, Inventory};
 use crate::pci::PciAddr;
 
 /// Where a rail assignment came from.
@@ -79,15 +79,8 @@ impl Topology {
     pub fn detect(inv: &Inventory, overrides: Option<&RailMap>) -> Self {
         let mut rails = BTreeMap::new();
         for pf in &inv.pfs {
-            if let Some(gpu) = rail_gpu(&pf.function.sysfs_path, &inv.gpus) {
-                rails.insert(
-                    pf.function.addr,
-                    Rail {
-                        index: gpu.index,
-                        gpu: Some(gpu.addr),
-                        source: RailSource::Detected,
-                    },
-                );
+            if let Some(rail) = detect_rail(&pf.function.sysfs_path, &inv.gpus) {
+                rails.insert(pf.function.addr, rail);
             }
         }
         if let Some(map) = overrides {
@@ -120,6 +113,50 @@ impl Topology {
     pub fn is_compute_pf(&self, pf: &PciAddr) -> bool {
         self.rails.contains_key(pf)
     }
+}
+
+/// What rail detection needs of a GPU: a [`Gpu`] of an inventory, or a [`GpuSite`] read
+/// on its own.
+pub trait GpuPlace {
+    fn addr(&self) -> PciAddr;
+    /// nvidia-smi's index, which is the rail's number.
+    fn index(&self) -> u32;
+    fn sysfs_path(&self) -> &Path;
+}
+
+impl GpuPlace for Gpu {
+    fn addr(&self) -> PciAddr {
+        self.addr
+    }
+    fn index(&self) -> u32 {
+        self.index
+    }
+    fn sysfs_path(&self) -> &Path {
+        &self.sysfs_path
+    }
+}
+
+impl GpuPlace for GpuSite {
+    fn addr(&self) -> PciAddr {
+        self.addr
+    }
+    fn index(&self) -> u32 {
+        self.index
+    }
+    fn sysfs_path(&self) -> &Path {
+        &self.sysfs_path
+    }
+}
+
+/// The rail sysfs shows for the PCI function at `path` (its real sysfs path,
+/// [`crate::inventory::function_path`]): what [`Topology::detect`] finds for a PF, for a
+/// caller that reads one PF rather than an inventory.
+pub fn detect_rail<G: GpuPlace>(path: &Path, gpus: &[G]) -> Option<Rail> {
+    rail_gpu(path, gpus).map(|gpu| Rail {
+        index: gpu.index(),
+        gpu: Some(gpu.addr()),
+        source: RailSource::Detected,
+    })
 }
 
 /// The bridge chain above a device: the components of its canonical path from its PCI host
@@ -157,12 +194,12 @@ fn ancestors(path: &Path) -> Vec<String> {
 /// The GPU sharing the deepest bridge with the device at `path`, provided they share
 /// at least one PCI bridge below the host bridge (a shared host bridge alone is nvidia-smi
 /// `NODE`, not a rail) and no other GPU shares one as deep.
-fn rail_gpu<'a>(path: &Path, gpus: &'a [Gpu]) -> Option<&'a Gpu> {
+fn rail_gpu<'a, G: GpuPlace>(path: &Path, gpus: &'a [G]) -> Option<&'a G> {
     let mine = ancestors(path);
-    let mut best: Option<(&Gpu, usize)> = None;
+    let mut best: Option<(&G, usize)> = None;
     let mut tie = false;
     for gpu in gpus {
-        let theirs = ancestors(&gpu.sysfs_path);
+        let theirs = ancestors(gpu.sysfs_path());
         let shared = mine
             .iter()
             .zip(theirs.iter())

@@ -97,6 +97,17 @@ pub trait LinkOps {
         to: &Netns,
         new_name: &str,
     ) -> Result<Link, NetError>;
+    /// [`LinkOps::move_link`] for a link the caller has just looked up (`link`, as found in
+    /// `from`): the kernel implementation then skips looking it up again.
+    fn move_found_link(
+        &self,
+        from: &Netns,
+        link: &Link,
+        to: &Netns,
+        new_name: &str,
+    ) -> Result<Link, NetError> {
+        self.move_link(from, link.ifindex, to, new_name)
+    }
     fn rename(&self, ns: &Netns, ifindex: u32, name: &str) -> Result<(), NetError>;
     fn set_mtu(&self, ns: &Netns, ifindex: u32, mtu: u32) -> Result<(), NetError>;
     fn set_up(&self, ns: &Netns, ifindex: u32, up: bool) -> Result<(), NetError>;

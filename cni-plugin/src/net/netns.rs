@@ -1,10 +1,10 @@
 //! Network namespaces and the netlink transport.
 //!
 //! * [`open_netns`] opens a netns file (`/var/run/netns/<name>`, `/proc/<pid>/ns/net`).
-//! * [`NlSocket::open`] creates a netlink socket **inside** a netns without ever switching the
-//!   calling thread: a short-lived helper thread does `setns(CLONE_NEWNET)`, creates the
-//!   socket and exits. A netlink socket stays bound to the netns it was created in, so the
-//!   socket is then used from any thread.
+//! * [`NlSocket::open`] creates a netlink socket **inside** a netns: the calling thread
+//!   enters it (`setns(CLONE_NEWNET)`), creates the socket and returns home at once
+//!   ([`in_netns`]). A netlink socket stays bound to the netns it was created in, so every
+//!   request after that runs from railvf's own netns.
 //! * [`Msg`] builds a netlink request (header, family header, attributes, nests);
 //!   [`NlSocket::request`] sends it and collects the answer, turning `NLMSG_ERROR` into
 //!   [`NlError::Kernel`] with the kernel's extended-ack message when it gave one.
@@ -78,6 +78,22 @@ pub fn open_netns(path: &Path) -> io::Result<File> {
 /// nsfs that `setns(CLONE_NEWNET)` accepts. Never blocks (a FIFO is refused before it is
 /// opened, and it is opened non-blocking) and never moves the calling thread.
 pub fn check_netns(path: &Path) -> Result<(), String> {
+    let f = open_nsfs(path)?;
+    in_netns(&f, || Ok(())).map_err(|e| setns_refusal(&e))
+}
+
+/// Why `setns(CLONE_NEWNET)` refused a namespace file, worded for [`check_netns`].
+pub fn setns_refusal(e: &io::Error) -> String {
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        "it is a namespace of another kind (mount, pid, …), not a network namespace".into()
+    } else {
+        format!("setns: {e}")
+    }
+}
+
+/// Opens `path` if it is a file on nsfs (some namespace: only `setns` tells which kind);
+/// `Err` says what it is instead. Never blocks.
+pub fn open_nsfs(path: &Path) -> Result<File, String> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let md = match std::fs::metadata(path) {
         Ok(md) => md,
@@ -109,37 +125,37 @@ pub fn check_netns(path: &Path) -> Result<(), String> {
         Ok(_) => return Err("it is an ordinary file, not a namespace (nsfs) file".into()),
         Err(e) => return Err(format!("statfs: {e}")),
     }
-    in_netns(&f, || Ok(())).map_err(|e| {
-        if e.raw_os_error() == Some(libc::EINVAL) {
-            "it is a namespace of another kind (mount, pid, …), not a network namespace".into()
-        } else {
-            format!("setns: {e}")
-        }
-    })
+    Ok(f)
 }
 
-/// Runs `f` on a short-lived helper thread that first joins the netns `ns` (a netns file),
-/// and returns what `f` returned. The calling thread never changes namespace.
+/// Runs `f` with the calling thread in the netns of the file `ns`, and returns what `f`
+/// returned; the thread is back in its own netns before this returns (or unwinds).
+///
+/// `setns` moves only the calling thread, and only for `f` — in railvf, creating a socket,
+/// which stays bound to the netns it was created in. (A helper thread would isolate the
+/// switch too, but starting one costs a noticeable share of a whole CNI call.) If the thread
+/// cannot return to its own netns the process aborts: carrying on in the wrong namespace
+/// would move or configure the wrong links.
 ///
 /// `Err` carries the `setns` failure (`EINVAL`: the file is not a network namespace).
-pub fn in_netns<T, F>(ns: &File, f: F) -> io::Result<T>
-where
-    T: Send,
-    F: FnOnce() -> io::Result<T> + Send,
-{
-    std::thread::scope(|scope| {
-        let handle = std::thread::Builder::new()
-            .name("railvf-netns".into())
-            .stack_size(64 * 1024)
-            .spawn_scoped(scope, move || {
-                nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-                f()
-            })?;
-        handle
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("netns helper thread panicked")))
-    })
+pub fn in_netns<T>(ns: &File, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let home = File::open("/proc/thread-self/ns/net")?;
+    nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    let _home = ReturnHome(home);
+    f()
+}
+
+/// Puts the thread back into its own netns when dropped.
+struct ReturnHome(File);
+
+impl Drop for ReturnHome {
+    fn drop(&mut self) {
+        if let Err(e) = nix::sched::setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET) {
+            eprintln!("railvf: cannot return to its own network namespace ({e}); aborting");
+            std::process::abort();
+        }
+    }
 }
 
 /// Why a netlink request failed.
@@ -462,7 +478,7 @@ pub struct NlSocket {
 
 impl NlSocket {
     /// A socket of `protocol` in the caller's netns (`ns` = `None`) or in the netns of the
-    /// file `ns` (created on a helper thread, see [`in_netns`]).
+    /// file `ns` (created from inside it, see [`in_netns`]).
     ///
     /// `Err` from `setns` comes back as [`OpenError::Setns`], from `socket()` as
     /// [`OpenError::Socket`] (`EPROTONOSUPPORT`: no such netlink family in this kernel).
@@ -595,7 +611,8 @@ fn new_socket(protocol: isize) -> io::Result<Socket> {
 /// Why [`NlSocket::open`] failed.
 #[derive(Debug)]
 pub enum OpenError {
-    /// `setns(CLONE_NEWNET)` into the netns file failed (or the helper thread could not start).
+    /// `setns(CLONE_NEWNET)` into the netns file failed (or railvf's own netns could not be
+    /// opened to come back to).
     Setns(io::Error),
     /// `socket(AF_NETLINK, …)` failed.
     Socket(io::Error),

@@ -2,12 +2,12 @@
 //! `NETLINK_RDMA` sockets.
 //!
 //! * One netlink socket per network namespace (and per protocol), created on first use and
-//!   kept for the life of the `Rtnl`. Sockets for a netns file are created by a short-lived
-//!   helper thread that joins the netns; no thread that runs other work ever calls `setns`.
+//!   kept for the life of the `Rtnl`. A socket for a netns file is created with the calling
+//!   thread inside that netns for the `socket()` call only ([`super::netns::in_netns`]).
 //! * No async runtime: each operation is one request and its answer. Measured on this
 //!   kernel, a whole ADD+DEL cycle (move in + rename, MTU, up, address, default route; down,
-//!   move back) costs ~1.1 ms of CPU, almost all of it the kernel moving the netdev; opening
-//!   the pod's socket (thread + `setns`) ~0.2 ms; each other request 10–40 µs.
+//!   move back) costs ~1.1 ms of CPU, almost all of it the kernel moving the netdev; each
+//!   other request 10–40 µs.
 //! * Messages are built by hand ([`super::netns::Msg`]) rather than with
 //!   `netlink-packet-route`: the layouts are few (`struct ifinfomsg` / `ifaddrmsg` / `rtmsg`
 //!   from `include/uapi/linux/{rtnetlink,if_addr,if_link}.h`), answers are decoded without
@@ -656,8 +656,23 @@ fn valid_ifname(name: &str) -> bool {
 }
 
 impl LinkOps for Rtnl {
+    /// Checks as [`super::netns::check_netns`] does, but the proof that `setns` accepts the
+    /// file is the pod's route socket itself, kept for the requests that follow (one helper
+    /// thread per ADD instead of two).
     fn check_netns(&self, path: &std::path::Path) -> Result<(), String> {
-        super::netns::check_netns(path)
+        let f = super::netns::open_nsfs(path)?;
+        let sock = match NlSocket::open(NETLINK_ROUTE, Some(&f)) {
+            Ok(s) => s,
+            Err(OpenError::Setns(e)) => return Err(super::netns::setns_refusal(&e)),
+            Err(OpenError::Socket(e)) => {
+                return Err(format!("no netlink socket can be opened in it: {e}"));
+            }
+        };
+        let ns = Netns::path(path);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.files.insert(path.to_path_buf(), f);
+        inner.route.insert(ns, sock);
+        Ok(())
     }
 
     fn link_by_name(&self, ns: &Netns, name: &str) -> Result<Option<Link>, NetError> {
@@ -684,6 +699,17 @@ impl LinkOps for Rtnl {
         let old = self
             .link_by_index(from, ifindex)?
             .ok_or_else(|| self.no_such(from, ifindex))?;
+        self.move_found_link(from, &old, to, new_name)
+    }
+
+    fn move_found_link(
+        &self,
+        from: &Netns,
+        old: &Link,
+        to: &Netns,
+        new_name: &str,
+    ) -> Result<Link, NetError> {
+        let ifindex = old.ifindex;
         let what = || {
             format!(
                 "move link {} (ifindex {ifindex}) from {} into {} as {new_name}",

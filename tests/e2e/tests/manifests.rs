@@ -526,6 +526,12 @@ fn check_image(d: &Deploy) -> Result<(), String> {
     if !containerfile.contains("--locked --release") {
         return Err("the Containerfile must build with --locked --release".into());
     }
+    if !containerfile.contains("\"$(scripts/build-cni.sh)\" /out/railvf") {
+        return Err(
+            "the Containerfile must install the CNI binary scripts/build-cni.sh builds (static: it runs on the node)"
+                .into(),
+        );
+    }
     for bin in ["railvf", "railvf-device-plugin"] {
         if !containerfile.contains(&format!("/usr/local/bin/{bin}")) {
             return Err(format!(
@@ -1117,6 +1123,13 @@ fn every_check_catches_a_broken_copy() {
             "--locked --release",
             "--release",
             "--locked --release",
+        ),
+        (
+            "image",
+            "Containerfile",
+            "\"$(scripts/build-cni.sh)\" /out/railvf",
+            "target/release/railvf /out/railvf",
+            "scripts/build-cni.sh builds",
         ),
         (
             "resource_names",
