@@ -199,32 +199,9 @@ fn state_dir() -> tempfile::TempDir {
         .unwrap()
 }
 
-/// "static" or "dynamic" (has a `PT_INTERP` program header), read from the ELF headers.
+/// "static" or "dynamic", from the ELF headers.
 fn linkage(bin: &Path) -> &'static str {
-    let Ok(b) = std::fs::read(bin) else {
-        return "unreadable";
-    };
-    let u16_at = |o: usize| {
-        b.get(o..o + 2)
-            .map(|x| u16::from_le_bytes([x[0], x[1]]) as usize)
-    };
-    let u32_at = |o: usize| {
-        b.get(o..o + 4)
-            .map(|x| u32::from_le_bytes(x.try_into().unwrap()))
-    };
-    let u64_at = |o: usize| {
-        b.get(o..o + 8)
-            .map(|x| u64::from_le_bytes(x.try_into().unwrap()))
-    };
-    if b.get(..4) != Some(b"\x7fELF") || b.get(4) != Some(&2) {
-        return "not a 64-bit ELF";
-    }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
-        return "truncated ELF";
-    };
-    let interp = (0..phnum).any(|i| u32_at(phoff as usize + i * phentsize) == Some(3));
-    if interp { "dynamic" } else { "static" }
+    railvf_sim::elf::linkage(bin).map_or("unreadable", |l| l.name())
 }
 
 fn main() {
@@ -287,6 +264,18 @@ fn main() {
 
     let rt = Rtnl::new();
     let podns = Netns::path(pod.path());
+    // The kernel's part alone: move in (renamed), optionally up, move back.
+    let floor = |up: bool| {
+        let l = rt.link_by_name(&Netns::Host, &name).unwrap().unwrap();
+        let moved = rt
+            .move_found_link(&Netns::Host, &l, &podns, "net1")
+            .unwrap();
+        if up {
+            rt.set_up(&podns, moved.ifindex, true).unwrap();
+        }
+        rt.move_found_link(&podns, &moved, &Netns::Host, &name)
+            .unwrap();
+    };
     let hd_conf = format!(
         r#"{{"cniVersion":"1.0.0","name":"bench-hd","type":"host-device","device":"{name}"}}"#
     );
@@ -310,14 +299,7 @@ fn main() {
             "kernel floor: netlink move in+out (in-process)",
             UsageWho::RUSAGE_THREAD,
             true,
-            || {
-                let l = rt.link_by_name(&Netns::Host, &name).unwrap().unwrap();
-                let moved = rt
-                    .move_found_link(&Netns::Host, &l, &podns, "net1")
-                    .unwrap();
-                rt.move_found_link(&podns, &moved, &Netns::Host, &name)
-                    .unwrap();
-            },
+            || floor(false),
         ),
         Row::new(
             "kernel floor: 2x `ip link set … netns`",
@@ -371,15 +353,7 @@ fn main() {
         "kernel floor incl. link up: move in, up, move out (in-process)",
         UsageWho::RUSAGE_THREAD,
         true,
-        || {
-            let l = rt.link_by_name(&Netns::Host, &name).unwrap().unwrap();
-            let moved = rt
-                .move_found_link(&Netns::Host, &l, &podns, "net1")
-                .unwrap();
-            rt.set_up(&podns, moved.ifindex, true).unwrap();
-            rt.move_found_link(&podns, &moved, &Netns::Host, &name)
-                .unwrap();
-        },
+        || floor(true),
     ));
     rows.push(
         Row::new(

@@ -113,7 +113,6 @@ pub fn wait(
     guid_set: Option<Guid>,
 ) -> Result<Readiness, GateError> {
     let addr = f.addr;
-    let vf = &addr;
     let start = Instant::now();
     let deadline = start + timeout;
     let mut polls = 0u32;
@@ -121,12 +120,12 @@ pub fn wait(
     loop {
         let mut r = evaluate_fresh(root, &mut f, exp, &GATE_CHECKS)?;
         if let Some(want) = guid_set {
-            expect_guid(root, vf, want, &mut r);
+            expect_guid(root, &addr, want, &mut r);
         }
         polls += 1;
         if r.is_ready() {
             crate::log_debug!(
-                "VF {vf} RDMA-ready after {} µs ({polls} polls)",
+                "VF {addr} RDMA-ready after {} µs ({polls} polls)",
                 start.elapsed().as_micros()
             );
             return Ok(r);
@@ -139,7 +138,7 @@ pub fn wait(
         let now = Instant::now();
         if permanent || now >= deadline {
             return Err(GateError::NotReady {
-                vf: *vf,
+                vf: addr,
                 readiness: r,
                 waited: now - start,
                 permanent,
@@ -148,7 +147,7 @@ pub fn wait(
         // Between full evaluations, poll only the attributes of the failing checks: on real
         // hardware each port attribute read is a query to the HCA, and a full evaluation
         // reads a dozen files. Any change triggers a full evaluation again.
-        let watch = watched_files(root, vf, &r);
+        let watch = watched_files(root, &addr, &r);
         let before: Vec<Option<String>> = watch.iter().map(|p| host::read_attr(p).ok()).collect();
         loop {
             let now = Instant::now();

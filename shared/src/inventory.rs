@@ -308,10 +308,7 @@ impl Inventory {
 /// Reads one PCI function. Fails only when the function does not exist or its identity
 /// (vendor, device, class) cannot be read; everything else is an [`Attr`] or an `Option`.
 pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, HostError> {
-    let dir = root.pci_device(&addr);
-    if std::fs::symlink_metadata(&dir).is_err() {
-        return Err(HostError::NoSuchFunction { addr, path: dir });
-    }
+    let dir = existing_dir(root, &addr)?;
     let vendor = host::parse_attr(&dir.join("vendor"), attr::parse_prefixed_hex)? as u16;
     let device = host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)? as u16;
     let class = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex)?;
@@ -333,10 +330,7 @@ pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, Host
             name,
         })
         .collect();
-    let rdma = match host::list_dir(&dir.join("infiniband"))?.into_iter().next() {
-        Some(name) => Some(read_rdma(&dir.join("infiniband").join(&name), name)?),
-        None => None,
-    };
+    let rdma = read_rdma_of(&dir)?;
     let uverbs = host::list_dir(&dir.join("infiniband_verbs"))?
         .into_iter()
         .next()
@@ -368,19 +362,22 @@ pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, Host
 /// these; identity, netdevs and topology are left as read. `NoSuchFunction` when the
 /// function is gone (a VF disappears when `sriov_numvfs` is lowered).
 pub fn refresh(root: &HostRoot, f: &mut PciFunction) -> Result<(), HostError> {
-    let dir = root.pci_device(&f.addr);
+    let dir = existing_dir(root, &f.addr)?;
+    f.driver = host::link_basename(&dir.join("driver"))?;
+    f.rdma = read_rdma_of(&dir)?;
+    Ok(())
+}
+
+/// `<root>/sys/bus/pci/devices/<addr>`, or `NoSuchFunction` when there is no such entry.
+fn existing_dir(root: &HostRoot, addr: &PciAddr) -> Result<PathBuf, HostError> {
+    let dir = root.pci_device(addr);
     if std::fs::symlink_metadata(&dir).is_err() {
         return Err(HostError::NoSuchFunction {
-            addr: f.addr,
+            addr: *addr,
             path: dir,
         });
     }
-    f.driver = host::link_basename(&dir.join("driver"))?;
-    f.rdma = match host::list_dir(&dir.join("infiniband"))?.into_iter().next() {
-        Some(name) => Some(read_rdma(&dir.join("infiniband").join(&name), name)?),
-        None => None,
-    };
-    Ok(())
+    Ok(dir)
 }
 
 /// Reads a VF and finds its index under its PF. Fails, saying why, when `addr` is not a VF.
@@ -547,6 +544,14 @@ fn read_numa(dir: &Path) -> Option<u32> {
         .flatten()
 }
 
+/// The RDMA device of the function at `dir` (`<dir>/infiniband/<dev>`), if mlx5_ib is bound.
+fn read_rdma_of(dir: &Path) -> Result<Option<RdmaDevice>, HostError> {
+    match host::list_dir(&dir.join("infiniband"))?.into_iter().next() {
+        Some(name) => Ok(Some(read_rdma(&dir.join("infiniband").join(&name), name)?)),
+        None => Ok(None),
+    }
+}
+
 fn read_rdma(dir: &Path, name: String) -> Result<RdmaDevice, HostError> {
     let mut ports = Vec::new();
     for p in host::list_dir(&dir.join("ports"))? {
@@ -574,14 +579,7 @@ fn read_rdma(dir: &Path, name: String) -> Result<RdmaDevice, HostError> {
 /// The real sysfs path of a PCI function (below `sys/devices`, where its PCIe bridges
 /// show), without reading anything else of it.
 pub fn function_path(root: &HostRoot, addr: &PciAddr) -> Result<PathBuf, HostError> {
-    let dir = root.pci_device(addr);
-    if std::fs::symlink_metadata(&dir).is_err() {
-        return Err(HostError::NoSuchFunction {
-            addr: *addr,
-            path: dir,
-        });
-    }
-    canonical(&dir)
+    canonical(&existing_dir(root, addr)?)
 }
 
 /// Where a PCI function's directory really is: `dir` is its bus link

@@ -74,15 +74,7 @@ pub fn open_netns(path: &Path) -> io::Result<File> {
     File::open(path)
 }
 
-/// Checks that `path` is a network namespace file (what `CNI_NETNS` must be): a file on
-/// nsfs that `setns(CLONE_NEWNET)` accepts. Never blocks (a FIFO is refused before it is
-/// opened, and it is opened non-blocking) and never moves the calling thread.
-pub fn check_netns(path: &Path) -> Result<(), String> {
-    let f = open_nsfs(path)?;
-    in_netns(&f, || Ok(())).map_err(|e| setns_refusal(&e))
-}
-
-/// Why `setns(CLONE_NEWNET)` refused a namespace file, worded for [`check_netns`].
+/// Why `setns(CLONE_NEWNET)` refused a namespace file, worded for `CNI_NETNS` checks.
 pub fn setns_refusal(e: &io::Error) -> String {
     if e.raw_os_error() == Some(libc::EINVAL) {
         "it is a namespace of another kind (mount, pid, …), not a network namespace".into()
@@ -92,7 +84,8 @@ pub fn setns_refusal(e: &io::Error) -> String {
 }
 
 /// Opens `path` if it is a file on nsfs (some namespace: only `setns` tells which kind);
-/// `Err` says what it is instead. Never blocks.
+/// `Err` says what it is instead. Never blocks: a FIFO is refused before it is opened, and
+/// it is opened non-blocking.
 pub fn open_nsfs(path: &Path) -> Result<File, String> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let md = match std::fs::metadata(path) {

@@ -656,9 +656,9 @@ fn valid_ifname(name: &str) -> bool {
 }
 
 impl LinkOps for Rtnl {
-    /// Checks as [`super::netns::check_netns`] does, but the proof that `setns` accepts the
-    /// file is the pod's route socket itself, kept for the requests that follow (one helper
-    /// thread per ADD instead of two).
+    /// A file on nsfs ([`super::netns::open_nsfs`]) that `setns(CLONE_NEWNET)` accepts: the
+    /// proof is the pod's route socket itself, opened from inside it and kept for the
+    /// requests that follow.
     fn check_netns(&self, path: &std::path::Path) -> Result<(), String> {
         let f = super::netns::open_nsfs(path)?;
         let sock = match NlSocket::open(NETLINK_ROUTE, Some(&f)) {

@@ -32,40 +32,23 @@ fn build_shipped() -> PathBuf {
     bin
 }
 
-/// `(e_type, has PT_INTERP)` of a 64-bit little-endian ELF file.
-fn elf_kind(bin: &Path) -> (u16, bool) {
-    let b = std::fs::read(bin).unwrap();
-    assert_eq!(&b[..4], b"\x7fELF", "{}: not an ELF file", bin.display());
-    assert_eq!(b[4], 2, "{}: not a 64-bit ELF", bin.display());
-    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
-    let (phentsize, phnum) = (u16_at(0x36) as usize, u16_at(0x38) as usize);
-    const PT_INTERP: u32 = 3;
-    let interp = (0..phnum).any(|i| {
-        let o = phoff + i * phentsize;
-        u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) == PT_INTERP
-    });
-    (u16_at(0x10), interp)
-}
-
 #[test]
 fn the_shipped_cni_binary_is_static_and_attaches_a_vf() {
     let bin = build_shipped();
-    let (e_type, interp) = elf_kind(&bin);
+    let shipped = railvf_sim::elf::linkage(&bin).unwrap();
     assert!(
-        !interp,
+        !shipped.dynamic,
         "{} asks for a dynamic loader (PT_INTERP): it would need the node's glibc",
         bin.display()
     );
-    const ET_EXEC: u16 = 2;
-    assert_eq!(
-        e_type,
-        ET_EXEC,
+    assert!(
+        !shipped.pie,
         "{} is position-independent (ET_DYN): start-up pays for relocations",
         bin.display()
     );
     // The development build, as a control for the check itself: dynamically linked.
-    assert!(elf_kind(&railvf_e2e::bin_path("railvf")).1);
+    let dev = railvf_sim::elf::linkage(&railvf_e2e::bin_path("railvf")).unwrap();
+    assert!(dev.dynamic, "{dev:?}");
 
     let version = Command::new(&bin)
         .env_clear()

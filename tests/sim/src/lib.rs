@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod elf;
 mod error;
 mod fault;
 mod fixture;
