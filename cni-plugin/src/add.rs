@@ -257,12 +257,18 @@ fn attach(
         crate::log::step("vf-settings");
     }
 
+    // Move, rename, MTU and up in one request: the VF is up from the moment it is in the
+    // pod (as sriov-cni leaves it), and the kernel's answer is checked once.
     let moved = links
-        .move_found_link(&Netns::Host, &link, &ns, &st.ifname)
+        .move_found_link_up(&Netns::Host, &link, &ns, &st.ifname, conf.mtu)
         .map_err(|e| {
+            let mtu = conf
+                .mtu
+                .map(|m| format!(" with MTU {m}"))
+                .unwrap_or_default();
             net_err(
                 format!(
-                    "moving {} into {} as {}",
+                    "moving {} into {} as {}{mtu} and up",
                     link.name,
                     netns_path.display(),
                     st.ifname
@@ -274,16 +280,6 @@ fn attach(
     crate::faultpoint::hit("moved");
     crate::log::step("move");
     let idx = moved.ifindex;
-    if let Some(mtu) = conf.mtu {
-        links
-            .set_mtu(&ns, idx, mtu)
-            .map_err(|e| net_err(format!("setting MTU {mtu} on {}", st.ifname), e))?;
-    }
-    links
-        .set_up(&ns, idx, true)
-        .map_err(|e| net_err(format!("setting {} up", st.ifname), e))?;
-    crate::faultpoint::hit("up");
-    crate::log::step("link-up");
 
     let mut result = CniResult::default();
     if let Some(t) = &conf.ipam_type {
@@ -327,12 +323,12 @@ fn attach(
             .map_err(|e| net_err(format!("moving RDMA device {dev} into the pod netns"), e))?;
         crate::log::step("rdma");
     }
-    // The link as the move's answer showed it, with the MTU set above: nothing after the
-    // move changes its address (GUID and VF MAC are set before it) or its MTU.
+    // The link as the move's answer showed it: nothing after the move changes its address
+    // (GUID and VF MAC are set before it) or its MTU.
     result.interfaces = vec![Interface {
         name: st.ifname.clone(),
         mac: moved.mac.clone(),
-        mtu: Some(conf.mtu.unwrap_or(moved.mtu)),
+        mtu: Some(moved.mtu),
         sandbox: Some(netns_path.display().to_string()),
         pci_id: Some(st.vf.to_string()),
     }];

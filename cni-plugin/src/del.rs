@@ -37,7 +37,16 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
         crate::log::step("ipam");
     }
 
-    let st = match ctx.state.load(cid, ifname) {
+    // The config's deviceID names the VF's file directly; the listing finds it otherwise
+    // (a config without deviceID, or one that names another VF).
+    let by_device = match conf.device {
+        Some(d) => ctx.state.load_of(&d, cid, ifname),
+        None => Ok(None),
+    };
+    let st = match by_device.and_then(|st| match st {
+        Some(st) => Ok(Some(st)),
+        None => ctx.state.load(cid, ifname),
+    }) {
         Ok(st) => st,
         Err(StateError::Corrupt { path, why }) => {
             // Unreadable (cut short, overwritten): converge by PCI address from what is
@@ -58,7 +67,7 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
         let _lock = ctx.state.lock_vf(ctx.root(), &st.vf)?;
         crate::log::step("lock");
         // Another DEL may have finished while we waited for the lock.
-        if let Some(st) = ctx.state.load(cid, ifname)? {
+        if let Some(st) = ctx.state.load_of(&st.vf, cid, ifname)? {
             let report = teardown::converge(
                 ctx,
                 &st,

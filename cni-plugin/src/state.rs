@@ -309,6 +309,17 @@ impl StateDir {
         }
     }
 
+    /// The state of one attachment of `vf`, read by its file name (no listing): for a
+    /// caller that knows the VF, such as a DEL holding the VF's lock.
+    pub fn load_of(
+        &self,
+        vf: &PciAddr,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Attachment>, StateError> {
+        read(&self.dir.join(Self::name(vf, container_id, ifname)))
+    }
+
     /// Writes atomically: a reader sees the old or the new file, never a partial one.
     /// Not fsync'd: after a power loss every VF is back on the host anyway, and a file cut
     /// short is reported as corrupt and cleaned by DEL/GC.
@@ -536,6 +547,11 @@ mod tests {
         assert_eq!(mode, 0o700);
         let back = s.load("c1", "net1").unwrap().unwrap();
         assert_eq!(back, a);
+        // By name, without listing: only under the VF it belongs to.
+        assert_eq!(s.load_of(&a.vf, "c1", "net1").unwrap().as_ref(), Some(&a));
+        let other: PciAddr = "0000:18:00.2".parse().unwrap();
+        assert!(s.load_of(&other, "c1", "net1").unwrap().is_none());
+        assert!(s.load_of(&a.vf, "c1", "net2").unwrap().is_none());
         let vs = VfSettings::from(&back.vf_settings.unwrap().previous);
         assert_eq!(vs.mac, Some([2, 0, 0, 0, 0, 1]));
         assert_eq!(s.list().unwrap().len(), 1);

@@ -142,6 +142,21 @@ fn del_is_idempotent_and_works_without_add_or_netns() {
 }
 
 #[test]
+fn del_finds_the_state_whatever_vf_its_config_names() {
+    let b = Bench::new(2);
+    for del_conf in [
+        r#"{"cniVersion":"1.1.0","name":"rdma-net","type":"railvf"}"#.to_string(),
+        conf(1, ""),
+    ] {
+        b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap();
+        b.run("DEL", "c1", Some(&b.pod), &del_conf).unwrap();
+        assert!(is_home(&b, 0), "DEL with {del_conf}");
+        assert!(is_home(&b, 1));
+        assert!(b.state_files().is_empty(), "DEL with {del_conf}");
+    }
+}
+
+#[test]
 fn del_after_the_netns_is_gone_renames_the_returned_vf() {
     let b = Bench::new(1);
     let c = conf(0, "");

@@ -170,6 +170,62 @@ fn move_rename_into_netns_and_back() {
 }
 
 #[test]
+fn one_request_moves_renames_sets_mtu_and_brings_up() {
+    if !root("one_request_moves_renames_sets_mtu_and_brings_up") {
+        return;
+    }
+    let ns = TestNs::new();
+    let veth = Veth::new();
+    let rt = Rtnl::new();
+    let host = Netns::Host;
+    let before = rt.link_by_name(&host, &veth.a).unwrap().unwrap();
+    assert!(!before.up, "a new veth starts down");
+
+    let moved = rt
+        .move_found_link_up(&host, &before, &ns.netns(), "net1", Some(1400))
+        .unwrap();
+    assert_eq!(
+        (moved.name.as_str(), moved.mtu, moved.up, moved.mac.as_str()),
+        ("net1", 1400, true, before.mac.as_str()),
+        "the answer is the link as the kernel shows it afterwards"
+    );
+    // Checked from outside: `ip` sees it in the netns, renamed, MTU set, admin up.
+    let shown: serde_json::Value =
+        serde_json::from_str(&ip(&["-n", &ns.name, "-j", "link", "show", "net1"])).unwrap();
+    assert_eq!(shown[0]["mtu"], 1400, "{shown}");
+    let flags = shown[0]["flags"].to_string();
+    assert!(flags.contains("\"UP\""), "{shown}");
+    assert!(rt.link_by_name(&host, &veth.a).unwrap().is_none());
+
+    // Without an MTU the link keeps its own.
+    let back = rt
+        .move_found_link(&ns.netns(), &moved, &host, &veth.a)
+        .unwrap();
+    let again = rt
+        .move_found_link_up(&host, &back, &ns.netns(), "net1", None)
+        .unwrap();
+    assert_eq!((again.mtu, again.up), (1400, true));
+    let back = rt
+        .move_found_link(&ns.netns(), &again, &host, &veth.a)
+        .unwrap();
+
+    // A refused MTU fails the request part-way: the kernel has moved the link
+    // (the move comes first) but not renamed it (the name comes after the MTU), and it
+    // is down. The teardown looks for it under both names.
+    let err = rt
+        .move_found_link_up(&host, &back, &ns.netns(), "net1", Some(70_000))
+        .unwrap_err();
+    println!("move with MTU 70000: {err}");
+    assert!(err.to_string().contains("MTU 70000"), "{err}");
+    let there = rt
+        .link_by_name(&ns.netns(), &veth.a)
+        .unwrap()
+        .expect("moved under its old name");
+    assert!(!there.up);
+    assert!(rt.link_by_name(&ns.netns(), "net1").unwrap().is_none());
+}
+
+#[test]
 fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
     if !root("eexist_after_move_is_reported_and_link_is_in_target_under_old_name") {
         return;

@@ -91,7 +91,7 @@ impl HostRoot {
 
 /// Reads a sysfs attribute, trimmed of its trailing newline.
 pub fn read_attr(path: &Path) -> Result<String, HostError> {
-    match std::fs::read_to_string(path) {
+    match read_small(path) {
         Ok(s) => Ok(s.trim_end_matches(['\n', '\0']).to_string()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(HostError::Missing {
             path: path.to_path_buf(),
@@ -103,6 +103,33 @@ pub fn read_attr(path: &Path) -> Result<String, HostError> {
             source,
         }),
     }
+}
+
+/// The whole of a small file: sysfs hands an attribute (at most a page) to the first
+/// `read`, and a regular file reads short only at its end, so a read that leaves the buffer
+/// part-empty is the whole file. That saves the `statx` and the second, empty `read` of
+/// `read_to_string` — a third of the system calls of each attribute on the ADD path.
+fn read_small(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len < buf.len() {
+                    break;
+                }
+                buf.resize(buf.len() * 2, 0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Reads an attribute that may legitimately be absent (`Ok(None)`).
@@ -219,5 +246,19 @@ mod tests {
         );
         assert_eq!(read_optional_attr(&dir.path().join("nope")).unwrap(), None);
         assert!(list_dir(&dir.path().join("nope")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn attributes_of_any_length_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("attr");
+        for len in [0usize, 1, 4095, 4096, 4097, 10_000] {
+            let text: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            std::fs::write(&p, format!("{text}\n")).unwrap();
+            assert_eq!(read_attr(&p).unwrap(), text, "length {len}");
+        }
+        std::fs::write(&p, [0xff, 0xfe]).unwrap();
+        let e = read_attr(&p).unwrap_err();
+        assert!(matches!(e, HostError::Unreadable { .. }), "{e}");
     }
 }

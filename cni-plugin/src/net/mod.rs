@@ -108,6 +108,28 @@ pub trait LinkOps {
     ) -> Result<Link, NetError> {
         self.move_link(from, link.ifindex, to, new_name)
     }
+    /// [`LinkOps::move_found_link`], then, in `to`, the MTU (when given) and the link up:
+    /// what ADD does with a VF. The kernel implementation sends one request (a SETLINK
+    /// applies the netns move, the MTU, the name and the flags, in that order). After an
+    /// error the link may be in either namespace, under either name, and down: callers
+    /// look in both, as after [`LinkOps::move_link`].
+    fn move_found_link_up(
+        &self,
+        from: &Netns,
+        link: &Link,
+        to: &Netns,
+        new_name: &str,
+        mtu: Option<u32>,
+    ) -> Result<Link, NetError> {
+        let mut moved = self.move_found_link(from, link, to, new_name)?;
+        if let Some(m) = mtu {
+            self.set_mtu(to, moved.ifindex, m)?;
+            moved.mtu = m;
+        }
+        self.set_up(to, moved.ifindex, true)?;
+        moved.up = true;
+        Ok(moved)
+    }
     fn rename(&self, ns: &Netns, ifindex: u32, name: &str) -> Result<(), NetError>;
     fn set_mtu(&self, ns: &Netns, ifindex: u32, mtu: u32) -> Result<(), NetError>;
     fn set_up(&self, ns: &Netns, ifindex: u32, up: bool) -> Result<(), NetError>;

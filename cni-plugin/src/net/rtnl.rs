@@ -462,6 +462,101 @@ impl Rtnl {
         res.map_err(|e| e.into_net(ns, Proto::Route, &op()))
     }
 
+    /// Moves `old` from `from` into `to` as `new_name` and, in the same SETLINK, sets the
+    /// MTU and brings it up when asked (the kernel applies the move first, the flags last).
+    /// Answers the link as it is in `to` afterwards.
+    fn move_configured(
+        &self,
+        from: &Netns,
+        old: &Link,
+        to: &Netns,
+        new_name: &str,
+        mtu: Option<u32>,
+        up: bool,
+    ) -> Result<Link, NetError> {
+        let ifindex = old.ifindex;
+        let what = || {
+            let mut also = Vec::new();
+            if let Some(m) = mtu {
+                also.push(format!("MTU {m}"));
+            }
+            if up {
+                also.push("up".to_string());
+            }
+            let also = if also.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", also.join(", "))
+            };
+            format!(
+                "move link {} (ifindex {ifindex}) from {} into {} as {new_name}{also}",
+                old.name,
+                ns_desc(from),
+                ns_desc(to)
+            )
+        };
+        let fd = self.ns_fd(to)?;
+        let mut m = Msg::new(RTM_SETLINK, 0);
+        let (flags, change) = if up { (IFF_UP, IFF_UP) } else { (0, 0) };
+        m.header(&ifinfomsg(AF_UNSPEC, ifindex, flags, change))
+            .attr_u32(IFLA_NET_NS_FD, fd as u32)
+            .attr_str(IFLA_IFNAME, new_name);
+        if let Some(mtu) = mtu {
+            m.attr_u32(IFLA_MTU, mtu);
+        }
+        match self.route(from, &m, &what)? {
+            Ok(_) => {
+                // The kernel keeps the ifindex when it is free in the target; check it first
+                // (immune to a rename racing us), then fall back to the name.
+                if let Some(l) = self.link_by_index(to, ifindex)?
+                    && (l.name == new_name || l.mac == old.mac)
+                {
+                    return Ok(l);
+                }
+                self.link_by_name(to, new_name)?
+                    .ok_or_else(|| NetError::NoSuchLink {
+                        what: format!(
+                            "{new_name} (moved there from {} as ifindex {ifindex})",
+                            ns_desc(from)
+                        ),
+                        ns: ns_desc(to),
+                    })
+            }
+            Err(e) if e.errno() == Some(libc::EEXIST) => {
+                // Did it move? (FACTS: the kernel moves the link under its old name, then fails
+                // the rename with EEXIST.)
+                if self
+                    .link_by_index(from, ifindex)?
+                    .is_some_and(|l| l.name == old.name)
+                {
+                    return Err(kernel(
+                        format!(
+                            "{} — not moved: the names {} and {new_name} are both taken in {}",
+                            what(),
+                            old.name,
+                            ns_desc(to)
+                        ),
+                        e,
+                    ));
+                }
+                match self.link_by_name(to, &old.name)? {
+                    Some(l) if l.mac == old.mac => Err(moved_error(
+                        &old.name, ifindex, from, to, new_name, l.ifindex,
+                    )),
+                    _ => Err(kernel(
+                        format!(
+                            "{} — and the link is no longer in {} under its old name",
+                            what(),
+                            ns_desc(from)
+                        ),
+                        e,
+                    )),
+                }
+            }
+            Err(e) => Err(kernel(what(), e)),
+        }
+    }
+
     /// The raw fd of the netns file of `ns` (kept open for the life of `self`).
     fn ns_fd(&self, ns: &Netns) -> Result<RawFd, NetError> {
         let mut inner = self.lock();
@@ -709,71 +804,18 @@ impl LinkOps for Rtnl {
         to: &Netns,
         new_name: &str,
     ) -> Result<Link, NetError> {
-        let ifindex = old.ifindex;
-        let what = || {
-            format!(
-                "move link {} (ifindex {ifindex}) from {} into {} as {new_name}",
-                old.name,
-                ns_desc(from),
-                ns_desc(to)
-            )
-        };
-        let fd = self.ns_fd(to)?;
-        let mut m = Msg::new(RTM_SETLINK, 0);
-        m.header(&ifinfomsg(AF_UNSPEC, ifindex, 0, 0))
-            .attr_u32(IFLA_NET_NS_FD, fd as u32)
-            .attr_str(IFLA_IFNAME, new_name);
-        match self.route(from, &m, &what)? {
-            Ok(_) => {
-                // The kernel keeps the ifindex when it is free in the target; check it first
-                // (immune to a rename racing us), then fall back to the name.
-                if let Some(l) = self.link_by_index(to, ifindex)?
-                    && (l.name == new_name || l.mac == old.mac)
-                {
-                    return Ok(l);
-                }
-                self.link_by_name(to, new_name)?
-                    .ok_or_else(|| NetError::NoSuchLink {
-                        what: format!(
-                            "{new_name} (moved there from {} as ifindex {ifindex})",
-                            ns_desc(from)
-                        ),
-                        ns: ns_desc(to),
-                    })
-            }
-            Err(e) if e.errno() == Some(libc::EEXIST) => {
-                // Did it move? (FACTS: the kernel moves the link under its old name, then fails
-                // the rename with EEXIST.)
-                if self
-                    .link_by_index(from, ifindex)?
-                    .is_some_and(|l| l.name == old.name)
-                {
-                    return Err(kernel(
-                        format!(
-                            "{} — not moved: the names {} and {new_name} are both taken in {}",
-                            what(),
-                            old.name,
-                            ns_desc(to)
-                        ),
-                        e,
-                    ));
-                }
-                match self.link_by_name(to, &old.name)? {
-                    Some(l) if l.mac == old.mac => Err(moved_error(
-                        &old.name, ifindex, from, to, new_name, l.ifindex,
-                    )),
-                    _ => Err(kernel(
-                        format!(
-                            "{} — and the link is no longer in {} under its old name",
-                            what(),
-                            ns_desc(from)
-                        ),
-                        e,
-                    )),
-                }
-            }
-            Err(e) => Err(kernel(what(), e)),
-        }
+        self.move_configured(from, old, to, new_name, None, false)
+    }
+
+    fn move_found_link_up(
+        &self,
+        from: &Netns,
+        link: &Link,
+        to: &Netns,
+        new_name: &str,
+        mtu: Option<u32>,
+    ) -> Result<Link, NetError> {
+        self.move_configured(from, link, to, new_name, mtu, true)
     }
 
     fn rename(&self, ns: &Netns, ifindex: u32, name: &str) -> Result<(), NetError> {

@@ -19,7 +19,6 @@ const STEPS: &[(&str, Option<u64>)] = &[
     ("state-written", None),
     ("guid-set", None),
     ("moved", None),
-    ("up", None),
     ("ipam", None),
     ("addresses", None),
     ("readiness", None),
