@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use railvf_host::inventory;
 use railvf_host::readiness::{Outcome, Status};
-use railvf_host::{Check, Expectations, Guid, HostRoot, PciAddr, PciFunction, Readiness, host};
+use railvf_host::{
+    Check, Expectations, Guid, HostRoot, LinkLayer, PciAddr, PciFunction, Readiness, host,
+};
 
 use crate::error::{CniError, code};
 
@@ -120,7 +122,7 @@ pub fn wait(
     loop {
         let mut r = evaluate_fresh(root, &mut f, exp, &GATE_CHECKS)?;
         if let Some(want) = guid_set {
-            expect_guid(root, &addr, want, &mut r);
+            expect_guid(&f, want, &mut r);
         }
         polls += 1;
         if r.is_ready() {
@@ -195,25 +197,70 @@ fn watched_files(root: &HostRoot, vf: &PciAddr, r: &Readiness) -> Vec<PathBuf> {
     files
 }
 
-/// Adds a failing `guid` outcome while the VF's RDMA device does not show `want` yet.
-fn expect_guid(root: &HostRoot, vf: &PciAddr, want: Guid, r: &mut Readiness) {
-    let now = crate::vf::rdma_device(root, vf).and_then(|dev| {
-        let p = root
-            .pci_device(vf)
-            .join("infiniband")
-            .join(dev)
-            .join("node_guid");
-        host::read_attr(&p).ok()?.parse::<Guid>().ok()
-    });
-    if now != Some(want) {
+/// Adds a failing `guid` outcome while the VF's RDMA device, as just re-read into `f`, does
+/// not show `want` yet: as its node GUID, and (InfiniBand) as the port GUID in GID 0. The
+/// SM hands out LIDs by port GUID, so a LID seen before the port GUID changed belongs to
+/// the old one.
+fn expect_guid(f: &PciFunction, want: Guid, r: &mut Readiness) {
+    let rdma = f.rdma.as_ref();
+    let node = rdma.and_then(|d| d.node_guid.value().copied());
+    let port1 = rdma.and_then(|d| d.port1());
+    let ib = port1.is_some_and(|p| p.link_layer.value() == Some(&LinkLayer::InfiniBand));
+    let port = port1.and_then(|p| p.gid0.value()).map(|g| g.interface_id());
+    let shown = |g: Option<Guid>| g.map_or_else(|| "none".to_string(), |g| g.to_string());
+    if node != Some(want) || (ib && port != Some(want)) {
         r.outcomes.push(Outcome {
             check: Check::Guid,
             status: Status::Fail,
-            observed: match now {
-                Some(g) => format!("node_guid {g}"),
-                None => "no node_guid".to_string(),
+            observed: if ib {
+                format!(
+                    "node_guid {}, port GUID (GID 0) {}",
+                    shown(node),
+                    shown(port)
+                )
+            } else {
+                format!("node_guid {}", shown(node))
             },
-            expected: format!("node_guid {want}, the GUID railvf set"),
+            expected: if ib {
+                format!("node_guid and port GUID {want}, the GUID railvf set")
+            } else {
+                format!("node_guid {want}, the GUID railvf set")
+            },
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{Bench, vf_addr};
+
+    /// A VF whose node GUID already shows the new GUID while its port GUID (GID 0) and LID
+    /// are still the old ones is not ready: that LID belongs to the old port GUID.
+    #[test]
+    fn a_new_node_guid_with_the_old_port_guid_is_not_ready() {
+        let b = Bench::new(1);
+        let root = HostRoot::new(b.root()).unwrap();
+        let want: Guid = "02:00:00:00:00:00:00:07".parse().unwrap();
+        std::fs::write(b.node_guid_file(0), format!("{want}\n")).unwrap();
+        let f = inventory::read_function(&root, vf_addr(0)).unwrap();
+        let exp = Expectations::default();
+        let e = wait(
+            &root,
+            f.clone(),
+            &exp,
+            Duration::from_millis(30),
+            Some(want),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("port GUID (GID 0) 0c42:a1ff:0018:0101")
+                && msg.contains(&want.to_string()),
+            "{msg}"
+        );
+        b.set_port(0, "gids/0", &format!("fe80:0000:0000:0000:{want}"));
+        let r = wait(&root, f, &exp, Duration::from_millis(30), Some(want)).unwrap();
+        assert!(r.is_ready());
     }
 }

@@ -144,21 +144,32 @@ impl Bench {
     }
 
     /// Plays mlx5 for GUIDs: whatever is written to `sriov/<n>/node` shows up as the RDMA
-    /// device's `node_guid` shortly after (as after a rebind on real hardware).
+    /// device's `node_guid` shortly after (as after a rebind on real hardware), and
+    /// `sriov/<n>/port` as the port GUID in `gids/0`.
     pub fn fake_driver(&self) {
         let stop = self.stop.clone();
-        let pairs: Vec<(PathBuf, PathBuf)> = (0..self.vf_mac.len() as u32)
-            .map(|i| (self.sriov_file(i, "node"), self.node_guid_file(i)))
+        let pairs: Vec<(PathBuf, PathBuf, &str)> = (0..self.vf_mac.len() as u32)
+            .flat_map(|i| {
+                [
+                    (self.sriov_file(i, "node"), self.node_guid_file(i), ""),
+                    (
+                        self.sriov_file(i, "port"),
+                        self.port_file(i, "gids/0"),
+                        GID_PREFIX,
+                    ),
+                ]
+            })
             .collect();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                for (node, guid) in &pairs {
-                    if let Some(g) = fs::read_to_string(node)
+                for (written, shown, prefix) in &pairs {
+                    if let Some(g) = fs::read_to_string(written)
                         .ok()
                         .and_then(|s| s.trim().parse::<Guid>().ok())
                     {
+                        let guid = shown;
                         // Only on change, and atomically: sysfs never shows a half value.
-                        let want = format!("{g}\n");
+                        let want = format!("{prefix}{g}\n");
                         if fs::read_to_string(guid).ok().as_deref() != Some(want.as_str()) {
                             let tmp = guid.with_extension("tmp");
                             let _ = fs::write(&tmp, want);
@@ -316,6 +327,9 @@ impl Bench {
     }
 }
 
+/// GID 0 of an InfiniBand port: the link-local prefix, then the port GUID.
+const GID_PREFIX: &str = "fe80:0000:0000:0000:";
+
 /// A network config for VF `i` with extra JSON members (`"ipam": …` etc.).
 pub fn conf(i: u32, extra: &str) -> String {
     let sep = if extra.is_empty() { "" } else { "," };
@@ -392,6 +406,11 @@ impl LinkOps for Mirror<'_> {
         let r = self.0.links.set_vf_guids(pf_ifindex, vf, node, port);
         if r.is_ok() {
             fs::write(self.0.node_guid_file(vf), format!("{node}\n")).unwrap();
+            fs::write(
+                self.0.port_file(vf, "gids/0"),
+                format!("{GID_PREFIX}{port}\n"),
+            )
+            .unwrap();
         }
         r
     }
