@@ -91,17 +91,33 @@ impl HostRoot {
 
 /// Reads a sysfs attribute, trimmed of its trailing newline.
 pub fn read_attr(path: &Path) -> Result<String, HostError> {
-    match read_small(path) {
-        Ok(s) => Ok(s.trim_end_matches(['\n', '\0']).to_string()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(HostError::Missing {
+    std::fs::File::open(path)
+        .and_then(read_small)
+        .map(trim_attr)
+        .map_err(|e| attr_error(path, e))
+}
+
+/// An attribute's text without the newline (or NUL) the kernel ends it with.
+pub(crate) fn trim_attr(s: String) -> String {
+    let len = s.trim_end_matches(['\n', '\0']).len();
+    let mut s = s;
+    s.truncate(len);
+    s
+}
+
+/// A failed attribute read, naming `path`: `Missing` when absent, else `Unreadable`.
+pub(crate) fn attr_error(path: &Path, e: io::Error) -> HostError {
+    if e.kind() == io::ErrorKind::NotFound {
+        HostError::Missing {
             path: path.to_path_buf(),
             what: "sysfs attribute",
             hint: "the kernel or the driver did not create it: check that the host root holds a complete /sys and that the device is bound to its driver",
-        }),
-        Err(source) => Err(HostError::Unreadable {
+        }
+    } else {
+        HostError::Unreadable {
             path: path.to_path_buf(),
-            source,
-        }),
+            source: e,
+        }
     }
 }
 
@@ -109,9 +125,8 @@ pub fn read_attr(path: &Path) -> Result<String, HostError> {
 /// `read`, and a regular file reads short only at its end, so a read that leaves the buffer
 /// part-empty is the whole file. That saves the `statx` and the second, empty `read` of
 /// `read_to_string` — a third of the system calls of each attribute on the ADD path.
-fn read_small(path: &Path) -> io::Result<String> {
+pub(crate) fn read_small(mut f: std::fs::File) -> io::Result<String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     loop {
@@ -199,15 +214,28 @@ pub fn list_dir(path: &Path) -> Result<Vec<String>, HostError> {
 /// `None` when there is no link.
 pub fn link_basename(path: &Path) -> Result<Option<String>, HostError> {
     match std::fs::read_link(path) {
-        Ok(target) => Ok(target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(HostError::Unreadable {
+        Ok(target) => Ok(basename(&target)),
+        Err(e) => absent_link(path, e),
+    }
+}
+
+/// The last component of a link target, as UTF-8.
+pub(crate) fn basename(target: &Path) -> Option<String> {
+    target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+}
+
+/// A failed `readlink` of `path`: no link (`None`) when absent, else `Unreadable`.
+pub(crate) fn absent_link(path: &Path, e: io::Error) -> Result<Option<String>, HostError> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(None)
+    } else {
+        Err(HostError::Unreadable {
             path: path.to_path_buf(),
-            source,
-        }),
+            source: e,
+        })
     }
 }
 

@@ -12,6 +12,7 @@ use serde::{Serialize, Serializer};
 use crate::attr::{self, Gid, Guid, LinkLayer, ParseError, PhysState, PortState, Rate};
 use crate::host::{self, HostError, HostRoot};
 use crate::pci::PciAddr;
+use crate::sysdir::SysDir;
 
 /// Mellanox/NVIDIA networking PCI vendor id.
 pub const VENDOR_MELLANOX: u16 = 0x15b3;
@@ -29,19 +30,23 @@ pub enum Attr<T> {
 }
 
 impl<T> Attr<T> {
-    fn read(path: PathBuf, parse: impl FnOnce(&str) -> Result<T, ParseError>) -> Self {
-        match host::read_attr(&path) {
+    /// The attribute `<dir>/<rel>`, opened relative to the open directory, parsed.
+    fn read_in(dir: &SysDir, rel: &str, parse: impl FnOnce(&str) -> Result<T, ParseError>) -> Self {
+        match dir.read_attr(rel) {
             Ok(raw) => match parse(&raw) {
                 Ok(v) => Attr::Value(v),
-                Err(error) => Attr::Invalid { path, error },
+                Err(error) => Attr::Invalid {
+                    path: dir.join(rel),
+                    error,
+                },
             },
-            Err(HostError::Missing { .. }) => Attr::Missing(path),
+            Err(HostError::Missing { .. }) => Attr::Missing(dir.join(rel)),
             Err(e) => Attr::Invalid {
                 error: ParseError {
                     expected: "a readable attribute",
                     found: e.to_string(),
                 },
-                path,
+                path: dir.join(rel),
             },
         }
     }
@@ -308,12 +313,12 @@ impl Inventory {
 /// Reads one PCI function. Fails only when the function does not exist or its identity
 /// (vendor, device, class) cannot be read; everything else is an [`Attr`] or an `Option`.
 pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, HostError> {
-    let dir = existing_dir(root, &addr)?;
-    let vendor = host::parse_attr(&dir.join("vendor"), attr::parse_prefixed_hex)? as u16;
-    let device = host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)? as u16;
-    let class = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex)?;
-    let driver = host::link_basename(&dir.join("driver"))?;
-    let physfn = match host::link_basename(&dir.join("physfn"))? {
+    let dir = open_function(root, &addr)?;
+    let vendor = dir.parse_attr("vendor", attr::parse_prefixed_hex)? as u16;
+    let device = dir.parse_attr("device", attr::parse_prefixed_hex)? as u16;
+    let class = dir.parse_attr("class", attr::parse_prefixed_hex)?;
+    let driver = dir.link_basename("driver")?;
+    let physfn = match dir.link_basename("physfn")? {
         Some(name) => Some(name.parse::<PciAddr>().map_err(|e| HostError::Malformed {
             path: dir.join("physfn"),
             source: ParseError {
@@ -323,24 +328,27 @@ pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, Host
         })?),
         None => None,
     };
-    let netdevs = host::list_dir(&dir.join("net"))?
+    let netdevs = dir
+        .list("net")?
         .into_iter()
         .map(|name| Netdev {
-            ifindex: Attr::read(dir.join("net").join(&name).join("ifindex"), attr::parse_u32),
+            ifindex: Attr::read_in(&dir, &format!("net/{name}/ifindex"), attr::parse_u32),
             name,
         })
         .collect();
     let rdma = read_rdma_of(&dir)?;
-    let uverbs = host::list_dir(&dir.join("infiniband_verbs"))?
+    let uverbs = dir
+        .list("infiniband_verbs")?
         .into_iter()
         .next()
-        .map(|name| {
-            let d = dir.join("infiniband_verbs").join(&name);
-            Uverbs {
-                ibdev: Attr::read(d.join("ibdev"), |s| Ok(s.to_string())),
-                dev: Attr::read(d.join("dev"), |s| Ok(s.to_string())),
-                name,
-            }
+        .map(|name| Uverbs {
+            ibdev: Attr::read_in(&dir, &format!("infiniband_verbs/{name}/ibdev"), |s| {
+                Ok(s.to_string())
+            }),
+            dev: Attr::read_in(&dir, &format!("infiniband_verbs/{name}/dev"), |s| {
+                Ok(s.to_string())
+            }),
+            name,
         });
     Ok(PciFunction {
         addr,
@@ -348,12 +356,15 @@ pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, Host
         device,
         class,
         driver,
-        numa_node: read_numa(&dir),
+        numa_node: dir
+            .parse_attr("numa_node", attr::parse_numa_node)
+            .ok()
+            .flatten(),
         netdevs,
         rdma,
         uverbs,
         physfn,
-        sysfs_path: canonical(&dir)?,
+        sysfs_path: canonical(dir.path())?,
     })
 }
 
@@ -362,10 +373,16 @@ pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, Host
 /// these; identity, netdevs and topology are left as read. `NoSuchFunction` when the
 /// function is gone (a VF disappears when `sriov_numvfs` is lowered).
 pub fn refresh(root: &HostRoot, f: &mut PciFunction) -> Result<(), HostError> {
-    let dir = existing_dir(root, &f.addr)?;
-    f.driver = host::link_basename(&dir.join("driver"))?;
+    let dir = open_function(root, &f.addr)?;
+    f.driver = dir.link_basename("driver")?;
     f.rdma = read_rdma_of(&dir)?;
     Ok(())
+}
+
+/// `<root>/sys/bus/pci/devices/<addr>` held open, or `NoSuchFunction` when there is none.
+fn open_function(root: &HostRoot, addr: &PciAddr) -> Result<SysDir, HostError> {
+    let path = root.pci_device(addr);
+    SysDir::open(&path)?.ok_or(HostError::NoSuchFunction { addr: *addr, path })
 }
 
 /// `<root>/sys/bus/pci/devices/<addr>`, or `NoSuchFunction` when there is no such entry.
@@ -437,13 +454,15 @@ pub fn read_pf(root: &HostRoot, function: PciFunction) -> Result<Pf, HostError> 
 }
 
 fn vf_index(root: &HostRoot, pf: &PciAddr, vf: &PciAddr) -> Result<Option<u32>, HostError> {
-    let dir = root.pci_device(pf);
+    let Some(dir) = SysDir::open(&root.pci_device(pf))? else {
+        return Ok(None);
+    };
     let want = vf.to_string();
-    for name in host::list_dir(&dir)? {
+    for name in dir.list(".")? {
         if let Some(n) = name
             .strip_prefix("virtfn")
             .and_then(|n| n.parse::<u32>().ok())
-            && host::link_basename(&dir.join(&name))?.as_deref() == Some(want.as_str())
+            && dir.link_basename(&name)?.as_deref() == Some(want.as_str())
         {
             return Ok(Some(n));
         }
@@ -545,35 +564,36 @@ fn read_numa(dir: &Path) -> Option<u32> {
 }
 
 /// The RDMA device of the function at `dir` (`<dir>/infiniband/<dev>`), if mlx5_ib is bound.
-fn read_rdma_of(dir: &Path) -> Result<Option<RdmaDevice>, HostError> {
-    match host::list_dir(&dir.join("infiniband"))?.into_iter().next() {
-        Some(name) => Ok(Some(read_rdma(&dir.join("infiniband").join(&name), name)?)),
-        None => Ok(None),
-    }
-}
-
-fn read_rdma(dir: &Path, name: String) -> Result<RdmaDevice, HostError> {
+fn read_rdma_of(dir: &SysDir) -> Result<Option<RdmaDevice>, HostError> {
+    let Some(name) = dir.list("infiniband")?.into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(dev) = dir.sub(&format!("infiniband/{name}"))? else {
+        return Ok(None); // gone since the listing (driver unbound meanwhile)
+    };
     let mut ports = Vec::new();
-    for p in host::list_dir(&dir.join("ports"))? {
+    for p in dev.list("ports")? {
         let Ok(port) = p.parse::<u32>() else { continue };
-        let pd = dir.join("ports").join(&p);
+        let Some(pd) = dev.sub(&format!("ports/{p}"))? else {
+            continue;
+        };
         ports.push(RdmaPort {
             port,
-            state: Attr::read(pd.join("state"), str::parse),
-            phys_state: Attr::read(pd.join("phys_state"), str::parse),
-            lid: Attr::read(pd.join("lid"), attr::parse_lid),
-            sm_lid: Attr::read(pd.join("sm_lid"), attr::parse_lid),
-            link_layer: Attr::read(pd.join("link_layer"), str::parse),
-            rate: Attr::read(pd.join("rate"), str::parse),
-            gid0: Attr::read(pd.join("gids/0"), str::parse),
+            state: Attr::read_in(&pd, "state", str::parse),
+            phys_state: Attr::read_in(&pd, "phys_state", str::parse),
+            lid: Attr::read_in(&pd, "lid", attr::parse_lid),
+            sm_lid: Attr::read_in(&pd, "sm_lid", attr::parse_lid),
+            link_layer: Attr::read_in(&pd, "link_layer", str::parse),
+            rate: Attr::read_in(&pd, "rate", str::parse),
+            gid0: Attr::read_in(&pd, "gids/0", str::parse),
         });
     }
     ports.sort_by_key(|p| p.port);
-    Ok(RdmaDevice {
-        node_guid: Attr::read(dir.join("node_guid"), str::parse),
+    Ok(Some(RdmaDevice {
+        node_guid: Attr::read_in(&dev, "node_guid", str::parse),
         ports,
         name,
-    })
+    }))
 }
 
 /// The real sysfs path of a PCI function (below `sys/devices`, where its PCIe bridges

@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod ownership;
 pub mod pci;
 pub mod readiness;
+pub mod sysdir;
 pub mod topology;
 
 pub use attr::{Guid, LinkLayer};
