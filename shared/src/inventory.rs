@@ -498,14 +498,28 @@ pub fn gpu_sites_in_pci_order(
 ) -> Result<Vec<GpuSite>, HostError> {
     addrs.sort();
     addrs.dedup();
+    // One open bus directory, and each GPU's bus link read relative to it: only the path
+    // matters here (it places the GPU under its PCIe switch), and the listing that named
+    // the GPU has shown it exists.
+    let bus = SysDir::open(&root.join("sys/bus/pci/devices"))?;
     addrs
         .into_iter()
         .enumerate()
         .map(|(index, addr)| {
+            let name = addr.to_string();
+            let lexical = match &bus {
+                Some(b) => b
+                    .read_link(&name)?
+                    .and_then(|target| lexical_join(b.path(), &target)),
+                None => None,
+            };
             Ok(GpuSite {
                 addr,
                 index: index as u32,
-                sysfs_path: canonical(&root.pci_device(&addr))?,
+                sysfs_path: match lexical {
+                    Some(p) => p,
+                    None => canonical(&root.pci_device(&addr))?,
+                },
             })
         })
         .collect()
@@ -597,9 +611,22 @@ fn read_rdma_of(dir: &SysDir) -> Result<Option<RdmaDevice>, HostError> {
 }
 
 /// The real sysfs path of a PCI function (below `sys/devices`, where its PCIe bridges
-/// show), without reading anything else of it.
+/// show), without reading anything else of it: its bus link, read once and joined
+/// lexically (what the rail of a PF needs); a hand-made tree's plain directory or odd
+/// link is canonicalized.
 pub fn function_path(root: &HostRoot, addr: &PciAddr) -> Result<PathBuf, HostError> {
-    canonical(&existing_dir(root, addr)?)
+    let bus = root.pci_device(addr);
+    match std::fs::read_link(&bus) {
+        Ok(target) => match bus.parent().and_then(|p| lexical_join(p, &target)) {
+            Some(path) => Ok(path),
+            None => canonical(&bus),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(HostError::NoSuchFunction {
+            addr: *addr,
+            path: bus,
+        }),
+        Err(_) => canonical(&existing_dir(root, addr)?),
+    }
 }
 
 /// Where a PCI function's directory really is: `dir` is its bus link
@@ -614,27 +641,37 @@ fn canonical(dir: &Path) -> Result<PathBuf, HostError> {
         source,
     };
     if let Ok(target) = std::fs::read_link(dir)
-        && target.is_relative()
-        && let Some(mut path) = dir.parent().map(Path::to_path_buf)
+        && let Some(path) = dir.parent().and_then(|p| lexical_join(p, &target))
     {
-        let mut lexical = true;
-        for c in target.components() {
-            match c {
-                Component::ParentDir => lexical &= path.pop(),
-                Component::Normal(n) => path.push(n),
-                Component::CurDir => {}
-                Component::RootDir | Component::Prefix(_) => lexical = false,
-            }
-        }
-        if lexical {
-            return match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => Ok(path),
-                Ok(_) => std::fs::canonicalize(dir).map_err(unreadable),
-                Err(e) => Err(unreadable(e)),
-            };
-        }
+        return match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => Ok(path),
+            Ok(_) => std::fs::canonicalize(dir).map_err(unreadable),
+            Err(e) => Err(unreadable(e)),
+        };
     }
     std::fs::canonicalize(dir).map_err(unreadable)
+}
+
+/// Where the relative link `target`, found in directory `dir`, leads when its `..` are
+/// taken lexically (sysfs's bus links; `None` for an absolute or odd target).
+fn lexical_join(dir: &Path, target: &Path) -> Option<PathBuf> {
+    if !target.is_relative() {
+        return None;
+    }
+    let mut path = dir.to_path_buf();
+    for c in target.components() {
+        match c {
+            Component::ParentDir => {
+                if !path.pop() {
+                    return None;
+                }
+            }
+            Component::Normal(n) => path.push(n),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(path)
 }
 
 #[cfg(test)]
@@ -675,6 +712,17 @@ mod tests {
             below_sys(&fast),
             below_sys(&std::fs::canonicalize(&link).unwrap())
         );
+        // function_path and the GPU sites read the same link without checking the target.
+        let root = HostRoot::new(&via).unwrap();
+        let addr: PciAddr = "0000:16:00.0".parse().unwrap();
+        assert_eq!(function_path(&root, &addr).unwrap(), fast);
+        let sites = gpu_sites_in_pci_order(&root, vec![addr]).unwrap();
+        assert_eq!(sites[0].sysfs_path, fast);
+        let gone: PciAddr = "0000:16:00.1".parse().unwrap();
+        assert!(matches!(
+            function_path(&root, &gone),
+            Err(HostError::NoSuchFunction { .. })
+        ));
     }
 
     #[test]

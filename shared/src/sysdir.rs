@@ -6,15 +6,20 @@
 //! its own few components: about half the time of an attribute read on real sysfs. Error
 //! messages still name the full path.
 
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{AT_FDCWD, OFlag, openat, readlinkat};
-use nix::sys::stat::Mode;
+use rustix::fs::{CWD, Dir, Mode, OFlags, openat, readlinkat};
+use rustix::io::Errno;
 
 use crate::attr::ParseError;
 use crate::host::{self, HostError};
+
+/// How a directory is held: for `*at` calls only, never read itself.
+const DIR_PATH: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
 
 /// An open directory and the path it was opened by (for messages).
 #[derive(Debug)]
@@ -26,13 +31,12 @@ pub struct SysDir {
 impl SysDir {
     /// The directory at `path`, links followed; `None` when there is nothing there.
     pub fn open(path: &Path) -> Result<Option<SysDir>, HostError> {
-        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        match openat(AT_FDCWD, path, flags, Mode::empty()) {
+        match openat(CWD, path, DIR_PATH, Mode::empty()) {
             Ok(fd) => Ok(Some(SysDir {
                 fd,
                 path: path.to_path_buf(),
             })),
-            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(HostError::Unreadable {
                 path: path.to_path_buf(),
                 source: e.into(),
@@ -52,13 +56,12 @@ impl SysDir {
 
     /// The subdirectory `rel`; `None` when absent.
     pub fn sub(&self, rel: &str) -> Result<Option<SysDir>, HostError> {
-        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        match openat(&self.fd, rel, flags, Mode::empty()) {
+        match openat(&self.fd, rel, DIR_PATH, Mode::empty()) {
             Ok(fd) => Ok(Some(SysDir {
                 fd,
                 path: self.join(rel),
             })),
-            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(HostError::Unreadable {
                 path: self.join(rel),
                 source: e.into(),
@@ -71,7 +74,7 @@ impl SysDir {
         openat(
             &self.fd,
             rel,
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(io::Error::from)
@@ -95,9 +98,19 @@ impl SysDir {
 
     /// [`host::link_basename`] of `<path>/<rel>`.
     pub fn link_basename(&self, rel: &str) -> Result<Option<String>, HostError> {
-        match readlinkat(&self.fd, rel) {
-            Ok(target) => Ok(host::basename(Path::new(&target))),
+        match readlinkat(&self.fd, rel, Vec::new()) {
+            Ok(target) => Ok(host::basename(Path::new(OsStr::from_bytes(
+                target.as_bytes(),
+            )))),
             Err(e) => host::absent_link(&self.join(rel), e.into()),
+        }
+    }
+
+    /// The target of the link `<path>/<rel>`; `None` when there is no link there.
+    pub fn read_link(&self, rel: &str) -> Result<Option<PathBuf>, HostError> {
+        match readlinkat(&self.fd, rel, Vec::new()) {
+            Ok(target) => Ok(Some(PathBuf::from(OsStr::from_bytes(target.as_bytes())))),
+            Err(e) => host::absent_link(&self.join(rel), e.into()).map(|_| None),
         }
     }
 
@@ -107,15 +120,15 @@ impl SysDir {
             path: self.join(rel),
             source,
         };
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = match openat(&self.fd, rel, flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(nix::errno::Errno::ENOENT) => return Ok(Vec::new()),
+            Err(Errno::NOENT) => return Ok(Vec::new()),
             Err(e) => return Err(unreadable(e.into())),
         };
-        let mut dir = nix::dir::Dir::from_fd(fd).map_err(|e| unreadable(e.into()))?;
+        // getdents64 straight into the names: no fstat/fcntl of `fdopendir`.
         let mut names = Vec::new();
-        for entry in dir.iter() {
+        for entry in Dir::new(fd).map_err(|e| unreadable(e.into()))? {
             let entry = entry.map_err(|e| unreadable(e.into()))?;
             if let Ok(name) = entry.file_name().to_str()
                 && name != "."
@@ -166,6 +179,12 @@ mod tests {
             Some("mlx5_core")
         );
         assert_eq!(d.link_basename("physfn").unwrap(), None);
+        let bus_dir = SysDir::open(&t.path().join("bus")).unwrap().unwrap();
+        assert_eq!(
+            bus_dir.read_link("0000:18:00.1").unwrap(),
+            Some(PathBuf::from("../devices/0000:18:00.1"))
+        );
+        assert_eq!(bus_dir.read_link("0000:18:00.2").unwrap(), None);
         assert_eq!(
             d.list(".").unwrap(),
             host::list_dir(&bus).unwrap(),
