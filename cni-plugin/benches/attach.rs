@@ -19,6 +19,7 @@
 //! interleaved cycle by cycle in a shuffled order; medians over the cycles. Not a test:
 //! nothing here asserts a time.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -101,6 +102,21 @@ fn ip(args: &[&str]) {
     assert!(s.success(), "ip {args:?}");
 }
 
+thread_local! {
+    /// Time a row's run spent in [`apart`], left out of its wall time.
+    static UNTIMED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// The pause between the two halves of an "apart" row, untimed: a pod lives longer than the
+/// gap between a back-to-back ADD and DEL, so the kernel's deferred work after the first
+/// half (RCU callbacks and address configuration after a link came up) is done by the
+/// time the second half runs, as it is on a node.
+fn apart() {
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(30));
+    UNTIMED.with(|u| u.set(u.get() + t.elapsed()));
+}
+
 /// One contender: a labelled ADD+DEL-like cycle, the clock its CPU is read from, and whether
 /// the VF must be home before it runs.
 struct Row<'a> {
@@ -178,10 +194,11 @@ fn measure(rows: &mut [Row<'_>], cycles: usize, settle: &dyn Fn()) {
                 p();
             }
             std::thread::sleep(QUIET);
+            UNTIMED.with(|u| u.set(Duration::ZERO));
             let c0 = cpu(row.who);
             let t0 = Instant::now();
             (row.run)();
-            let wall = t0.elapsed();
+            let wall = t0.elapsed() - UNTIMED.with(Cell::get);
             row.samples.push(Sample {
                 wall,
                 cpu: cpu(row.who) - c0,
@@ -413,6 +430,50 @@ fn main() {
             plugin(as_linked, "DEL", pod.path(), &rv_conf, &rv_env);
         },
     ));
+    // The same cycles with an untimed pause between the halves (see `apart`).
+    rows.push(Row::new(
+        "2x `ip link set … netns`, 30 ms apart",
+        UsageWho::RUSAGE_CHILDREN,
+        true,
+        || {
+            ip(&["link", "set", &name, "netns", pod.name(), "name", "net1"]);
+            apart();
+            ip(&[
+                "-n",
+                pod.name(),
+                "link",
+                "set",
+                "net1",
+                "netns",
+                &me,
+                "name",
+                &name,
+            ]);
+        },
+    ));
+    rows.push(Row::new(
+        "railvf ADD+DEL (installed), 30 ms apart",
+        UsageWho::RUSAGE_CHILDREN,
+        true,
+        || {
+            plugin(railvf, "ADD", pod.path(), &rv_conf, &rv_env);
+            apart();
+            plugin(railvf, "DEL", pod.path(), &rv_conf, &rv_env);
+        },
+    ));
+    rows.push(
+        Row::new(
+            "host-device ADD+DEL, VF up on the host, 30 ms apart",
+            UsageWho::RUSAGE_CHILDREN,
+            true,
+            || {
+                plugin(&host_device, "ADD", pod.path(), &hd_conf, &[]);
+                apart();
+                plugin(&host_device, "DEL", pod.path(), &hd_conf, &[]);
+            },
+        )
+        .prep(|| ip(&["link", "set", &name, "up"])),
+    );
     if as_linked != dev_build {
         rows.push(Row::new(
             format!("  railvf ADD+DEL, cargo's {} build", linkage(dev_build)),
@@ -485,6 +546,14 @@ fn main() {
         rows[4].wall(),
         (rows[5].wall(), rows[5].cpu()),
     );
+    let (apart_floor, apart_rv, apart_hd) = (&rows[7], &rows[8], &rows[9]);
+    let apart_line = format!(
+        "30 ms apart: railvf wall - ip floor = {} ms between the medians, {} ms per cycle; railvf - host-device (VF up) = {} ms per cycle; CPU railvf / host-device (VF up) = {:.2}",
+        signed_ms(apart_rv.wall(), apart_floor.wall()),
+        paired_wall(apart_rv, apart_floor),
+        paired_wall(apart_rv, apart_hd),
+        apart_rv.cpu().as_secs_f64() / apart_hd.cpu().as_secs_f64()
+    );
     drop(rows);
     let split = split.into_inner();
     // The warm-up cycles are in `split` too; skip them.
@@ -527,6 +596,7 @@ fn main() {
         ms(hd_up.1),
         rv_cpu.as_secs_f64() / hd_up.1.as_secs_f64()
     );
+    println!("{apart_line}");
     drop(sim);
 
     reaction(railvf, (cycles / 6).max(5));
