@@ -331,6 +331,21 @@ fn main() {
             .stdout(Stdio::null());
         assert!(c.status().unwrap().success());
     };
+    // The kernel floor as two commands: into the pod as net1, and back under its name.
+    let ip_in = || ip(&["link", "set", &name, "netns", pod.name(), "name", "net1"]);
+    let ip_out = || {
+        ip(&[
+            "-n",
+            pod.name(),
+            "link",
+            "set",
+            "net1",
+            "netns",
+            &me,
+            "name",
+            &name,
+        ])
+    };
     let mut rows = vec![
         Row::new(
             "kernel floor: netlink move in+out (in-process)",
@@ -342,25 +357,7 @@ fn main() {
             "kernel floor: 2x `ip link set … netns`",
             UsageWho::RUSAGE_CHILDREN,
             true,
-            || {
-                timed(
-                    0,
-                    &mut || ip(&["link", "set", &name, "netns", pod.name(), "name", "net1"]),
-                    &mut || {
-                        ip(&[
-                            "-n",
-                            pod.name(),
-                            "link",
-                            "set",
-                            "net1",
-                            "netns",
-                            &me,
-                            "name",
-                            &name,
-                        ])
-                    },
-                );
-            },
+            || timed(0, &mut { ip_in }, &mut { ip_out }),
         ),
         Row::new(
             "host-device (Debian) ADD+DEL",
@@ -436,19 +433,9 @@ fn main() {
         UsageWho::RUSAGE_CHILDREN,
         true,
         || {
-            ip(&["link", "set", &name, "netns", pod.name(), "name", "net1"]);
+            ip_in();
             apart();
-            ip(&[
-                "-n",
-                pod.name(),
-                "link",
-                "set",
-                "net1",
-                "netns",
-                &me,
-                "name",
-                &name,
-            ]);
+            ip_out();
         },
     ));
     rows.push(Row::new(
