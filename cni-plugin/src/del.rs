@@ -37,56 +37,47 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
         crate::log::step("ipam");
     }
 
-    // The config's deviceID names the VF's file directly; the listing finds it otherwise
-    // (a config without deviceID, or one that names another VF).
-    let by_device = match conf.device {
-        Some(d) => ctx.state.load_of(&d, cid, ifname),
-        None => Ok(None),
-    };
-    let st = match by_device.and_then(|st| match st {
-        Some(st) => Ok(Some(st)),
-        None => ctx.state.load(cid, ifname),
-    }) {
-        Ok(st) => st,
-        Err(StateError::Corrupt { path, why }) => {
-            // Unreadable (cut short, overwritten): converge by PCI address from what is
-            // left of it and from where the VF is now.
-            match unreadable(ctx, conf, cid, ifname, &path, &why) {
-                Ok(()) => None,
-                Err(e) => {
+    let mut kept = false;
+    // The config's deviceID names the VF, and with it the state file: lock that VF and
+    // read its file once. Otherwise (no deviceID, one that names another VF, a file that
+    // does not parse) the listing finds the file, and it is read again under its VF's lock
+    // in case another DEL finished meanwhile.
+    let mut done = false;
+    if let Some(d) = conf.device {
+        let _lock = ctx.state.lock_vf(ctx.root(), &d)?;
+        match ctx.state.load_of(&d, cid, ifname) {
+            Ok(Some(st)) => {
+                crate::log::step("lock");
+                kept = converge(ctx, &st, &mut errors)?;
+                done = true;
+            }
+            Ok(None) | Err(StateError::Corrupt { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !done {
+        let st = match ctx.state.load(cid, ifname) {
+            Ok(st) => st,
+            Err(StateError::Corrupt { path, why }) => {
+                // Unreadable (cut short, overwritten): converge by PCI address from what is
+                // left of it and from where the VF is now.
+                if let Err(e) = unreadable(ctx, conf, cid, ifname, &path, &why) {
                     errors.push(e);
-                    None
+                }
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match st {
+            Some(st) => {
+                let _lock = ctx.state.lock_vf(ctx.root(), &st.vf)?;
+                crate::log::step("lock");
+                if let Some(st) = ctx.state.load_of(&st.vf, cid, ifname)? {
+                    kept = converge(ctx, &st, &mut errors)?;
                 }
             }
+            None => crate::log_debug!("no state for {cid}/{ifname}: nothing to return"),
         }
-        Err(e) => return Err(e.into()),
-    };
-
-    let mut kept = false;
-    if let Some(st) = st {
-        let _lock = ctx.state.lock_vf(ctx.root(), &st.vf)?;
-        crate::log::step("lock");
-        // Another DEL may have finished while we waited for the lock.
-        if let Some(st) = ctx.state.load_of(&st.vf, cid, ifname)? {
-            let report = teardown::converge(
-                ctx,
-                &st,
-                Options {
-                    netns: ctx.env.netns.as_deref(),
-                    ipam: false,
-                },
-            );
-            crate::log::step("teardown");
-            if report.ok() {
-                ctx.state.remove_attachment(&st)?;
-                crate::log_info!("VF {} returned to the host as {}", st.vf, st.host.name);
-            } else {
-                kept = true;
-                errors.extend(report.errors);
-            }
-        }
-    } else {
-        crate::log_debug!("no state for {cid}/{ifname}: nothing to return");
     }
 
     if errors.is_empty() {
@@ -107,6 +98,28 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
                 "the VF is on the host; the next DEL retries the rest (the IPAM release); fix the cause above (docs/cni.md, \"DEL\")".to_string()
             },
         ))
+    }
+}
+
+/// Returns the VF of `st` to the host (its lock held by the caller) and removes the state
+/// once nothing is left; `Ok(true)` when the state is kept for the next DEL.
+fn converge(ctx: &Ctx<'_>, st: &Attachment, errors: &mut Vec<String>) -> Result<bool, CniError> {
+    let report = teardown::converge(
+        ctx,
+        st,
+        Options {
+            netns: ctx.env.netns.as_deref(),
+            ipam: false,
+        },
+    );
+    crate::log::step("teardown");
+    if report.ok() {
+        ctx.state.remove_attachment(st)?;
+        crate::log_info!("VF {} returned to the host as {}", st.vf, st.host.name);
+        Ok(false)
+    } else {
+        errors.extend(report.errors);
+        Ok(true)
     }
 }
 

@@ -455,26 +455,29 @@ fn read(path: &Path) -> Result<Option<Attachment>, StateError> {
             });
         }
     };
-    #[derive(Deserialize)]
-    struct Head {
-        schema: u32,
-    }
-    let head: Head = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+    let newer = |found| StateError::Schema {
         path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
-    if head.schema > SCHEMA {
-        return Err(StateError::Schema {
-            path: path.to_path_buf(),
-            found: head.schema,
-        });
+        found,
+    };
+    // One parse when the file is ours; only a file that does not parse is read again for
+    // its schema, to tell a newer railvf's file from a damaged one.
+    match serde_json::from_slice::<Attachment>(&bytes) {
+        Ok(a) if a.schema > SCHEMA => Err(newer(a.schema)),
+        Ok(a) => Ok(Some(a)),
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct Head {
+                schema: u32,
+            }
+            match serde_json::from_slice::<Head>(&bytes) {
+                Ok(h) if h.schema > SCHEMA => Err(newer(h.schema)),
+                _ => Err(StateError::Corrupt {
+                    path: path.to_path_buf(),
+                    why: e.to_string(),
+                }),
+            }
+        }
     }
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| StateError::Corrupt {
-            path: path.to_path_buf(),
-            why: e.to_string(),
-        })
 }
 
 pub fn now_unix() -> u64 {
@@ -594,6 +597,12 @@ mod tests {
         assert!(e.to_string().contains("schema 99"), "{e}");
         assert_eq!(CniError::from(e).code, code::IO);
         assert_eq!(s.list().unwrap().len(), 2);
+        // A newer file that happens to parse as this version's is still refused.
+        let mut a = sample("c3", "net1", "0000:18:00.3");
+        a.schema = 99;
+        s.save(&a).unwrap();
+        let e = s.load("c3", "net1").unwrap_err();
+        assert!(matches!(e, StateError::Schema { found: 99, .. }), "{e}");
     }
 
     #[test]
