@@ -41,10 +41,12 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
     // The config's deviceID names the VF, and with it the state file: lock that VF and
     // read its file once. Otherwise (no deviceID, one that names another VF, a file that
     // does not parse) the listing finds the file, and it is read again under its VF's lock
-    // in case another DEL finished meanwhile.
+    // in case another DEL finished meanwhile. (A lock that cannot be taken here only sends
+    // DEL the long way: with nothing to return, DEL must still succeed.)
     let mut done = false;
-    if let Some(d) = conf.device {
-        let _lock = ctx.state.lock_vf(ctx.root(), &d)?;
+    if let Some(d) = conf.device
+        && let Ok(_lock) = ctx.state.lock_vf(ctx.root(), &d)
+    {
         match ctx.state.load_of(&d, cid, ifname) {
             Ok(Some(st)) => {
                 crate::log::step("lock");
