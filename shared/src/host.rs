@@ -215,7 +215,11 @@ pub fn list_dir(path: &Path) -> Result<Vec<String>, HostError> {
 pub fn link_basename(path: &Path) -> Result<Option<String>, HostError> {
     match std::fs::read_link(path) {
         Ok(target) => Ok(basename(&target)),
-        Err(e) => absent_link(path, e),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(HostError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -225,18 +229,6 @@ pub(crate) fn basename(target: &Path) -> Option<String> {
         .file_name()
         .and_then(|n| n.to_str())
         .map(str::to_string)
-}
-
-/// A failed `readlink` of `path`: no link (`None`) when absent, else `Unreadable`.
-pub(crate) fn absent_link(path: &Path, e: io::Error) -> Result<Option<String>, HostError> {
-    if e.kind() == io::ErrorKind::NotFound {
-        Ok(None)
-    } else {
-        Err(HostError::Unreadable {
-            path: path.to_path_buf(),
-            source: e,
-        })
-    }
 }
 
 #[cfg(test)]

@@ -356,10 +356,7 @@ pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, Host
         device,
         class,
         driver,
-        numa_node: dir
-            .parse_attr("numa_node", attr::parse_numa_node)
-            .ok()
-            .flatten(),
+        numa_node: read_numa(&dir),
         netdevs,
         rdma,
         uverbs,
@@ -383,18 +380,6 @@ pub fn refresh(root: &HostRoot, f: &mut PciFunction) -> Result<(), HostError> {
 fn open_function(root: &HostRoot, addr: &PciAddr) -> Result<SysDir, HostError> {
     let path = root.pci_device(addr);
     SysDir::open(&path)?.ok_or(HostError::NoSuchFunction { addr: *addr, path })
-}
-
-/// `<root>/sys/bus/pci/devices/<addr>`, or `NoSuchFunction` when there is no such entry.
-fn existing_dir(root: &HostRoot, addr: &PciAddr) -> Result<PathBuf, HostError> {
-    let dir = root.pci_device(addr);
-    if std::fs::symlink_metadata(&dir).is_err() {
-        return Err(HostError::NoSuchFunction {
-            addr: *addr,
-            path: dir,
-        });
-    }
-    Ok(dir)
 }
 
 /// Reads a VF and finds its index under its PF. Fails, saying why, when `addr` is not a VF.
@@ -506,20 +491,14 @@ pub fn gpu_sites_in_pci_order(
         .into_iter()
         .enumerate()
         .map(|(index, addr)| {
-            let name = addr.to_string();
-            let lexical = match &bus {
-                Some(b) => b
-                    .read_link(&name)?
-                    .and_then(|target| lexical_join(b.path(), &target)),
+            let target = match &bus {
+                Some(b) => b.read_link(&addr.to_string())?,
                 None => None,
             };
             Ok(GpuSite {
                 addr,
                 index: index as u32,
-                sysfs_path: match lexical {
-                    Some(p) => p,
-                    None => canonical(&root.pci_device(&addr))?,
-                },
+                sysfs_path: link_path(&root.pci_device(&addr), target)?,
             })
         })
         .collect()
@@ -531,11 +510,11 @@ pub fn gpus_in_pci_order(root: &HostRoot, addrs: Vec<PciAddr>) -> Result<Vec<Gpu
     gpu_sites_in_pci_order(root, addrs)?
         .into_iter()
         .map(|site| {
-            let dir = root.pci_device(&site.addr);
+            let dir = open_function(root, &site.addr)?;
             Ok(Gpu {
                 addr: site.addr,
                 index: site.index,
-                device: host::parse_attr(&dir.join("device"), attr::parse_prefixed_hex)? as u16,
+                device: dir.parse_attr("device", attr::parse_prefixed_hex)? as u16,
                 numa_node: read_numa(&dir),
                 sysfs_path: site.sysfs_path,
             })
@@ -571,8 +550,8 @@ pub fn scan_gpu_sites(root: &HostRoot) -> Result<Vec<GpuSite>, HostError> {
     gpu_sites_in_pci_order(root, addrs)
 }
 
-fn read_numa(dir: &Path) -> Option<u32> {
-    host::parse_attr(&dir.join("numa_node"), attr::parse_numa_node)
+fn read_numa(dir: &SysDir) -> Option<u32> {
+    dir.parse_attr("numa_node", attr::parse_numa_node)
         .ok()
         .flatten()
 }
@@ -616,16 +595,25 @@ fn read_rdma_of(dir: &SysDir) -> Result<Option<RdmaDevice>, HostError> {
 /// link is canonicalized.
 pub fn function_path(root: &HostRoot, addr: &PciAddr) -> Result<PathBuf, HostError> {
     let bus = root.pci_device(addr);
-    match std::fs::read_link(&bus) {
-        Ok(target) => match bus.parent().and_then(|p| lexical_join(p, &target)) {
-            Some(path) => Ok(path),
-            None => canonical(&bus),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(HostError::NoSuchFunction {
-            addr: *addr,
-            path: bus,
-        }),
-        Err(_) => canonical(&existing_dir(root, addr)?),
+    let target = match std::fs::read_link(&bus) {
+        Ok(target) => Some(target),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(HostError::NoSuchFunction {
+                addr: *addr,
+                path: bus,
+            });
+        }
+        Err(_) => None,
+    };
+    link_path(&bus, target)
+}
+
+/// Where the bus link `link` leads: its `target` (as read; `None` when it is no link)
+/// joined lexically, without a stat of the result; anything else canonicalized.
+fn link_path(link: &Path, target: Option<PathBuf>) -> Result<PathBuf, HostError> {
+    match target.and_then(|t| link.parent().and_then(|p| lexical_join(p, &t))) {
+        Some(path) => Ok(path),
+        None => canonical(link),
     }
 }
 

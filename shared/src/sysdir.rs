@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -31,14 +31,20 @@ pub struct SysDir {
 impl SysDir {
     /// The directory at `path`, links followed; `None` when there is nothing there.
     pub fn open(path: &Path) -> Result<Option<SysDir>, HostError> {
-        match openat(CWD, path, DIR_PATH, Mode::empty()) {
-            Ok(fd) => Ok(Some(SysDir {
-                fd,
-                path: path.to_path_buf(),
-            })),
+        Self::open_at(CWD, path, path.to_path_buf())
+    }
+
+    /// The directory `rel` below `dirfd`, known in messages as `path`.
+    fn open_at(
+        dirfd: BorrowedFd<'_>,
+        rel: &Path,
+        path: PathBuf,
+    ) -> Result<Option<SysDir>, HostError> {
+        match openat(dirfd, rel, DIR_PATH, Mode::empty()) {
+            Ok(fd) => Ok(Some(SysDir { fd, path })),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(HostError::Unreadable {
-                path: path.to_path_buf(),
+                path,
                 source: e.into(),
             }),
         }
@@ -56,17 +62,7 @@ impl SysDir {
 
     /// The subdirectory `rel`; `None` when absent.
     pub fn sub(&self, rel: &str) -> Result<Option<SysDir>, HostError> {
-        match openat(&self.fd, rel, DIR_PATH, Mode::empty()) {
-            Ok(fd) => Ok(Some(SysDir {
-                fd,
-                path: self.join(rel),
-            })),
-            Err(Errno::NOENT) => Ok(None),
-            Err(e) => Err(HostError::Unreadable {
-                path: self.join(rel),
-                source: e.into(),
-            }),
-        }
+        Self::open_at(self.fd.as_fd(), Path::new(rel), self.join(rel))
     }
 
     /// [`host::read_attr`] of `<path>/<rel>`.
@@ -98,19 +94,18 @@ impl SysDir {
 
     /// [`host::link_basename`] of `<path>/<rel>`.
     pub fn link_basename(&self, rel: &str) -> Result<Option<String>, HostError> {
-        match readlinkat(&self.fd, rel, Vec::new()) {
-            Ok(target) => Ok(host::basename(Path::new(OsStr::from_bytes(
-                target.as_bytes(),
-            )))),
-            Err(e) => host::absent_link(&self.join(rel), e.into()),
-        }
+        Ok(self.read_link(rel)?.as_deref().and_then(host::basename))
     }
 
     /// The target of the link `<path>/<rel>`; `None` when there is no link there.
     pub fn read_link(&self, rel: &str) -> Result<Option<PathBuf>, HostError> {
         match readlinkat(&self.fd, rel, Vec::new()) {
             Ok(target) => Ok(Some(PathBuf::from(OsStr::from_bytes(target.as_bytes())))),
-            Err(e) => host::absent_link(&self.join(rel), e.into()).map(|_| None),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(HostError::Unreadable {
+                path: self.join(rel),
+                source: e.into(),
+            }),
         }
     }
 
