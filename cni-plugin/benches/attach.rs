@@ -309,7 +309,7 @@ fn main() {
     let split = std::cell::RefCell::new(Vec::<(Duration, Duration)>::new());
     // Wall of each half (ADD / move in, DEL / move out) of three rows, to see where a
     // difference in wall lies.
-    let halves: [std::cell::RefCell<Vec<(Duration, Duration)>>; 3] = Default::default();
+    let halves: [std::cell::RefCell<Vec<(Duration, Duration)>>; 4] = Default::default();
     let timed = |i: usize, a: &mut dyn FnMut(), b: &mut dyn FnMut()| {
         let t0 = Instant::now();
         a();
@@ -333,6 +333,20 @@ fn main() {
     };
     // The kernel floor as two commands: into the pod as net1, and back under its name.
     let ip_in = || ip(&["link", "set", &name, "netns", pod.name(), "name", "net1"]);
+    // The same floor for an attach that leaves the link up in the pod, as ADD must: `ip`
+    // sends the move, the name and IFF_UP in one RTM_NEWLINK, as railvf does.
+    let ip_in_up = || {
+        ip(&[
+            "link",
+            "set",
+            &name,
+            "netns",
+            pod.name(),
+            "name",
+            "net1",
+            "up",
+        ])
+    };
     let ip_out = || {
         ip(&[
             "-n",
@@ -461,6 +475,25 @@ fn main() {
         )
         .prep(|| ip(&["link", "set", &name, "up"])),
     );
+    // A link that was up costs the kernel more to move out (`dev_close` and what bringing
+    // it up set up): the floor of every plugin that brings the VF up, railvf included.
+    let up_floor = rows.len();
+    rows.push(Row::new(
+        "kernel floor incl. link up: 2x `ip link set … netns` (in: `… up`)",
+        UsageWho::RUSAGE_CHILDREN,
+        true,
+        || timed(3, &mut { ip_in_up }, &mut { ip_out }),
+    ));
+    rows.push(Row::new(
+        "the same, 30 ms apart",
+        UsageWho::RUSAGE_CHILDREN,
+        true,
+        || {
+            ip_in_up();
+            apart();
+            ip_out();
+        },
+    ));
     if as_linked != dev_build {
         rows.push(Row::new(
             format!("  railvf ADD+DEL, cargo's {} build", linkage(dev_build)),
@@ -541,6 +574,16 @@ fn main() {
         paired_wall(apart_rv, apart_hd),
         apart_rv.cpu().as_secs_f64() / apart_hd.cpu().as_secs_f64()
     );
+    let (floor_up, apart_floor_up) = (&rows[up_floor], &rows[up_floor + 1]);
+    let up_floor_line = format!(
+        "railvf wall - kernel floor incl. link up (2x `ip link set … netns`, in with `up`) = {} ms between the medians, {} ms per cycle (target <= 2); 30 ms apart: {} ms, {} ms per cycle\nwhat bringing the link up costs the kernel, by `ip` alone: floor incl. link up - floor = {} ms between the medians, {} ms per cycle",
+        signed_ms(rv_wall, floor_up.wall()),
+        paired_wall(&rows[3], floor_up),
+        signed_ms(apart_rv.wall(), apart_floor_up.wall()),
+        paired_wall(apart_rv, apart_floor_up),
+        signed_ms(floor_up.wall(), floor_wall),
+        paired_wall(floor_up, &rows[1]),
+    );
     drop(rows);
     let split = split.into_inner();
     // The warm-up cycles are in `split` too; skip them.
@@ -554,6 +597,7 @@ fn main() {
         "2x `ip link set … netns`: in",
         "railvf: ADD",
         "host-device, VF up on the host: ADD",
+        "2x `ip link set … netns`, in with `up`: in",
     ]) {
         let h = h.borrow();
         let h = &h[3.min(h.len())..];
@@ -584,6 +628,7 @@ fn main() {
         rv_cpu.as_secs_f64() / hd_up.1.as_secs_f64()
     );
     println!("{apart_line}");
+    println!("{up_floor_line}");
     drop(sim);
 
     reaction(railvf, (cycles / 6).max(5));
