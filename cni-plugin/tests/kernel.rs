@@ -15,16 +15,13 @@ const VF2: &str = "0000:40:00.1";
 
 #[test]
 fn add_moves_the_vf_in_with_mtu_addresses_routes_and_del_brings_it_back() {
-    if !require_root() {
+    let Some(s) = Setup::new(small()) else {
         return;
-    }
+    };
     require_tool("/usr/lib/cni/host-local", "containernetworking-plugins");
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     let host_name = sim.vf(VF).unwrap().netdev;
-    let hl = tmp.path().join("hl");
+    let hl = s.tmp.path().join("hl");
     let conf = netconf(
         "1.1.0",
         "rdma-a",
@@ -86,14 +83,11 @@ fn add_moves_the_vf_in_with_mtu_addresses_routes_and_del_brings_it_back() {
 
 #[test]
 fn static_ipam_takes_runtime_config_ips_and_old_versions_get_old_results() {
-    if !require_root() {
+    let Some(s) = Setup::new(small()) else {
         return;
-    }
+    };
     require_tool("/usr/lib/cni/static", "containernetworking-plugins");
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     let conf = netconf(
         "0.4.0",
         "rdma-static",
@@ -116,13 +110,10 @@ fn static_ipam_takes_runtime_config_ips_and_old_versions_get_old_results() {
 
 #[test]
 fn add_waits_for_the_subnet_manager_to_assign_a_lid_after_the_guid() {
-    if !require_root() {
+    let Some(s) = Setup::new(small().lid_delay(Duration::from_millis(300))) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small().lid_delay(Duration::from_millis(300)));
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
+    };
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     let old = sim.vf(VF).unwrap().node_guid;
     let conf = netconf(
         "1.0.0",
@@ -178,18 +169,17 @@ fn assert_rolled_back(
 
 #[test]
 fn lid_zero_port_down_and_ethernet_fail_with_code_11_and_roll_back() {
-    if !require_root() {
+    let Some(s) = Setup::new(
+        small()
+            .fault(VF, Fault::LidZero)
+            .fault(VF2, Fault::PortDown)
+            .fault("0000:4f:00.1", Fault::EthFallback),
+    ) else {
         return;
-    }
+    };
     require_tool("/usr/lib/cni/host-local", "containernetworking-plugins");
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small()
-        .fault(VF, Fault::LidZero)
-        .fault(VF2, Fault::PortDown)
-        .fault("0000:4f:00.1", Fault::EthFallback));
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
-    let hl = tmp.path().join("hl");
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
+    let hl = s.tmp.path().join("hl");
     for (vf, needle) in [
         (
             VF,
@@ -367,15 +357,12 @@ fn different_vfs_attach_in_parallel_and_a_shared_vf_is_refused() {
 
 #[test]
 fn check_status_gc_and_version_through_the_binary() {
-    if !require_root() {
+    let Some(s) = Setup::new(small()) else {
         return;
-    }
+    };
     require_tool("/usr/lib/cni/host-local", "containernetworking-plugins");
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
-    let hl = tmp.path().join("hl");
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
+    let hl = s.tmp.path().join("hl");
     let conf = netconf(
         "1.1.0",
         "rdma-life",
@@ -400,7 +387,7 @@ fn check_status_gc_and_version_through_the_binary() {
     cni.run("STATUS", "", None, &conf).expect_ok();
     let bad = Cni {
         cni_path: "/nonexistent".into(),
-        ..Cni::new(&sim, tmp.path())
+        ..Cni::new(&sim, s.tmp.path())
     };
     assert_eq!(bad.run("STATUS", "", None, &conf).err().0, 50);
 

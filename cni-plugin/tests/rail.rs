@@ -134,25 +134,12 @@ fn conf(vf: &str, policy: Option<&str>) -> String {
 }
 
 fn run(cni: &Cni<'_>, verb: &str, cid: &str, pod: &Path, conf: &str, env: &[(&str, &str)]) -> Out {
-    use std::io::Write;
     let mut c = cni.command(verb, cid, "net1", Some(pod));
     c.env("CNI_ARGS", ARGS);
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut child = c.spawn().expect("spawn railvf");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    Out {
-        ok: o.status.success(),
-        stdout: String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    run_command(c, conf)
 }
 
 /// The fake kubelet with pod default/train-0 holding `gpus` (and its VF).
@@ -180,13 +167,10 @@ fn in_pod(pod: &TestNetns) -> bool {
 
 #[test]
 fn warn_attaches_across_rails_and_reports_the_mismatch() {
-    if !require_root() {
+    let Some(s) = Setup::new(small()) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
+    };
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     let gpus = uuids(&sim, &[GPU0, GPU1]);
     let fake = kubelet(&socket(&sim), &refs(&gpus), VF_RAIL5);
 
@@ -253,13 +237,10 @@ fn warn_attaches_across_rails_and_reports_the_mismatch() {
 
 #[test]
 fn require_refuses_across_rails_and_changes_nothing() {
-    if !require_root() {
+    let Some(s) = Setup::new(small()) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
+    };
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     let host_name = sim.vf(VF_RAIL5).unwrap().netdev;
     let gpus = uuids(&sim, &[GPU0, GPU1]);
     let _fake = kubelet(&socket(&sim), &refs(&gpus), VF_RAIL5);
@@ -361,13 +342,10 @@ fn matching_rails_pass_silently() {
 
 #[test]
 fn without_the_socket_warn_carries_on_and_require_refuses() {
-    if !require_root() {
+    let Some(s) = Setup::new(small()) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
+    };
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     assert!(!socket(&sim).exists());
 
     let c = conf(VF_RAIL5, Some("warn"));
@@ -419,13 +397,10 @@ fn without_the_socket_warn_carries_on_and_require_refuses() {
 
 #[test]
 fn index_ids_and_kubelets_without_get_work_too() {
-    if !require_root() {
+    let Some(s) = Setup::new(small()) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
+    };
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     // deviceIDStrategy: index, on a kubelet older than 1.27 (no Get): List is used.
     let fake = kubelet(&socket(&sim), &["0", "1"], VF_RAIL5);
     fake.set_get_mode(GetMode::Unimplemented);
@@ -462,13 +437,10 @@ fn index_ids_and_kubelets_without_get_work_too() {
 
 #[test]
 fn none_asks_kubelet_nothing_and_writes_no_event() {
-    if !require_root() {
+    let Some(s) = Setup::new(small()) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
+    };
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     let fake = kubelet(&socket(&sim), &["0"], VF_RAIL5);
     let c = conf(VF_RAIL5, Some("none"));
     let out = run(&cni, "ADD", "c-none", pod.path(), &c, &[]).expect_ok();
@@ -487,13 +459,10 @@ fn none_asks_kubelet_nothing_and_writes_no_event() {
 
 #[test]
 fn a_hanging_kubelet_costs_add_at_most_the_timeout() {
-    if !require_root() {
+    let Some(s) = Setup::new(small()) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
+    };
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     let fake = kubelet(&socket(&sim), &["5"], VF_RAIL5);
     fake.set_delay(Duration::from_secs(30));
     let c = conf(VF_RAIL5, Some("warn"));
@@ -523,15 +492,12 @@ fn a_hanging_kubelet_costs_add_at_most_the_timeout() {
 
 #[test]
 fn the_node_admin_can_name_another_socket() {
-    if !require_root() {
+    let Some(s) = Setup::new(small()) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
-    let pod = TestNetns::new().unwrap();
+    };
+    let (pod, cni) = (&s.pod, s.cni());
     // A kubelet with another --root-dir: the socket is outside the default path.
-    let other = tmp.path().join("k0s/kubelet/pod-resources/kubelet.sock");
+    let other = s.tmp.path().join("k0s/kubelet/pod-resources/kubelet.sock");
     let fake = kubelet(&other, &["0"], VF_RAIL0);
     let c = conf(VF_RAIL0, Some("require"));
     let env = [("RAILVF_PODRESOURCES_SOCKET", other.to_str().unwrap())];

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use railvf_sim::{SimNode, SimOptions};
+use railvf_sim::{SimNode, SimOptions, TestNetns, require_root};
 use serde_json::Value;
 
 /// Debian's reference plugins (host-local, static, host-device).
@@ -35,6 +35,33 @@ pub fn small() -> SimOptions {
     SimOptions::dgx_h200()
         .vfs_per_pf(1)
         .lid_delay(Duration::from_millis(0))
+}
+
+/// What most root tests start from: one pod netns, the simulated node and a private temp
+/// dir (state, IPAM files). Fields drop in this order: the pod first, as the tests' own
+/// locals did.
+pub struct Setup {
+    pub pod: TestNetns,
+    pub sim: SimNode,
+    pub tmp: tempfile::TempDir,
+}
+
+impl Setup {
+    /// `None`, after the loud skip notice, when not root.
+    pub fn new(opts: SimOptions) -> Option<Self> {
+        if !require_root() {
+            return None;
+        }
+        Some(Setup {
+            tmp: tempfile::tempdir().unwrap(),
+            sim: sim(opts),
+            pod: TestNetns::new().unwrap(),
+        })
+    }
+
+    pub fn cni(&self) -> Cni<'_> {
+        Cni::new(&self.sim, self.tmp.path())
+    }
 }
 
 /// One railvf invocation's outcome.
@@ -114,17 +141,7 @@ impl<'a> Cni<'a> {
     }
 
     pub fn spawn(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &str) -> Child {
-        let mut child = self
-            .command(verb, cid, "net1", netns)
-            .spawn()
-            .expect("spawn railvf");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.as_bytes())
-            .unwrap();
-        child
+        spawn_with_stdin(self.command(verb, cid, "net1", netns), conf)
     }
 
     pub fn run(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &str) -> Out {
@@ -139,22 +156,7 @@ impl<'a> Cni<'a> {
         netns: Option<&Path>,
         conf: &str,
     ) -> Out {
-        let mut child = self
-            .command(verb, cid, ifname, netns)
-            .spawn()
-            .expect("spawn railvf");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.as_bytes())
-            .unwrap();
-        let o = child.wait_with_output().unwrap();
-        Out {
-            ok: o.status.success(),
-            stdout: String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
+        run_command(self.command(verb, cid, ifname, netns), conf)
     }
 
     /// Files left in the state dir (lock files included).
@@ -166,6 +168,28 @@ impl<'a> Cni<'a> {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// Starts `c` (from [`Cni::command`]) with `conf` on its stdin.
+pub fn spawn_with_stdin(mut c: Command, conf: &str) -> Child {
+    let mut child = c.spawn().expect("spawn railvf");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
+    child
+}
+
+/// Runs `c` (from [`Cni::command`]) with `conf` on its stdin, to the end.
+pub fn run_command(c: Command, conf: &str) -> Out {
+    let o = spawn_with_stdin(c, conf).wait_with_output().unwrap();
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
 
