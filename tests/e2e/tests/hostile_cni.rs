@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use railvf_sim::{SimOptions, TestNetns, require_root};
+use railvf_sim::{TestNetns, require_root};
 use reliability_support::*;
 use serde_json::{Value, json};
 
@@ -75,12 +75,7 @@ fn bad_netconfs_and_environments_get_spec_errors_and_change_nothing() {
     }
     require_host_local();
     let tmp = tempfile::tempdir().unwrap();
-    let sim = SimOptions::dgx_h200()
-        .vfs_per_pf(1)
-        .storage_vfs_per_pf(1)
-        .lid_delay(Duration::from_millis(0))
-        .build()
-        .expect("sim");
+    let sim = fast_node(1).storage_vfs_per_pf(1).build().expect("sim");
     let mut cni = Cni::new(&sim, tmp.path());
     // Another build to hold the corpus against (e.g. an older release).
     if let Some(b) = std::env::var_os("RAILVF_HOSTILE_BIN") {

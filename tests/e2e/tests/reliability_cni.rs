@@ -139,11 +139,7 @@ fn the_same_vf_asked_for_at_once_goes_to_exactly_one_pod() {
     }
     require_host_local();
     let tmp = tempfile::tempdir().unwrap();
-    let sim = SimOptions::dgx_h200()
-        .vfs_per_pf(1)
-        .lid_delay(Duration::from_millis(0))
-        .build()
-        .expect("sim");
+    let sim = fast_node(1).build().expect("sim");
     let cni = Cni::new(&sim, tmp.path());
     let hl = tmp.path().join("hl");
     let net = "rel-race";
@@ -419,27 +415,11 @@ fn random_add_del_interleavings_lose_nothing() {
     require_host_local();
     const OPS: usize = 300;
     const PARALLEL: usize = 8;
-    let seed: u64 = std::env::var("RAILVF_RELIABILITY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    // Printed first, so a failure can be replayed with RAILVF_RELIABILITY_SEED.
-    summary(format!(
-        "random ADD/DEL mix: seed {seed} (replay: RAILVF_RELIABILITY_SEED={seed})"
-    ));
+    let seed = seed("random ADD/DEL mix");
     let mut rng = fastrand::Rng::with_seed(seed);
     let tmp = tempfile::tempdir().unwrap();
     // 16 VFs: several ADD/DEL cycles per VF.
-    let sim = SimOptions::dgx_h200()
-        .vfs_per_pf(2)
-        .lid_delay(Duration::from_millis(0))
-        .build()
-        .expect("sim");
+    let sim = fast_node(2).build().expect("sim");
     let cni = Cni::new(&sim, tmp.path());
     let hl = tmp.path().join("hl");
     let net = "rel-mix";

@@ -159,25 +159,10 @@ fn sigkill_at_random_moments_of_del_then_del_again_converges() {
         return;
     }
     require_host_local();
-    let seed: u64 = std::env::var("RAILVF_RELIABILITY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    summary(format!(
-        "DEL kills: seed {seed} (replay: RAILVF_RELIABILITY_SEED={seed})"
-    ));
+    let seed = seed("DEL kills");
     let mut rng = fastrand::Rng::with_seed(seed);
     let tmp = tempfile::tempdir().unwrap();
-    let sim = SimOptions::dgx_h200()
-        .vfs_per_pf(1)
-        .lid_delay(Duration::from_millis(0))
-        .build()
-        .expect("sim");
+    let sim = fast_node(1).build().expect("sim");
     let cni = Cni::new(&sim, tmp.path());
     let hl = tmp.path().join("hl");
     let net = "rel-delkill";
@@ -255,11 +240,7 @@ fn a_cut_or_overwritten_state_file_still_lets_del_converge_by_pci_address() {
     }
     require_host_local();
     let tmp = tempfile::tempdir().unwrap();
-    let sim = SimOptions::dgx_h200()
-        .vfs_per_pf(1)
-        .lid_delay(Duration::from_millis(0))
-        .build()
-        .expect("sim");
+    let sim = fast_node(1).build().expect("sim");
     let cni = Cni::new(&sim, tmp.path());
     let hl = tmp.path().join("hl");
     let net = "rel-corrupt";

@@ -9,9 +9,8 @@ mod reliability_support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
-use railvf_sim::{SimNode, SimOptions, TestNetns, VfInfo, require_root};
+use railvf_sim::{SimNode, TestNetns, VfInfo, require_root};
 use reliability_support::*;
 
 fn script(dir: &Path, name: &str, body: &str) {
@@ -93,11 +92,7 @@ echo '{"cniVersion":"1.0.0","ips":[{"address":"10.70.0.300/24"}]}'"#,
     );
     std::fs::write(bin.join("rv-noexec"), "#!/bin/sh\nexit 0\n").unwrap();
 
-    let sim = SimOptions::dgx_h200()
-        .vfs_per_pf(1)
-        .lid_delay(Duration::from_millis(0))
-        .build()
-        .expect("sim");
+    let sim = fast_node(1).build().expect("sim");
     let cni = Cni::new(&sim, tmp.path()).with_env("RAILVF_IPAM_TIMEOUT_MS", "300");
     let mut cni = cni;
     cni.cni_path = format!("{}:{CNI_DIR}", bin.display());
@@ -218,11 +213,7 @@ fn sysfs_attributes_missing_of_the_wrong_kind_or_unreadable_give_clear_errors() 
         "setpriv (util-linux) is needed to drop CAP_DAC_OVERRIDE"
     );
     let tmp = tempfile::tempdir().unwrap();
-    let sim = SimOptions::dgx_h200()
-        .vfs_per_pf(1)
-        .lid_delay(Duration::from_millis(0))
-        .build()
-        .expect("sim");
+    let sim = fast_node(1).build().expect("sim");
     let cni = Cni::new(&sim, tmp.path());
     let nodac = without_dac(&cni);
     let vfs = sim.vfs();

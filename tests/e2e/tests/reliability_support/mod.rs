@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use railvf_sim::{SimNode, VfInfo};
+use railvf_sim::{SimNode, SimOptions, VfInfo};
 use serde_json::Value;
 
 /// Debian's reference plugins (host-local).
@@ -32,6 +32,33 @@ pub fn require_host_local() {
 /// A summary line on the process's stderr (not captured by libtest), for docs/reliability.md.
 pub fn summary(line: impl AsRef<str>) {
     let _ = writeln!(std::io::stderr(), "reliability: {}", line.as_ref());
+}
+
+/// The simulated DGX H200 with `vfs_per_pf` VFs per compute PF and a subnet manager that
+/// assigns a LID at once: what the reliability tests run on (they test convergence, not
+/// the wait).
+pub fn fast_node(vfs_per_pf: u16) -> SimOptions {
+    SimOptions::dgx_h200()
+        .vfs_per_pf(vfs_per_pf)
+        .lid_delay(Duration::from_millis(0))
+}
+
+/// The seed of a randomized test: `RAILVF_RELIABILITY_SEED`, else the clock. Printed first
+/// (with `what` the test is), so that a failure can be replayed.
+pub fn seed(what: &str) -> u64 {
+    let seed = std::env::var("RAILVF_RELIABILITY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    summary(format!(
+        "{what}: seed {seed} (replay: RAILVF_RELIABILITY_SEED={seed})"
+    ));
+    seed
 }
 
 /// The `railvf` binary built with `--features test-faultpoints` into its own target dir
