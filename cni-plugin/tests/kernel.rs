@@ -201,7 +201,7 @@ fn lid_zero_port_down_and_ethernet_fail_with_code_11_and_roll_back() {
             ),
         );
         let out = cni.run("ADD", "c-fail", Some(pod.path()), &conf);
-        assert_rolled_back(&cni, &out, needle, &sim.vf(vf).unwrap().netdev, &hl, &pod);
+        assert_rolled_back(&cni, &out, needle, &sim.vf(vf).unwrap().netdev, &hl, pod);
         // The runtime's DEL after a failed ADD is a no-op that succeeds.
         cni.run("DEL", "c-fail", Some(pod.path()), &conf)
             .expect_ok();
@@ -387,7 +387,7 @@ fn check_status_gc_and_version_through_the_binary() {
     cni.run("STATUS", "", None, &conf).expect_ok();
     let bad = Cni {
         cni_path: "/nonexistent".into(),
-        ..Cni::new(&sim, s.tmp.path())
+        ..Cni::new(sim, s.tmp.path())
     };
     assert_eq!(bad.run("STATUS", "", None, &conf).err().0, 50);
 

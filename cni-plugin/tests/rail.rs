@@ -171,13 +171,13 @@ fn warn_attaches_across_rails_and_reports_the_mismatch() {
         return;
     };
     let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
-    let gpus = uuids(&sim, &[GPU0, GPU1]);
-    let fake = kubelet(&socket(&sim), &refs(&gpus), VF_RAIL5);
+    let gpus = uuids(sim, &[GPU0, GPU1]);
+    let fake = kubelet(&socket(sim), &refs(&gpus), VF_RAIL5);
 
     // warn is the default: no railPolicy in the config.
     let c = conf(VF_RAIL5, None);
     let out = run(&cni, "ADD", "c-warn", pod.path(), &c, &[]).expect_ok();
-    assert!(in_pod(&pod), "warn attaches the VF anyway");
+    assert!(in_pod(pod), "warn attaches the VF anyway");
     let r = out.json();
     assert_eq!(r["railvf"]["rail"]["vf"], 5);
     assert_eq!(r["railvf"]["rail"]["gpus"], serde_json::json!([0, 1]));
@@ -189,7 +189,7 @@ fn warn_attaches_across_rails_and_reports_the_mismatch() {
     );
     assert_eq!(fake.get_calls(), 1);
 
-    let ev = events(&sim);
+    let ev = events(sim);
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_event(
         &ev[0],
@@ -227,12 +227,12 @@ fn warn_attaches_across_rails_and_reports_the_mismatch() {
     }
 
     let del = run(&cni, "DEL", "c-warn", pod.path(), &c, &[]).expect_ok();
-    assert!(!in_pod(&pod));
+    assert!(!in_pod(pod));
     let del_lines = log_lines(&del, "c-warn", VF_RAIL5);
     let s = del_lines.iter().find(|l| l["steps"].is_object()).unwrap();
     assert_eq!(s["command"], "DEL");
     assert!(s["steps"]["teardown"].is_number(), "{s}");
-    assert_eq!(events(&sim).len(), 1, "DEL writes no rail event");
+    assert_eq!(events(sim).len(), 1, "DEL writes no rail event");
 }
 
 #[test]
@@ -242,8 +242,8 @@ fn require_refuses_across_rails_and_changes_nothing() {
     };
     let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     let host_name = sim.vf(VF_RAIL5).unwrap().netdev;
-    let gpus = uuids(&sim, &[GPU0, GPU1]);
-    let _fake = kubelet(&socket(&sim), &refs(&gpus), VF_RAIL5);
+    let gpus = uuids(sim, &[GPU0, GPU1]);
+    let _fake = kubelet(&socket(sim), &refs(&gpus), VF_RAIL5);
 
     let out = run(
         &cni,
@@ -266,14 +266,14 @@ fn require_refuses_across_rails_and_changes_nothing() {
         link(None, &host_name).is_some(),
         "VF still in the host netns"
     );
-    assert!(!in_pod(&pod));
+    assert!(!in_pod(pod));
     assert!(cni.state_files().is_empty(), "{:?}", cni.state_files());
     sim.sync().unwrap();
     assert_eq!(
         sim.vf(VF_RAIL5).unwrap().host_netdev.map(|h| h.name),
         Some(host_name)
     );
-    let ev = events(&sim);
+    let ev = events(sim);
     assert_eq!(ev.len(), 1);
     assert_event(
         &ev[0],
@@ -346,15 +346,15 @@ fn without_the_socket_warn_carries_on_and_require_refuses() {
         return;
     };
     let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
-    assert!(!socket(&sim).exists());
+    assert!(!socket(sim).exists());
 
     let c = conf(VF_RAIL5, Some("warn"));
     let out = run(&cni, "ADD", "c-nosock", pod.path(), &c, &[]).expect_ok();
-    assert!(in_pod(&pod));
+    assert!(in_pod(pod));
     let r = out.json();
     assert_eq!(r["railvf"]["rail"]["outcome"], "unknown");
     assert_eq!(r["railvf"]["rail"]["aligned"], Value::Null);
-    let ev = events(&sim);
+    let ev = events(sim);
     assert_eq!(ev.len(), 1);
     assert_event(
         &ev[0],
@@ -392,7 +392,7 @@ fn without_the_socket_warn_carries_on_and_require_refuses() {
     );
     assert!(link(None, &host_name).is_some());
     assert!(cni.state_files().is_empty());
-    assert_eq!(events(&sim).last().unwrap()["outcome"], "refused");
+    assert_eq!(events(sim).last().unwrap()["outcome"], "refused");
 }
 
 #[test]
@@ -402,7 +402,7 @@ fn index_ids_and_kubelets_without_get_work_too() {
     };
     let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
     // deviceIDStrategy: index, on a kubelet older than 1.27 (no Get): List is used.
-    let fake = kubelet(&socket(&sim), &["0", "1"], VF_RAIL5);
+    let fake = kubelet(&socket(sim), &["0", "1"], VF_RAIL5);
     fake.set_get_mode(GetMode::Unimplemented);
     let out = run(
         &cni,
@@ -430,7 +430,7 @@ fn index_ids_and_kubelets_without_get_work_too() {
     let c = conf(VF_RAIL5, Some("require"));
     let out = run(&cni, "ADD", "c-idx", pod.path(), &c, &[]).expect_ok();
     assert_eq!(out.json()["railvf"]["rail"]["gpus"], serde_json::json!([5]));
-    assert!(in_pod(&pod));
+    assert!(in_pod(pod));
     assert_eq!(fake.list_calls(), 2);
     run(&cni, "DEL", "c-idx", pod.path(), &c, &[]).expect_ok();
 }
@@ -441,13 +441,13 @@ fn none_asks_kubelet_nothing_and_writes_no_event() {
         return;
     };
     let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
-    let fake = kubelet(&socket(&sim), &["0"], VF_RAIL5);
+    let fake = kubelet(&socket(sim), &["0"], VF_RAIL5);
     let c = conf(VF_RAIL5, Some("none"));
     let out = run(&cni, "ADD", "c-none", pod.path(), &c, &[]).expect_ok();
-    assert!(in_pod(&pod));
+    assert!(in_pod(pod));
     assert!(out.json().get("railvf").is_none(), "{}", out.stdout);
     assert_eq!(fake.calls(), 0);
-    assert!(events(&sim).is_empty());
+    assert!(events(sim).is_empty());
     let lines = log_lines(&out, "c-none", VF_RAIL5);
     let s = lines.iter().find(|l| l["steps"].is_object()).unwrap();
     assert!(
@@ -463,7 +463,7 @@ fn a_hanging_kubelet_costs_add_at_most_the_timeout() {
         return;
     };
     let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
-    let fake = kubelet(&socket(&sim), &["5"], VF_RAIL5);
+    let fake = kubelet(&socket(sim), &["5"], VF_RAIL5);
     fake.set_delay(Duration::from_secs(30));
     let c = conf(VF_RAIL5, Some("warn"));
     let t = Instant::now();
@@ -471,8 +471,8 @@ fn a_hanging_kubelet_costs_add_at_most_the_timeout() {
     let took = t.elapsed();
     // 2 s bound on the kubelet exchange, plus the attach itself; generous for a loaded VM.
     assert!(took < Duration::from_secs(8), "{took:?}");
-    assert!(in_pod(&pod));
-    let ev = events(&sim);
+    assert!(in_pod(pod));
+    let ev = events(sim);
     assert_eq!(ev[0]["outcome"], "unknown");
     assert!(
         ev[0]["reason"]
