@@ -186,7 +186,7 @@ async fn the_seed_config_registers_and_warns() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let plugin = Plugin::start(sim.root(), &dirs, Some(&file("seed-dgx-h200.json")), &[]);
+    let plugin = start_plugin(sim.root(), &dirs, Some(&file("seed-dgx-h200.json")), &[]);
     let reg = registration(&mut kubelet, &plugin).await;
     assert_eq!(reg.request.resource_name, RESOURCE);
     let mut client = reg.client;
@@ -205,7 +205,7 @@ async fn two_resources_register_side_by_side() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let plugin = Plugin::start(sim.root(), &dirs, Some(&file("two-resources.json")), &[]);
+    let plugin = start_plugin(sim.root(), &dirs, Some(&file("two-resources.json")), &[]);
     let mut regs = [
         registration(&mut kubelet, &plugin).await,
         registration(&mut kubelet, &plugin).await,

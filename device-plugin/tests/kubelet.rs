@@ -34,7 +34,7 @@ async fn start() -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let plugin = Plugin::start(sim.root(), &dirs, None, &[]);
+    let plugin = start_plugin(sim.root(), &dirs, None, &[]);
     Env {
         sim,
         _tmp: tmp,
@@ -50,14 +50,6 @@ fn pref_req(available: &[String], must: &[String], size: i32) -> PreferredAlloca
             available_device_i_ds: available.to_vec(),
             must_include_device_i_ds: must.to_vec(),
             allocation_size: size,
-        }],
-    }
-}
-
-fn alloc_req(ids: &[&str]) -> AllocateRequest {
-    AllocateRequest {
-        container_requests: vec![ContainerAllocateRequest {
-            devices_ids: ids.iter().map(|s| s.to_string()).collect(),
         }],
     }
 }
@@ -421,7 +413,7 @@ async fn kubelet_not_up_yet_is_retried() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::not_started(&dirs.kubelet);
-    let mut plugin = Plugin::start(sim.root(), &dirs, None, &[]);
+    let mut plugin = start_plugin(sim.root(), &dirs, None, &[]);
     // Wait until the plugin has tried and said why it cannot register.
     let deadline = std::time::Instant::now() + GUARD;
     while !plugin.log().contains("kubelet is not running yet") {
@@ -451,7 +443,7 @@ async fn a_vf_in_a_pod_with_rdma_isolation_stays_advertised() {
         std::fs::remove_dir_all(vf.sysfs_dir.join(sub)).unwrap();
     }
     e.plugin.terminate();
-    let plugin = Plugin::start(e.sim.root(), &e.dirs, None, &[]);
+    let plugin = start_plugin(e.sim.root(), &e.dirs, None, &[]);
     let mut client = registration(&mut e.kubelet, &plugin).await.client;
     let mut stream = list_and_watch(&mut client).await;
     let id = vf.pci.to_string();
@@ -490,7 +482,7 @@ async fn a_vf_moved_into_a_pod_namespace_survives_a_plugin_restart() {
     let pod = railvf_sim::TestNetns::new().unwrap();
     railvf_sim::ip(&["link", "set", &vf.netdev, "netns", pod.name()]).unwrap();
     sim.wait_netdev(vf.pci, None, GUARD).unwrap();
-    let plugin = Plugin::start(sim.root(), &dirs, None, &[]);
+    let plugin = start_plugin(sim.root(), &dirs, None, &[]);
     let mut client = registration(&mut kubelet, &plugin).await.client;
     let mut stream = list_and_watch(&mut client).await;
     let l = wait_list(&mut stream, "64 devices", |l| l.len() == 64).await;

@@ -7,10 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use railvf_proto::fake_kubelet::FakeKubelet;
-use railvf_proto::v1beta1::{
-    AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest,
-    PreferredAllocationRequest,
-};
+use railvf_proto::v1beta1::{ContainerPreferredAllocationRequest, PreferredAllocationRequest};
 use railvf_sim::{Fault, SimNode, SimOptions};
 use support::*;
 
@@ -28,14 +25,6 @@ fn check_failed(vf: &str, check: &str) -> String {
     format!(r#"railvf_vf_check_failed{{resource="{RESOURCE}",vf="{vf}",check="{check}"}}"#)
 }
 
-fn alloc_req(ids: &[&str]) -> AllocateRequest {
-    AllocateRequest {
-        container_requests: vec![ContainerAllocateRequest {
-            devices_ids: ids.iter().map(|s| s.to_string()).collect(),
-        }],
-    }
-}
-
 /// Port DOWN, Allocate and GetPreferredAllocation move the figures; `/healthz` follows the
 /// registration: 200 while registered, 503 with the reason once kubelet is gone and the
 /// re-registration keeps failing, 200 again when kubelet is back.
@@ -45,7 +34,7 @@ async fn metrics_and_healthz_follow_health_allocations_and_registration() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = Plugin::start(sim.root(), &dirs, None, METRICS);
+    let mut plugin = start_plugin(sim.root(), &dirs, None, METRICS);
     let addr = metrics_addr(&mut plugin).await;
     let mut client = registration(&mut kubelet, &plugin).await.client;
 
@@ -272,7 +261,7 @@ async fn rail_events_are_counted_logged_and_deleted() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = Plugin::start(sim.root(), &dirs, None, METRICS);
+    let mut plugin = start_plugin(sim.root(), &dirs, None, METRICS);
     let addr = metrics_addr(&mut plugin).await;
     let _ = registration(&mut kubelet, &plugin).await;
     let dir = sim.root().join("run/railvf/rail-events");
@@ -392,7 +381,7 @@ async fn log_lines_carry_per_operation_fields() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = Plugin::start(sim.root(), &dirs, None, &[]);
+    let mut plugin = start_plugin(sim.root(), &dirs, None, &[]);
     let mut client = registration(&mut kubelet, &plugin).await.client;
     client
         .allocate(alloc_req(&["0000:18:00.1", "0000:40:00.1"]))
@@ -423,7 +412,7 @@ async fn log_lines_carry_per_operation_fields() {
     drop(client);
     plugin.terminate();
 
-    let mut plugin = Plugin::start(sim.root(), &dirs, None, &["--log-format", "text"]);
+    let mut plugin = start_plugin(sim.root(), &dirs, None, &["--log-format", "text"]);
     let _ = registration(&mut kubelet, &plugin).await;
     let log = wait_log(&mut plugin, "registered with kubelet").await;
     assert!(

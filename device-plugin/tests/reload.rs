@@ -116,7 +116,7 @@ async fn a_swapped_configmap_changes_resources_without_a_restart() {
         ]),
     );
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = Plugin::start(
+    let mut plugin = start_plugin(
         sim.root(),
         &dirs,
         Some(&cm.path()),
@@ -245,7 +245,7 @@ async fn a_plain_config_file_is_reloaded_in_place() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, config(&[resource("a", &["0000:18:00.0"])])).unwrap();
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = Plugin::start(sim.root(), &dirs, Some(Path::new(&path)), &[]);
+    let mut plugin = start_plugin(sim.root(), &dirs, Some(Path::new(&path)), &[]);
     let mut client = registration(&mut kubelet, &plugin).await.client;
     let mut s = list_and_watch(&mut client).await;
     wait_list(&mut s, "8 devices with NUMA", |l| {

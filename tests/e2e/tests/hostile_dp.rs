@@ -52,7 +52,7 @@ async fn bad_grpc_requests_are_refused_and_the_plugin_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = Plugin::start(sim.root(), &dirs);
+    let mut plugin = dp::start(sim.root(), &dirs);
     let mut client = registration(&mut kubelet, &plugin).await.client;
     let all: Vec<String> = sim.vfs().iter().map(|v| v.pci.to_string()).collect();
     let good = all[0].clone();

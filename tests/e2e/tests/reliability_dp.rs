@@ -16,7 +16,7 @@ use std::time::Duration;
 use railvf_proto::fake_kubelet::FakeKubelet;
 use railvf_proto::v1beta1::Empty;
 use railvf_sim::{SimOptions, TestNetns, require_root};
-use reliability_support::dp::{self, Dirs, Plugin, alloc_req, registration, view, wait_list};
+use reliability_support::dp::{self, Dirs, alloc_req, registration, view, wait_list};
 use reliability_support::*;
 use tonic::Code;
 
@@ -32,9 +32,9 @@ async fn sigkill_and_restart_while_vfs_are_in_pods_keeps_ids_health_and_allocati
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = Plugin::start(sim.root(), &dirs);
+    let mut plugin = dp::start(sim.root(), &dirs);
     let mut client = registration(&mut kubelet, &plugin).await.client;
-    let mut s = dp::stream(&mut client).await;
+    let mut s = dp::list_and_watch(&mut client).await;
     let before = wait_list(&mut s, "64 healthy", |l| {
         l.len() == 64 && l.iter().all(|d| d.health == "Healthy")
     })
@@ -83,10 +83,10 @@ async fn sigkill_and_restart_while_vfs_are_in_pods_keeps_ids_health_and_allocati
             dirs.kubelet.join(dp::SOCKET).exists(),
             "a SIGKILL leaves the socket"
         );
-        plugin = Plugin::start(sim.root(), &dirs);
+        plugin = dp::start(sim.root(), &dirs);
         let reg = registration(&mut kubelet, &plugin).await;
         client = reg.client;
-        let mut s = dp::stream(&mut client).await;
+        let mut s = dp::list_and_watch(&mut client).await;
         let after = wait_list(&mut s, "64 devices", |l| l.len() == 64).await;
         assert_eq!(
             view(&after),
@@ -119,7 +119,7 @@ async fn sigkill_and_restart_while_vfs_are_in_pods_keeps_ids_health_and_allocati
     for v in &vfs {
         assert_home(&sim, v);
     }
-    let mut s = dp::stream(&mut client).await;
+    let mut s = dp::list_and_watch(&mut client).await;
     wait_list(&mut s, "64 healthy after the DELs", |l| {
         l.len() == 64 && l.iter().all(|d| d.health == "Healthy")
     })
@@ -164,7 +164,7 @@ async fn a_read_only_or_missing_devinfo_dir_gives_a_clear_allocate_error() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = Plugin::start(sim.root(), &dirs);
+    let mut plugin = dp::start(sim.root(), &dirs);
     let mut client = registration(&mut kubelet, &plugin).await.client;
     let id = sim.vfs()[0].pci.to_string();
     let mut faults = 0;
@@ -222,9 +222,9 @@ async fn kubelet_socket_vanishing_mid_stream_and_its_directory_recreated() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = Plugin::start(sim.root(), &dirs);
+    let mut plugin = dp::start(sim.root(), &dirs);
     let mut client = registration(&mut kubelet, &plugin).await.client;
-    let mut s = dp::stream(&mut client).await;
+    let mut s = dp::list_and_watch(&mut client).await;
     wait_list(&mut s, "64 devices", |l| l.len() == 64).await;
     let mut faults = 0;
 
@@ -235,7 +235,7 @@ async fn kubelet_socket_vanishing_mid_stream_and_its_directory_recreated() {
         faults += 1;
         let reg = registration(&mut kubelet, &plugin).await;
         client = reg.client;
-        let mut s = dp::stream(&mut client).await;
+        let mut s = dp::list_and_watch(&mut client).await;
         wait_list(&mut s, "64 devices", |l| l.len() == 64).await;
     }
 
@@ -249,7 +249,7 @@ async fn kubelet_socket_vanishing_mid_stream_and_its_directory_recreated() {
     faults += 1;
     let reg = registration(&mut kubelet, &plugin).await;
     client = reg.client;
-    let mut s = dp::stream(&mut client).await;
+    let mut s = dp::list_and_watch(&mut client).await;
     wait_list(&mut s, "64 devices after the directory came back", |l| {
         l.len() == 64
     })
@@ -284,9 +284,9 @@ async fn sysfs_attributes_broken_at_start_do_not_crash_the_plugin() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = Dirs::new(tmp.path());
     let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = Plugin::start(sim.root(), &dirs);
+    let mut plugin = dp::start(sim.root(), &dirs);
     let mut client = registration(&mut kubelet, &plugin).await.client;
-    let mut s = dp::stream(&mut client).await;
+    let mut s = dp::list_and_watch(&mut client).await;
     let id = |i: usize| vfs[i].pci.to_string();
     let list = wait_list(&mut s, "the broken VFs unhealthy", |l| {
         [0, 1]

@@ -469,177 +469,21 @@ pub fn guid_files(sim: &SimNode, vf: &VfInfo) -> (String, String) {
     (r("node"), r("port"))
 }
 
-/// The real `railvf-device-plugin` against the fake kubelet of `railvf-proto`.
+/// The real `railvf-device-plugin` against the fake kubelet of `railvf-proto`
+/// (`railvf-testkit`, shared with the device plugin's own tests).
 pub mod dp {
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::time::Duration;
+    use std::path::Path;
 
-    use railvf_proto::fake_kubelet::{FakeKubelet, Registered};
-    use railvf_proto::v1beta1::device_plugin_client::DevicePluginClient;
-    use railvf_proto::v1beta1::{
-        AllocateRequest, ContainerAllocateRequest, Device, Empty, ListAndWatchResponse,
-    };
-    use tonic::Streaming;
-    use tonic::transport::Channel;
+    pub use railvf_testkit::device_plugin::*;
 
-    /// Hang guard for anything the tests wait on: generous, never a measurement.
-    pub const GUARD: Duration = Duration::from_secs(30);
-    /// The socket of the default resource.
-    pub const SOCKET: &str = "railvf-dgx_h200_vfs.sock";
-
-    pub struct Dirs {
-        pub kubelet: PathBuf,
-        pub devinfo: PathBuf,
-        pub work: PathBuf,
-    }
-
-    impl Dirs {
-        pub fn new(tmp: &Path) -> Dirs {
-            let d = Dirs {
-                kubelet: tmp.join("device-plugins"),
-                devinfo: tmp.join("devinfo"),
-                work: tmp.to_path_buf(),
-            };
-            std::fs::create_dir_all(&d.kubelet).unwrap();
-            d
-        }
-    }
-
-    /// A running plugin; SIGKILLed on drop if still running.
-    pub struct Plugin {
-        child: Option<Child>,
-        pub log: PathBuf,
-    }
-
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-    impl Plugin {
-        pub fn start(root: &Path, dirs: &Dirs) -> Plugin {
-            let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let log = dirs.work.join(format!("plugin-{n}.log"));
-            // Never pick up a real /etc/railvf/config.json of the machine running tests.
-            let config = dirs.work.join("no-config.json");
-            std::fs::write(&config, "{}").unwrap();
-            let child = Command::new(railvf_e2e::bin_path("railvf-device-plugin"))
-                .arg("serve")
-                .arg("--host-root")
-                .arg(root)
-                .arg("--kubelet-dir")
-                .arg(&dirs.kubelet)
-                .arg("--devinfo-dir")
-                .arg(&dirs.devinfo)
-                .arg("--config")
-                .arg(&config)
-                .args(["--health-interval-ms", "50", "--log-level", "debug"])
-                .env_clear()
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("spawn railvf-device-plugin");
-            Plugin {
-                child: Some(child),
-                log,
-            }
-        }
-
-        pub fn log(&self) -> String {
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        }
-
-        /// SIGKILL (the OOM killer, a node agent, `kubectl delete --force`).
-        pub fn kill9(&mut self) {
-            let mut c = self.child.take().expect("plugin running");
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-
-        /// Fails the test with the log if the plugin has exited or panicked.
-        pub fn assert_running(&mut self) {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("plugin exited ({st}); log:\n{}", self.log());
-            }
-            self.assert_no_panic();
-        }
-
-        pub fn assert_no_panic(&self) {
-            let log = self.log();
-            assert!(!log.contains("panicked"), "plugin panicked:\n{log}");
-        }
-    }
-
-    impl Drop for Plugin {
-        fn drop(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-
-    /// The next registration, failing with the plugin's log on timeout.
-    pub async fn registration(k: &mut FakeKubelet, p: &Plugin) -> Registered {
-        match k.next_registration(GUARD).await {
-            Some(r) => r,
-            None => panic!("no registration within {GUARD:?}; plugin log:\n{}", p.log()),
-        }
-    }
-
-    pub async fn stream(
-        client: &mut DevicePluginClient<Channel>,
-    ) -> Streaming<ListAndWatchResponse> {
-        client.list_and_watch(Empty {}).await.unwrap().into_inner()
-    }
-
-    /// Reads lists until `pred` holds for one; returns it.
-    pub async fn wait_list(
-        stream: &mut Streaming<ListAndWatchResponse>,
-        what: &str,
-        pred: impl Fn(&[Device]) -> bool,
-    ) -> Vec<Device> {
-        let fut = async {
-            loop {
-                let r = stream
-                    .message()
-                    .await
-                    .unwrap_or_else(|e| panic!("stream failed while waiting for {what}: {e}"))
-                    .unwrap_or_else(|| panic!("stream ended while waiting for {what}"));
-                if pred(&r.devices) {
-                    return r.devices;
-                }
-            }
-        };
-        tokio::time::timeout(GUARD, fut)
-            .await
-            .unwrap_or_else(|_| panic!("no device list with {what} within {GUARD:?}"))
-    }
-
-    pub fn alloc_req(ids: &[&str]) -> AllocateRequest {
-        AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: ids.iter().map(|s| s.to_string()).collect(),
-            }],
-        }
-    }
-
-    /// (id, health, NUMA nodes) of every device, sorted: what kubelet sees.
-    pub fn view(list: &[Device]) -> Vec<(String, String, Vec<i64>)> {
-        let mut v: Vec<_> = list
-            .iter()
-            .map(|d| {
-                (
-                    d.id.clone(),
-                    d.health.clone(),
-                    d.topology
-                        .as_ref()
-                        .map(|t| t.nodes.iter().map(|n| n.id).collect())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
+    /// Starts the workspace's `railvf-device-plugin` binary with no config file.
+    pub fn start(root: &Path, dirs: &Dirs) -> Plugin {
+        Plugin::start(
+            &railvf_e2e::bin_path("railvf-device-plugin"),
+            root,
+            dirs,
+            None,
+            &[],
+        )
     }
 }

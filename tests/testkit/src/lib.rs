@@ -1,0 +1,4 @@
+//! Test helpers shared by more than one test suite. Only tests depend on this crate.
+#![forbid(unsafe_code)]
+
+pub mod device_plugin;
