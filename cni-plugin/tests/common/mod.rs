@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use railvf_sim::{SimNode, SimOptions, TestNetns, require_root};
-use serde_json::Value;
+pub use railvf_testkit::cni::Out;
+pub use railvf_testkit::ip::*;
 
 /// Debian's reference plugins (host-local, static, host-device).
 pub const CNI_DIR: &str = "/usr/lib/cni";
@@ -61,46 +62,6 @@ impl Setup {
 
     pub fn cni(&self) -> Cni<'_> {
         Cni::new(&self.sim, self.tmp.path())
-    }
-}
-
-/// One railvf invocation's outcome.
-#[derive(Debug)]
-pub struct Out {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Out {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}): {:?}\nstderr: {}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-    /// The spec error object of a failed call.
-    pub fn err(&self) -> (u64, String) {
-        assert!(!self.ok, "expected a failure, got success: {}", self.stdout);
-        let v = self.json();
-        (
-            v["code"].as_u64().expect("error code"),
-            format!(
-                "{} | {}",
-                v["msg"].as_str().unwrap_or(""),
-                v["details"].as_str().unwrap_or("")
-            ),
-        )
-    }
-    pub fn expect_ok(self) -> Self {
-        assert!(
-            self.ok,
-            "railvf failed: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        self
     }
 }
 
@@ -185,71 +146,7 @@ pub fn spawn_with_stdin(mut c: Command, conf: &str) -> Child {
 
 /// Runs `c` (from [`Cni::command`]) with `conf` on its stdin, to the end.
 pub fn run_command(c: Command, conf: &str) -> Out {
-    let o = spawn_with_stdin(c, conf).wait_with_output().unwrap();
-    Out {
-        ok: o.status.success(),
-        stdout: String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-/// `ip [-n ns] -j <args>` parsed.
-pub fn ip_json(ns: Option<&str>, args: &[&str]) -> Value {
-    let mut c = Command::new("ip");
-    if let Some(n) = ns {
-        c.args(["-n", n]);
-    }
-    c.arg("-j").args(args);
-    let o = c.output().expect("run ip");
-    if !o.status.success() {
-        return Value::Array(vec![]);
-    }
-    serde_json::from_slice(&o.stdout).unwrap_or(Value::Array(vec![]))
-}
-
-/// The link `name` in `ns` (None: host), as `ip -j link show` prints it.
-pub fn link(ns: Option<&str>, name: &str) -> Option<Value> {
-    ip_json(ns, &["link", "show", "dev", name])
-        .as_array()
-        .and_then(|a| a.first().cloned())
-}
-
-/// IPv4 addresses (`a.b.c.d/nn`) of `name` in `ns`.
-pub fn addrs4(ns: Option<&str>, name: &str) -> Vec<String> {
-    let v = ip_json(ns, &["-4", "addr", "show", "dev", name]);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
-        .collect()
-}
-
-/// IPv4 routes of `ns` as `dst via gw dev`.
-pub fn routes4(ns: &str) -> Vec<String> {
-    ip_json(Some(ns), &["-4", "route", "show"])
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            format!(
-                "{} via {} dev {}",
-                r["dst"].as_str().unwrap_or(""),
-                r["gateway"].as_str().unwrap_or("-"),
-                r["dev"].as_str().unwrap_or("")
-            )
-        })
-        .collect()
-}
-
-/// Names of the links of `ns`.
-pub fn link_names(ns: &str) -> Vec<String> {
-    ip_json(Some(ns), &["link", "show"])
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-        .collect()
+    Out::from(spawn_with_stdin(c, conf).wait_with_output().unwrap())
 }
 
 /// Polls `cond` every 5 ms up to `timeout` (never asserts on time: returns whether it held).

@@ -82,7 +82,7 @@ fn sixty_four_adds_at_once_put_every_vf_in_its_own_pod() {
             pods[i].name()
         );
         assert_eq!(pod_links(pods[i].name()), vec!["net1".to_string()]);
-        assert_eq!(addrs4(pods[i].name(), "net1"), vec![ip.clone()]);
+        assert_eq!(addrs4(Some(pods[i].name()), "net1"), vec![ip.clone()]);
         assert!(
             vf_name_in(&sim, None, &bdf).is_none(),
             "VF {bdf} still in the host"

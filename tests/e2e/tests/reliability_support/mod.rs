@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -99,70 +98,8 @@ pub fn faultpoint_bin() -> PathBuf {
     p
 }
 
-/// One railvf invocation's outcome.
-#[derive(Debug)]
-pub struct Out {
-    pub ok: bool,
-    /// The signal that ended it, if one did (SIGKILL at a fault point: 9).
-    pub signal: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Out {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}): {:?}\nstderr: {}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-
-    /// The spec error object of a failed call: checks its shape, returns code and text.
-    pub fn err(&self) -> (u64, String) {
-        assert!(!self.ok, "expected a failure, got success: {}", self.stdout);
-        let v = self.json();
-        assert!(
-            v["cniVersion"].as_str().is_some_and(|s| !s.is_empty()),
-            "error object without cniVersion: {}",
-            self.stdout
-        );
-        assert!(
-            v["msg"].as_str().is_some_and(|s| !s.is_empty()),
-            "error object without msg: {}",
-            self.stdout
-        );
-        (
-            v["code"]
-                .as_u64()
-                .expect("error object without a numeric code"),
-            format!(
-                "{} | {}",
-                v["msg"].as_str().unwrap_or(""),
-                v["details"].as_str().unwrap_or("")
-            ),
-        )
-    }
-
-    pub fn expect_ok(self) -> Self {
-        assert!(
-            self.ok,
-            "railvf failed: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        self.assert_no_panic();
-        self
-    }
-
-    pub fn assert_no_panic(&self) {
-        assert!(
-            !self.stderr.contains("panicked"),
-            "railvf panicked:\n{}",
-            self.stderr
-        );
-    }
-}
+pub use railvf_testkit::cni::Out;
+pub use railvf_testkit::ip::*;
 
 /// The environment of one test: sim root, private state dir, CNI_PATH, which binary.
 #[derive(Clone)]
@@ -260,13 +197,7 @@ pub fn wait_for(mut child: Child, guard: Duration) -> Result<Out, String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let o = child.wait_with_output().unwrap();
-    Ok(Out {
-        ok: o.status.success(),
-        signal: o.status.signal(),
-        stdout: String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    })
+    Ok(Out::from(child.wait_with_output().unwrap()))
 }
 
 /// Waits for a railvf process (hang guard: killed and failed after [`GUARD`]).
@@ -287,35 +218,7 @@ pub fn wait(mut child: Child) -> Out {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let o = child.wait_with_output().unwrap();
-    Out {
-        ok: o.status.success(),
-        signal: o.status.signal(),
-        stdout: String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-/// `ip [-n ns] -j <args>` parsed (an empty array when `ip` fails).
-pub fn ip_json(ns: Option<&str>, args: &[&str]) -> Value {
-    let mut c = Command::new("ip");
-    if let Some(n) = ns {
-        c.args(["-n", n]);
-    }
-    c.arg("-j").args(args);
-    let o = c.output().expect("run ip");
-    if !o.status.success() {
-        return Value::Array(vec![]);
-    }
-    serde_json::from_slice(&o.stdout).unwrap_or(Value::Array(vec![]))
-}
-
-/// The links of `ns` (None: the host), as `ip -j link show` prints them.
-pub fn links(ns: Option<&str>) -> Vec<Value> {
-    ip_json(ns, &["link", "show"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    Out::from(child.wait_with_output().unwrap())
 }
 
 /// The sim tags each VF veth with the alias `railvf-sim:<tag>:<bdf>` (the tag is unique per
@@ -336,26 +239,6 @@ pub fn vf_name_in(sim: &SimNode, ns: Option<&str>, vf: &str) -> Option<String> {
         .iter()
         .find(|l| vf_of_link(sim, l).as_deref() == Some(vf))
         .and_then(|l| l["ifname"].as_str().map(str::to_string))
-}
-
-/// Names of the links of `ns` other than `lo`.
-pub fn pod_links(ns: &str) -> Vec<String> {
-    links(Some(ns))
-        .iter()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-        .filter(|n| n != "lo")
-        .collect()
-}
-
-/// IPv4 addresses (`a.b.c.d/nn`) of `name` in `ns`.
-pub fn addrs4(ns: &str, name: &str) -> Vec<String> {
-    ip_json(Some(ns), &["-4", "addr", "show", "dev", name])
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
-        .collect()
 }
 
 /// Is the VF home: in the host namespace under its original name, by the sim's mirror AND
