@@ -265,7 +265,8 @@ impl Node {
                 _ => {}
             }
         }
-        let gpus = inventory::gpus_in_pci_order(root, gpu_addrs)?;
+        let gpus =
+            inventory::gpus_in_pci_order(root, inventory::numbered_gpus(root, || Ok(gpu_addrs))?)?;
         let gpu_count = gpus.len();
         let inv = Inventory {
             pfs,

@@ -293,7 +293,7 @@ impl Inventory {
                 vf.index = *n;
             }
         }
-        inv.gpus = gpus_in_pci_order(root, gpu_addrs)?;
+        inv.gpus = gpus_in_pci_order(root, numbered_gpus(root, || Ok(gpu_addrs))?)?;
         Ok(inv)
     }
 
@@ -522,31 +522,47 @@ pub fn gpus_in_pci_order(root: &HostRoot, addrs: Vec<PciAddr>) -> Result<Vec<Gpu
         .collect()
 }
 
-/// The node's GPU sites without an inventory scan (the CNI's hot path): the functions bound
-/// to the NVIDIA driver (`drivers/nvidia/<bdf>`), or, with no such driver directory, every
-/// PCI function whose class says GPU.
-pub fn scan_gpu_sites(root: &HostRoot) -> Result<Vec<GpuSite>, HostError> {
+/// The GPUs `nvidia-smi` numbers: the functions bound to the NVIDIA driver
+/// (`drivers/nvidia/<bdf>`). With none bound (the driver not loaded yet, a tree without it),
+/// every NVIDIA GPU that `class_scan` finds. Every program numbers GPUs from this one set,
+/// so that a GPU bound to another driver (vfio-pci, to pass it to a VM) shifts the numbers
+/// of the others alike in the CNI, the device plugin and `inspect`.
+pub fn numbered_gpus(
+    root: &HostRoot,
+    class_scan: impl FnOnce() -> Result<Vec<PciAddr>, HostError>,
+) -> Result<Vec<PciAddr>, HostError> {
     let bound: Vec<PciAddr> = host::list_dir(&root.pci_driver("nvidia"))?
         .iter()
         .filter_map(|n| n.parse().ok())
         .collect();
-    if !bound.is_empty() {
-        return gpu_sites_in_pci_order(root, bound);
+    if bound.is_empty() {
+        class_scan()
+    } else {
+        Ok(bound)
     }
-    let devices = root.join("sys/bus/pci/devices");
-    let mut addrs = Vec::new();
-    for name in host::list_dir(&devices)? {
-        let Ok(addr) = name.parse::<PciAddr>() else {
-            continue;
-        };
-        let dir = devices.join(&name);
-        let Ok(class) = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex) else {
-            continue;
-        };
-        if is_nvidia_gpu(&dir, class)? {
-            addrs.push(addr);
+}
+
+/// The node's GPU sites without an inventory scan (the CNI's hot path), numbered from
+/// [`numbered_gpus`]: the full scan of every PCI function's class only when no GPU is bound
+/// to the NVIDIA driver.
+pub fn scan_gpu_sites(root: &HostRoot) -> Result<Vec<GpuSite>, HostError> {
+    let addrs = numbered_gpus(root, || {
+        let devices = root.join("sys/bus/pci/devices");
+        let mut addrs = Vec::new();
+        for name in host::list_dir(&devices)? {
+            let Ok(addr) = name.parse::<PciAddr>() else {
+                continue;
+            };
+            let dir = devices.join(&name);
+            let Ok(class) = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex) else {
+                continue;
+            };
+            if is_nvidia_gpu(&dir, class)? {
+                addrs.push(addr);
+            }
         }
-    }
+        Ok(addrs)
+    })?;
     gpu_sites_in_pci_order(root, addrs)
 }
 

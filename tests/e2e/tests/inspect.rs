@@ -2,6 +2,7 @@
 //! and every readiness check, against the public facts (tests/topologies/dgx-h200.json).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 
 use railvf_sim::{Fault, SimOptions, require_root};
@@ -309,4 +310,100 @@ fn missing_or_half_populated_trees_are_clear_errors() {
         "{line}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Every compute PF's rail as the three programs see it: `inspect` (the inventory scan), the
+/// device plugin's node scan, and the CNI (its GPU sites and the PF's path).
+fn rails_by_program(root: &Path) -> Vec<(String, Value, Option<u32>, Option<u32>)> {
+    let host = railvf_host::HostRoot::new(root).expect("host root");
+    let (json, _) = inspect(root);
+    let node = railvf_device_plugin::pool::Node::scan(&host, None).expect("node scan");
+    let cni_gpus = railvf_cni::rail::scan_gpus(&host).expect("CNI GPU scan");
+    RAILS
+        .iter()
+        .map(|(pf, ..)| {
+            let seen = json["pfs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["pf"] == *pf)
+                .unwrap_or_else(|| panic!("inspect lists no PF {pf}"));
+            let addr: railvf_host::PciAddr = pf.parse().unwrap();
+            let plugin = node.pfs.iter().find(|p| p.addr == addr).unwrap().rail;
+            let path = railvf_host::inventory::function_path(&host, &addr).unwrap();
+            let cni = railvf_host::topology::detect_rail(&path, &cni_gpus).map(|r| r.index);
+            (pf.to_string(), seen["rail"]["index"].clone(), plugin, cni)
+        })
+        .collect()
+}
+
+#[test]
+fn every_program_numbers_gpus_alike_when_one_is_bound_to_another_driver() {
+    let sim = SimOptions::dgx_h200().no_links().build().expect("sim");
+    let root = sim.root().to_path_buf();
+    let agree = |rails: &[(String, Value, Option<u32>, Option<u32>)]| {
+        for (pf, inspect, plugin, cni) in rails {
+            assert_eq!(
+                inspect.as_u64().map(|i| i as u32),
+                *plugin,
+                "PF {pf}: inspect and the device plugin disagree"
+            );
+            assert_eq!(
+                plugin, cni,
+                "PF {pf}: the device plugin and the CNI disagree"
+            );
+        }
+    };
+    let all = rails_by_program(&root);
+    agree(&all);
+    let want: Vec<Option<u32>> = (0..8).map(Some).collect();
+    assert_eq!(all.iter().map(|r| r.2).collect::<Vec<_>>(), want);
+
+    // GPU 3 handed to vfio-pci (to pass it to a VM): nvidia-smi no longer numbers it, and
+    // the GPUs after it move up one.
+    let drivers = root.join("sys/bus/pci/drivers");
+    let gpu3 = GPUS[3];
+    std::fs::create_dir_all(drivers.join("vfio-pci")).unwrap();
+    std::fs::rename(
+        drivers.join("nvidia").join(gpu3),
+        drivers.join("vfio-pci").join(gpu3),
+    )
+    .unwrap();
+    let dev = root.join("sys/bus/pci/devices").join(gpu3);
+    let target = std::fs::read_link(dev.join("driver")).unwrap();
+    std::fs::remove_file(dev.join("driver")).unwrap();
+    std::os::unix::fs::symlink(target.with_file_name("vfio-pci"), dev.join("driver")).unwrap();
+    let (json, _) = inspect(&root);
+    let gpus: Vec<(String, u64)> = json["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["gpu"].as_str().unwrap().to_string(),
+                g["index"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want_gpus: Vec<(String, u64)> = GPUS
+        .iter()
+        .filter(|g| **g != gpu3)
+        .enumerate()
+        .map(|(i, g)| (g.to_string(), i as u64))
+        .collect();
+    assert_eq!(
+        gpus, want_gpus,
+        "inspect numbers the GPUs nvidia-smi numbers"
+    );
+    let rails = rails_by_program(&root);
+    agree(&rails);
+    // Rails 0-2 keep their numbers, 4-7 become 3-6.
+    for (i, (pf, _, plugin, _)) in rails.iter().enumerate() {
+        match i {
+            0..=2 => assert_eq!(*plugin, Some(i as u32), "PF {pf}"),
+            4..=7 => assert_eq!(*plugin, Some(i as u32 - 1), "PF {pf}"),
+            // GPU 3's NIC shares only its socket's host bridge with the other GPUs.
+            _ => assert_eq!(*plugin, None, "PF {pf}"),
+        }
+    }
 }
