@@ -139,7 +139,7 @@ fn add_waits_for_the_subnet_manager_to_assign_a_lid_after_the_guid() {
 /// Checks the spec error, that the VF is home under its name, the address released and
 /// the state dir empty.
 fn assert_rolled_back(
-    cni: &Cni<'_>,
+    cni: &Cni,
     out: &Out,
     needle: &str,
     host_name: &str,
@@ -216,7 +216,7 @@ fn del_converges_repeated_without_add_and_without_netns() {
     require_tool("/usr/lib/cni/host-local", "containernetworking-plugins");
     let tmp = tempfile::tempdir().unwrap();
     let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let hl = tmp.path().join("hl");
     let host_name = sim.vf(VF).unwrap().netdev;
     let conf = netconf(
@@ -278,7 +278,7 @@ fn sigkill_in_the_middle_of_add_then_del_converges() {
     let tmp = tempfile::tempdir().unwrap();
     // LID never comes: ADD sits in the readiness gate with the VF moved and IPAM done.
     let sim = sim(small().fault(VF, Fault::LidZero));
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let pod = TestNetns::new().unwrap();
     let hl = tmp.path().join("hl");
     let host_name = sim.vf(VF).unwrap().netdev;
@@ -319,7 +319,7 @@ fn different_vfs_attach_in_parallel_and_a_shared_vf_is_refused() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let sim = sim(small().lid_delay(Duration::from_millis(200)));
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let pods: Vec<TestNetns> = (0..2).map(|_| TestNetns::new().unwrap()).collect();
     // Both wait ~200 ms for their LIDs at the same time: per-VF locks, not a global one.
     let confs = [
@@ -387,7 +387,7 @@ fn check_status_gc_and_version_through_the_binary() {
     cni.run("STATUS", "", None, &conf).expect_ok();
     let bad = Cni {
         cni_path: "/nonexistent".into(),
-        ..Cni::new(sim, s.tmp.path())
+        ..s.cni()
     };
     assert_eq!(bad.run("STATUS", "", None, &conf).err().0, 50);
 

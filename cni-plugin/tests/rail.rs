@@ -133,13 +133,13 @@ fn conf(vf: &str, policy: Option<&str>) -> String {
     netconf("1.1.0", "rdma-rail", vf, &extra)
 }
 
-fn run(cni: &Cni<'_>, verb: &str, cid: &str, pod: &Path, conf: &str, env: &[(&str, &str)]) -> Out {
+fn run(cni: &Cni, verb: &str, cid: &str, pod: &Path, conf: &str, env: &[(&str, &str)]) -> Out {
     let mut c = cni.command(verb, cid, "net1", Some(pod));
     c.env("CNI_ARGS", ARGS);
     for (k, v) in env {
         c.env(k, v);
     }
-    run_command(c, conf)
+    cni.run_cmd(c, conf.as_bytes())
 }
 
 /// The fake kubelet with pod default/train-0 holding `gpus` (and its VF).
@@ -303,7 +303,7 @@ fn matching_rails_pass_silently() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let sim = sim(small());
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let gpus = uuids(&sim, &[GPU0, GPU1]);
     let _fake = kubelet(&socket(&sim), &refs(&gpus), VF_RAIL0);
     for (i, policy) in ["warn", "require"].into_iter().enumerate() {

@@ -3,17 +3,15 @@
 //! through railvf's own output alone.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use railvf_sim::{SimNode, SimOptions, TestNetns, require_root};
-pub use railvf_testkit::cni::Out;
+// Each test binary uses some of these, none all of them.
+#[allow(unused_imports)]
+pub use railvf_testkit::cni::{CNI_DIR, Cni, Out};
+#[allow(unused_imports)]
 pub use railvf_testkit::ip::*;
-
-/// Debian's reference plugins (host-local, static, host-device).
-pub const CNI_DIR: &str = "/usr/lib/cni";
 
 pub fn railvf_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_railvf"))
@@ -60,93 +58,14 @@ impl Setup {
         })
     }
 
-    pub fn cni(&self) -> Cni<'_> {
-        Cni::new(&self.sim, self.tmp.path())
+    pub fn cni(&self) -> Cni {
+        cni_for(&self.sim, self.tmp.path())
     }
 }
 
-/// The environment of one test: sim root, private state dir, CNI_PATH.
-pub struct Cni<'a> {
-    pub sim: &'a SimNode,
-    pub state: PathBuf,
-    pub cni_path: String,
-}
-
-impl<'a> Cni<'a> {
-    pub fn new(sim: &'a SimNode, tmp: &Path) -> Self {
-        Cni {
-            sim,
-            state: tmp.join("state"),
-            cni_path: CNI_DIR.to_string(),
-        }
-    }
-
-    pub fn command(&self, verb: &str, cid: &str, ifname: &str, netns: Option<&Path>) -> Command {
-        let mut c = Command::new(railvf_bin());
-        c.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", verb)
-            .env("CNI_CONTAINERID", cid)
-            .env("CNI_IFNAME", ifname)
-            .env(
-                "CNI_NETNS",
-                netns.map(|p| p.as_os_str().to_owned()).unwrap_or_default(),
-            )
-            .env("CNI_PATH", &self.cni_path)
-            .env("RAILVF_HOST_ROOT", self.sim.root())
-            .env("RAILVF_STATE_DIR", &self.state)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    pub fn spawn(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &str) -> Child {
-        spawn_with_stdin(self.command(verb, cid, "net1", netns), conf)
-    }
-
-    pub fn run(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &str) -> Out {
-        self.run_if(verb, cid, "net1", netns, conf)
-    }
-
-    pub fn run_if(
-        &self,
-        verb: &str,
-        cid: &str,
-        ifname: &str,
-        netns: Option<&Path>,
-        conf: &str,
-    ) -> Out {
-        run_command(self.command(verb, cid, ifname, netns), conf)
-    }
-
-    /// Files left in the state dir (lock files included).
-    pub fn state_files(&self) -> Vec<String> {
-        std::fs::read_dir(&self.state)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// Starts `c` (from [`Cni::command`]) with `conf` on its stdin.
-pub fn spawn_with_stdin(mut c: Command, conf: &str) -> Child {
-    let mut child = c.spawn().expect("spawn railvf");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    child
-}
-
-/// Runs `c` (from [`Cni::command`]) with `conf` on its stdin, to the end.
-pub fn run_command(c: Command, conf: &str) -> Out {
-    Out::from(spawn_with_stdin(c, conf).wait_with_output().unwrap())
+/// This package's `railvf` on `sim`, with its state in `<tmp>/state`.
+pub fn cni_for(sim: &SimNode, tmp: &Path) -> Cni {
+    Cni::new(&railvf_bin(), sim.root(), tmp)
 }
 
 /// Polls `cond` every 5 ms up to `timeout` (never asserts on time: returns whether it held).

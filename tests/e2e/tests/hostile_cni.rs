@@ -76,7 +76,7 @@ fn bad_netconfs_and_environments_get_spec_errors_and_change_nothing() {
     require_host_local();
     let tmp = tempfile::tempdir().unwrap();
     let sim = fast_node(1).storage_vfs_per_pf(1).build().expect("sim");
-    let mut cni = Cni::new(&sim, tmp.path());
+    let mut cni = cni_for(&sim, tmp.path());
     // Another build to hold the corpus against (e.g. an older release).
     if let Some(b) = std::env::var_os("RAILVF_HOSTILE_BIN") {
         cni.bin = b.into();
@@ -717,7 +717,7 @@ fn bad_netconfs_and_environments_get_spec_errors_and_change_nothing() {
                 None => cmd.env_remove(k),
             };
         }
-        let o = match wait_for(cni.spawn(cmd, &c.stdin), Duration::from_secs(20)) {
+        let o = match wait_for(cni.spawn_cmd(cmd, &c.stdin), Duration::from_secs(20)) {
             Ok(o) => o,
             Err(hung) => {
                 failures.push(format!("{}: {hung}", c.name));

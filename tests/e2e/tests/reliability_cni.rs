@@ -28,7 +28,7 @@ fn sixty_four_adds_at_once_put_every_vf_in_its_own_pod() {
         .lid_delay(Duration::from_millis(20))
         .build()
         .expect("sim");
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let hl = tmp.path().join("hl");
     let net = "rel-par64";
     let vfs = sim.vfs();
@@ -55,7 +55,7 @@ fn sixty_four_adds_at_once_put_every_vf_in_its_own_pod() {
     // Every process is started before any is waited for.
     let children: Vec<_> = (0..64)
         .map(|i| {
-            cni.spawn(
+            cni.spawn_cmd(
                 cni.command("ADD", &cid(i), "net1", Some(pods[i].path())),
                 confs[i].as_bytes(),
             )
@@ -104,7 +104,7 @@ fn sixty_four_adds_at_once_put_every_vf_in_its_own_pod() {
 
     let children: Vec<_> = (0..64)
         .map(|i| {
-            cni.spawn(
+            cni.spawn_cmd(
                 cni.command("DEL", &cid(i), "net1", Some(pods[i].path())),
                 confs[i].as_bytes(),
             )
@@ -140,7 +140,7 @@ fn the_same_vf_asked_for_at_once_goes_to_exactly_one_pod() {
     require_host_local();
     let tmp = tempfile::tempdir().unwrap();
     let sim = fast_node(1).build().expect("sim");
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let hl = tmp.path().join("hl");
     let net = "rel-race";
     let mut ops = 0;
@@ -153,7 +153,7 @@ fn the_same_vf_asked_for_at_once_goes_to_exactly_one_pod() {
         let cid = |k: usize| format!("race{round}-{k}");
         let children: Vec<_> = (0..contenders)
             .map(|k| {
-                cni.spawn(
+                cni.spawn_cmd(
                     cni.command("ADD", &cid(k), "net1", Some(pods[k].path())),
                     conf.as_bytes(),
                 )
@@ -420,7 +420,7 @@ fn random_add_del_interleavings_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     // 16 VFs: several ADD/DEL cycles per VF.
     let sim = fast_node(2).build().expect("sim");
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let hl = tmp.path().join("hl");
     let net = "rel-mix";
     let vfs = sim.vfs();

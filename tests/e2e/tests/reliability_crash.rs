@@ -38,7 +38,7 @@ fn sigkill_at_every_step_of_add_then_del_recovers_everything() {
         .lid_delay(Duration::from_millis(10))
         .build()
         .expect("sim");
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let mut killer = cni.clone();
     killer.bin = faulty;
     let hl = tmp.path().join("hl");
@@ -163,7 +163,7 @@ fn sigkill_at_random_moments_of_del_then_del_again_converges() {
     let mut rng = fastrand::Rng::with_seed(seed);
     let tmp = tempfile::tempdir().unwrap();
     let sim = fast_node(1).build().expect("sim");
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let hl = tmp.path().join("hl");
     let net = "rel-delkill";
     let vfs = sim.vfs();
@@ -185,7 +185,7 @@ fn sigkill_at_random_moments_of_del_then_del_again_converges() {
         let pod = TestNetns::new().unwrap();
         let cid = format!("delkill-{r}");
         cni.run("ADD", &cid, Some(pod.path()), &conf).expect_ok();
-        let mut child = cni.spawn(
+        let mut child = cni.spawn_cmd(
             cni.command("DEL", &cid, "net1", Some(pod.path())),
             conf.as_bytes(),
         );
@@ -241,7 +241,7 @@ fn a_cut_or_overwritten_state_file_still_lets_del_converge_by_pci_address() {
     require_host_local();
     let tmp = tempfile::tempdir().unwrap();
     let sim = fast_node(1).build().expect("sim");
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let hl = tmp.path().join("hl");
     let net = "rel-corrupt";
     let vfs = sim.vfs();

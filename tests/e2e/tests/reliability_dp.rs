@@ -63,7 +63,7 @@ async fn sigkill_and_restart_while_vfs_are_in_pods_keeps_ids_health_and_allocati
     };
     let devinfo_before = devinfo(&dirs);
     assert_eq!(devinfo_before.len(), 8, "{devinfo_before:?}");
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let pods: Vec<TestNetns> = (0..8).map(|_| TestNetns::new().unwrap()).collect();
     let conf = |id: &str| netconf("1.0.0", "rel-dp", id, "");
     for (i, id) in ids.iter().enumerate() {

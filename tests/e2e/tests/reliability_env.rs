@@ -93,7 +93,7 @@ echo '{"cniVersion":"1.0.0","ips":[{"address":"10.70.0.300/24"}]}'"#,
     std::fs::write(bin.join("rv-noexec"), "#!/bin/sh\nexit 0\n").unwrap();
 
     let sim = fast_node(1).build().expect("sim");
-    let cni = Cni::new(&sim, tmp.path()).with_env("RAILVF_IPAM_TIMEOUT_MS", "300");
+    let cni = cni_for(&sim, tmp.path()).with_env("RAILVF_IPAM_TIMEOUT_MS", "300");
     let mut cni = cni;
     cni.cni_path = format!("{}:{CNI_DIR}", bin.display());
     let v = sim.vfs()[0].clone();
@@ -214,7 +214,7 @@ fn sysfs_attributes_missing_of_the_wrong_kind_or_unreadable_give_clear_errors() 
     );
     let tmp = tempfile::tempdir().unwrap();
     let sim = fast_node(1).build().expect("sim");
-    let cni = Cni::new(&sim, tmp.path());
+    let cni = cni_for(&sim, tmp.path());
     let nodac = without_dac(&cni);
     let vfs = sim.vfs();
     let port = |v: &VfInfo| {

@@ -65,7 +65,7 @@ fn the_shipped_cni_binary_is_static_and_attaches_a_vf() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let sim = SimOptions::dgx_h200().vfs_per_pf(1).build().expect("sim");
-    let mut cni = Cni::new(&sim, tmp.path());
+    let mut cni = cni_for(&sim, tmp.path());
     cni.bin = bin;
     let vf = sim.vfs().into_iter().next().unwrap();
     let bdf = vf.pci.to_string();

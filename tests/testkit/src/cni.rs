@@ -1,10 +1,146 @@
-//! The outcome of one run of the `railvf` binary, as the CNI tests and the end-to-end tests
-//! look at it.
+//! Runs of the `railvf` binary with a clean CNI environment, and their outcome, as the CNI
+//! tests and the end-to-end tests drive and read them.
 
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Output;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// Debian's reference plugins (host-local, static, host-device).
+pub const CNI_DIR: &str = "/usr/lib/cni";
+
+/// Hang guard for one plugin run: generous, never a measurement.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+/// The environment of one test's railvf runs: which binary, the host root, a private state
+/// dir, CNI_PATH, and extra variables.
+#[derive(Clone)]
+pub struct Cni {
+    pub bin: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub cni_path: String,
+    /// Extra environment for every call.
+    pub env: Vec<(String, String)>,
+}
+
+impl Cni {
+    /// `bin` on the host `root`, with its state in `<tmp>/state`.
+    pub fn new(bin: &Path, root: &Path, tmp: &Path) -> Self {
+        Cni {
+            bin: bin.to_path_buf(),
+            root: root.to_path_buf(),
+            state: tmp.join("state"),
+            cni_path: CNI_DIR.to_string(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn with_env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// The command with a clean, complete CNI environment.
+    pub fn command(&self, verb: &str, cid: &str, ifname: &str, netns: Option<&Path>) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_IFNAME", ifname)
+            .env(
+                "CNI_NETNS",
+                netns.map(|p| p.as_os_str().to_owned()).unwrap_or_default(),
+            )
+            .env("CNI_PATH", &self.cni_path)
+            .env("RAILVF_HOST_ROOT", &self.root)
+            .env("RAILVF_STATE_DIR", &self.state)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Starts `cmd` with `stdin` written from a thread: railvf may stop reading (oversized
+    /// input) or die first.
+    pub fn spawn_cmd(&self, mut cmd: Command, stdin: &[u8]) -> Child {
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+        let mut sin = child.stdin.take().unwrap();
+        let input = stdin.to_vec();
+        std::thread::spawn(move || {
+            let _ = sin.write_all(&input);
+        });
+        child
+    }
+
+    /// Starts `verb` for `net1` with `conf` on its stdin.
+    pub fn spawn(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &str) -> Child {
+        self.spawn_cmd(self.command(verb, cid, "net1", netns), conf.as_bytes())
+    }
+
+    /// Runs `cmd` (from [`Cni::command`]) with `stdin`, to the end (hang guard: [`GUARD`]).
+    pub fn run_cmd(&self, cmd: Command, stdin: &[u8]) -> Out {
+        wait(self.spawn_cmd(cmd, stdin))
+    }
+
+    pub fn run(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &str) -> Out {
+        self.run_if(verb, cid, "net1", netns, conf)
+    }
+
+    pub fn run_if(
+        &self,
+        verb: &str,
+        cid: &str,
+        ifname: &str,
+        netns: Option<&Path>,
+        conf: &str,
+    ) -> Out {
+        self.run_cmd(self.command(verb, cid, ifname, netns), conf.as_bytes())
+    }
+
+    /// Files in the state dir (lock and temporary files included).
+    pub fn state_files(&self) -> Vec<String> {
+        std::fs::read_dir(&self.state)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Waits up to `guard` for a railvf process; `Err` (after killing it) when it hangs.
+pub fn wait_for(mut child: Child, guard: Duration) -> Result<Out, String> {
+    let deadline = Instant::now() + guard;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            return Err(format!(
+                "hung for {guard:?} (killed); stdout {} stderr {}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(Out::from(child.wait_with_output().unwrap()))
+}
+
+/// Waits for a railvf process; fails the test when it hangs past [`GUARD`].
+pub fn wait(child: Child) -> Out {
+    wait_for(child, GUARD).unwrap_or_else(|e| panic!("railvf did not finish: {e}"))
+}
 
 /// One railvf invocation's outcome.
 #[derive(Debug)]

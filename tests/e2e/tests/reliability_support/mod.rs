@@ -6,19 +6,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use railvf_sim::{SimNode, SimOptions, VfInfo};
 use serde_json::Value;
 
-/// Debian's reference plugins (host-local).
-pub const CNI_DIR: &str = "/usr/lib/cni";
+/// Debian's host-local IPAM plugin.
 pub const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
-
-/// Hang guard for one plugin run: generous, never a measurement.
-pub const GUARD: Duration = Duration::from_secs(60);
 
 /// Fails loudly when a tool the test needs is missing: a skipped check must not pass.
 pub fn require_host_local() {
@@ -98,127 +94,15 @@ pub fn faultpoint_bin() -> PathBuf {
     p
 }
 
-pub use railvf_testkit::cni::Out;
+// Each test binary uses some of these, none all of them.
+#[allow(unused_imports)]
+pub use railvf_testkit::cni::{CNI_DIR, Cni, GUARD, Out, wait, wait_for};
+#[allow(unused_imports)]
 pub use railvf_testkit::ip::*;
 
-/// The environment of one test: sim root, private state dir, CNI_PATH, which binary.
-#[derive(Clone)]
-pub struct Cni {
-    pub root: PathBuf,
-    pub state: PathBuf,
-    pub cni_path: String,
-    pub bin: PathBuf,
-    /// Extra environment for every call.
-    pub env: Vec<(String, String)>,
-}
-
-impl Cni {
-    pub fn new(sim: &SimNode, tmp: &Path) -> Self {
-        Cni {
-            root: sim.root().to_path_buf(),
-            state: tmp.join("state"),
-            cni_path: CNI_DIR.to_string(),
-            bin: railvf_e2e::bin_path("railvf"),
-            env: Vec::new(),
-        }
-    }
-
-    pub fn with_env(mut self, k: &str, v: &str) -> Self {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-
-    /// The command with a clean, complete CNI environment.
-    pub fn command(&self, verb: &str, cid: &str, ifname: &str, netns: Option<&Path>) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", verb)
-            .env("CNI_CONTAINERID", cid)
-            .env("CNI_IFNAME", ifname)
-            .env(
-                "CNI_NETNS",
-                netns.map(|p| p.as_os_str().to_owned()).unwrap_or_default(),
-            )
-            .env("CNI_PATH", &self.cni_path)
-            .env("RAILVF_HOST_ROOT", &self.root)
-            .env("RAILVF_STATE_DIR", &self.state)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        c
-    }
-
-    pub fn spawn(&self, mut cmd: Command, stdin: &[u8]) -> Child {
-        let mut child = cmd.spawn().expect("spawn railvf");
-        let mut sin = child.stdin.take().unwrap();
-        let input = stdin.to_vec();
-        // A writer thread: railvf may stop reading (oversized input) or die first.
-        std::thread::spawn(move || {
-            let _ = sin.write_all(&input);
-        });
-        child
-    }
-
-    pub fn run_cmd(&self, cmd: Command, stdin: &[u8]) -> Out {
-        wait(self.spawn(cmd, stdin))
-    }
-
-    pub fn run(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &str) -> Out {
-        self.run_cmd(self.command(verb, cid, "net1", netns), conf.as_bytes())
-    }
-
-    /// Files in the state dir (temp files included).
-    pub fn state_files(&self) -> Vec<String> {
-        std::fs::read_dir(&self.state)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// Waits up to `guard` for a railvf process; `Err` (after killing it) when it hangs.
-pub fn wait_for(mut child: Child, guard: Duration) -> Result<Out, String> {
-    let deadline = Instant::now() + guard;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
-            return Err(format!(
-                "hung for {guard:?} (killed); stderr {}",
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(Out::from(child.wait_with_output().unwrap()))
-}
-
-/// Waits for a railvf process (hang guard: killed and failed after [`GUARD`]).
-pub fn wait(mut child: Child) -> Out {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
-            panic!(
-                "railvf did not finish within {GUARD:?} (killed); stdout {} stderr {}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Out::from(child.wait_with_output().unwrap())
+/// The workspace's `railvf` on `sim`, with its state in `<tmp>/state`.
+pub fn cni_for(sim: &SimNode, tmp: &Path) -> Cni {
+    Cni::new(&railvf_e2e::bin_path("railvf"), sim.root(), tmp)
 }
 
 /// The sim tags each VF veth with the alias `railvf-sim:<tag>:<bdf>` (the tag is unique per
