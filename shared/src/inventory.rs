@@ -254,15 +254,7 @@ impl Inventory {
         }
         let mut inv = Inventory::default();
         let mut gpu_addrs = Vec::new();
-        for name in host::list_dir(&devices)? {
-            // Entries that are not PCI addresses are not PCI functions; skip them.
-            let Ok(addr) = name.parse::<PciAddr>() else {
-                continue;
-            };
-            let dir = devices.join(&name);
-            let Ok(class) = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex) else {
-                continue;
-            };
+        for (addr, dir, class) in pci_functions(root)? {
             match class >> 16 {
                 0x02 => {
                     let function = match read_function(root, addr) {
@@ -522,6 +514,24 @@ pub fn gpus_in_pci_order(root: &HostRoot, addrs: Vec<PciAddr>) -> Result<Vec<Gpu
         .collect()
 }
 
+/// Every PCI function of `<root>/sys/bus/pci/devices` with its directory and class. Entries
+/// that are not PCI addresses are not functions, and a function whose class cannot be read
+/// is not one this crate can classify: both are left out.
+fn pci_functions(root: &HostRoot) -> Result<Vec<(PciAddr, PathBuf, u32)>, HostError> {
+    let devices = root.join("sys/bus/pci/devices");
+    let mut out = Vec::new();
+    for name in host::list_dir(&devices)? {
+        let Ok(addr) = name.parse::<PciAddr>() else {
+            continue;
+        };
+        let dir = devices.join(&name);
+        if let Ok(class) = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex) {
+            out.push((addr, dir, class));
+        }
+    }
+    Ok(out)
+}
+
 /// The GPUs `nvidia-smi` numbers: the functions bound to the NVIDIA driver
 /// (`drivers/nvidia/<bdf>`). With none bound (the driver not loaded yet, a tree without it),
 /// every NVIDIA GPU that `class_scan` finds. Every program numbers GPUs from this one set,
@@ -547,16 +557,8 @@ pub fn numbered_gpus(
 /// to the NVIDIA driver.
 pub fn scan_gpu_sites(root: &HostRoot) -> Result<Vec<GpuSite>, HostError> {
     let addrs = numbered_gpus(root, || {
-        let devices = root.join("sys/bus/pci/devices");
         let mut addrs = Vec::new();
-        for name in host::list_dir(&devices)? {
-            let Ok(addr) = name.parse::<PciAddr>() else {
-                continue;
-            };
-            let dir = devices.join(&name);
-            let Ok(class) = host::parse_attr(&dir.join("class"), attr::parse_prefixed_hex) else {
-                continue;
-            };
+        for (addr, dir, class) in pci_functions(root)? {
             if is_nvidia_gpu(&dir, class)? {
                 addrs.push(addr);
             }
