@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 use railvf_sim::{SimNode, SimOptions, VfInfo};
 use serde_json::Value;
 
+// Each test binary uses some of these, none all of them.
+#[allow(unused_imports)]
+pub use railvf_testkit::cni::{CNI_DIR, Cni, GUARD, Out, wait, wait_for};
+#[allow(unused_imports)]
+pub use railvf_testkit::ip::*;
+
 /// Debian's host-local IPAM plugin.
 pub const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
 
@@ -93,12 +99,6 @@ pub fn faultpoint_bin() -> PathBuf {
     *built = Some(p.clone());
     p
 }
-
-// Each test binary uses some of these, none all of them.
-#[allow(unused_imports)]
-pub use railvf_testkit::cni::{CNI_DIR, Cni, GUARD, Out, wait, wait_for};
-#[allow(unused_imports)]
-pub use railvf_testkit::ip::*;
 
 /// The workspace's `railvf` on `sim`, with its state in `<tmp>/state`.
 pub fn cni_for(sim: &SimNode, tmp: &Path) -> Cni {
