@@ -5,7 +5,8 @@ use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -119,22 +120,28 @@ impl Cni {
     }
 }
 
-/// Waits up to `guard` for a railvf process; `Err` (after killing it) when it hangs.
-pub fn wait_for(mut child: Child, guard: Duration) -> Result<Out, String> {
-    let deadline = Instant::now() + guard;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
-            return Err(format!(
+/// Waits up to `guard` for a railvf process; `Err` (after killing it) when it hangs. Its
+/// stdout and stderr are read while it runs, so a chatty run never blocks on a full pipe.
+pub fn wait_for(child: Child, guard: Duration) -> Result<Out, String> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = |r: std::io::Result<Output>| r.expect("collecting railvf's output");
+    match rx.recv_timeout(guard) {
+        Ok(o) => Ok(Out::from(output(o))),
+        Err(_) => {
+            // Not reaped yet (the reader thread reaps it), so the pid is still this child's.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let o = output(rx.recv().expect("the reader thread answers"));
+            Err(format!(
                 "hung for {guard:?} (killed); stdout {} stderr {}",
                 String::from_utf8_lossy(&o.stdout),
                 String::from_utf8_lossy(&o.stderr)
-            ));
+            ))
         }
-        std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(Out::from(child.wait_with_output().unwrap()))
 }
 
 /// Waits for a railvf process; fails the test when it hangs past [`GUARD`].
@@ -216,5 +223,43 @@ impl Out {
             "railvf panicked:\n{}",
             self.stderr
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Child {
+        Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn more_output_than_a_pipe_holds_does_not_block_the_wait() {
+        let o = wait_for(
+            sh("head -c 300000 /dev/zero >&2; echo done"),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert!(o.ok);
+        assert_eq!(o.stderr.len(), 300_000);
+        assert_eq!(o.stdout, "done");
+    }
+
+    #[test]
+    fn a_hang_is_killed_and_reported_with_its_output() {
+        let e = wait_for(
+            sh("echo started; exec sleep 30"),
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert!(e.contains("hung for 200ms (killed)"), "{e}");
+        assert!(e.contains("started"), "{e}");
     }
 }
