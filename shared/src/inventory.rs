@@ -229,6 +229,17 @@ pub struct Gpu {
     pub sysfs_path: PathBuf,
 }
 
+impl Gpu {
+    /// Where the GPU sits and its number: what rail detection reads of it.
+    pub fn site(&self) -> GpuSite {
+        GpuSite {
+            addr: self.addr,
+            index: self.index,
+            sysfs_path: self.sysfs_path.clone(),
+        }
+    }
+}
+
 /// Everything railvf knows about the node's PCI network functions and GPUs.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Inventory {

@@ -78,8 +78,9 @@ impl Topology {
     /// whose rail sysfs cannot show).
     pub fn detect(inv: &Inventory, overrides: Option<&RailMap>) -> Self {
         let mut rails = BTreeMap::new();
+        let sites: Vec<GpuSite> = inv.gpus.iter().map(Gpu::site).collect();
         for pf in &inv.pfs {
-            if let Some(rail) = detect_rail(&pf.function.sysfs_path, &inv.gpus) {
+            if let Some(rail) = detect_rail(&pf.function.sysfs_path, &sites) {
                 rails.insert(pf.function.addr, rail);
             }
         }
@@ -115,46 +116,13 @@ impl Topology {
     }
 }
 
-/// What rail detection needs of a GPU: a [`Gpu`] of an inventory, or a [`GpuSite`] read
-/// on its own.
-pub trait GpuPlace {
-    fn addr(&self) -> PciAddr;
-    /// nvidia-smi's index, which is the rail's number.
-    fn index(&self) -> u32;
-    fn sysfs_path(&self) -> &Path;
-}
-
-impl GpuPlace for Gpu {
-    fn addr(&self) -> PciAddr {
-        self.addr
-    }
-    fn index(&self) -> u32 {
-        self.index
-    }
-    fn sysfs_path(&self) -> &Path {
-        &self.sysfs_path
-    }
-}
-
-impl GpuPlace for GpuSite {
-    fn addr(&self) -> PciAddr {
-        self.addr
-    }
-    fn index(&self) -> u32 {
-        self.index
-    }
-    fn sysfs_path(&self) -> &Path {
-        &self.sysfs_path
-    }
-}
-
 /// The rail sysfs shows for the PCI function at `path` (its real sysfs path,
 /// [`crate::inventory::function_path`]): what [`Topology::detect`] finds for a PF, for a
 /// caller that reads one PF rather than an inventory.
-pub fn detect_rail<G: GpuPlace>(path: &Path, gpus: &[G]) -> Option<Rail> {
+pub fn detect_rail(path: &Path, gpus: &[GpuSite]) -> Option<Rail> {
     rail_gpu(path, gpus).map(|gpu| Rail {
-        index: gpu.index(),
-        gpu: Some(gpu.addr()),
+        index: gpu.index,
+        gpu: Some(gpu.addr),
         source: RailSource::Detected,
     })
 }
@@ -194,12 +162,12 @@ fn ancestors(path: &Path) -> Vec<String> {
 /// The GPU sharing the deepest bridge with the device at `path`, provided they share
 /// at least one PCI bridge below the host bridge (a shared host bridge alone is nvidia-smi
 /// `NODE`, not a rail) and no other GPU shares one as deep.
-fn rail_gpu<'a, G: GpuPlace>(path: &Path, gpus: &'a [G]) -> Option<&'a G> {
+fn rail_gpu<'a>(path: &Path, gpus: &'a [GpuSite]) -> Option<&'a GpuSite> {
     let mine = ancestors(path);
-    let mut best: Option<(&G, usize)> = None;
+    let mut best: Option<(&GpuSite, usize)> = None;
     let mut tie = false;
     for gpu in gpus {
-        let theirs = ancestors(gpu.sysfs_path());
+        let theirs = ancestors(&gpu.sysfs_path);
         let shared = mine
             .iter()
             .zip(theirs.iter())
@@ -235,15 +203,19 @@ mod tests {
         }
     }
 
+    fn site(index: u32, addr: &str, path: &str) -> GpuSite {
+        gpu(index, addr, path).site()
+    }
+
     #[test]
     fn deepest_shared_bridge_wins_and_host_bridge_alone_is_not_a_rail() {
         let gpus = [
-            gpu(
+            site(
                 0,
                 "0000:1b:00.0",
                 "/r/sys/devices/pci0000:15/0000:15:01.0/0000:16:00.0/0000:17:01.0/0000:19:00.0/0000:1a:00.0/0000:1b:00.0",
             ),
-            gpu(
+            site(
                 1,
                 "0000:43:00.0",
                 "/r/sys/devices/pci0000:15/0000:15:02.0/0000:42:00.0/0000:43:00.0",
@@ -260,12 +232,12 @@ mod tests {
     #[test]
     fn equally_close_gpus_are_ambiguous() {
         let gpus = [
-            gpu(
+            site(
                 0,
                 "0000:1b:00.0",
                 "/r/sys/devices/pci0000:15/0000:15:01.0/0000:1b:00.0",
             ),
-            gpu(
+            site(
                 1,
                 "0000:1c:00.0",
                 "/r/sys/devices/pci0000:15/0000:15:01.0/0000:1c:00.0",
