@@ -81,11 +81,16 @@ pub fn evaluate(
     exp: &Expectations,
     checks: &[Check],
 ) -> Result<Readiness, GateError> {
-    let f = inventory::read_function(root, *vf).map_err(|e| GateError::Vanished {
-        vf: *vf,
-        why: e.to_string(),
-    })?;
+    let f = inventory::read_function(root, *vf).map_err(vanished(*vf))?;
     Ok(railvf_host::readiness::evaluate(root, &f, exp, checks))
+}
+
+/// The VF `vf` could not be read: it is gone (or no longer a VF).
+fn vanished(vf: PciAddr) -> impl FnOnce(railvf_host::HostError) -> GateError {
+    move |e| GateError::Vanished {
+        vf,
+        why: e.to_string(),
+    }
 }
 
 /// Evaluates `checks` once on the VF `f` as ADD resolved it, re-reading first only what the
@@ -96,10 +101,7 @@ fn evaluate_fresh(
     exp: &Expectations,
     checks: &[Check],
 ) -> Result<Readiness, GateError> {
-    inventory::refresh(root, f).map_err(|e| GateError::Vanished {
-        vf: f.addr,
-        why: e.to_string(),
-    })?;
+    inventory::refresh(root, f).map_err(vanished(f.addr))?;
     Ok(railvf_host::readiness::evaluate(root, f, exp, checks))
 }
 

@@ -764,7 +764,7 @@ impl LinkOps for Rtnl {
             }
         };
         let ns = Netns::path(path);
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.lock();
         inner.files.insert(path.to_path_buf(), f);
         inner.route.insert(ns, sock);
         Ok(())
