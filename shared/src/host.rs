@@ -186,28 +186,7 @@ pub fn parse_optional_attr<T>(
 
 /// Entry names of a directory, sorted; an absent directory is empty.
 pub fn list_dir(path: &Path) -> Result<Vec<String>, HostError> {
-    let rd = match std::fs::read_dir(path) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(HostError::Unreadable {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let mut names = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|source| HostError::Unreadable {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if let Some(name) = entry.file_name().to_str() {
-            names.push(name.to_string());
-        }
-    }
-    names.sort();
-    Ok(names)
+    crate::sysdir::list_at(rustix::fs::CWD, path, path)
 }
 
 /// The last component of a symlink's target (`driver -> …/drivers/mlx5_core` → `mlx5_core`);

@@ -111,30 +111,40 @@ impl SysDir {
 
     /// [`host::list_dir`] of `<path>/<rel>` (`"."`: this directory).
     pub fn list(&self, rel: &str) -> Result<Vec<String>, HostError> {
-        let unreadable = |source: io::Error| HostError::Unreadable {
-            path: self.join(rel),
-            source,
-        };
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let fd = match openat(&self.fd, rel, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => return Ok(Vec::new()),
-            Err(e) => return Err(unreadable(e.into())),
-        };
-        // getdents64 straight into the names: no fstat/fcntl of `fdopendir`.
-        let mut names = Vec::new();
-        for entry in Dir::new(fd).map_err(|e| unreadable(e.into()))? {
-            let entry = entry.map_err(|e| unreadable(e.into()))?;
-            if let Ok(name) = entry.file_name().to_str()
-                && name != "."
-                && name != ".."
-            {
-                names.push(name.to_string());
-            }
-        }
-        names.sort();
-        Ok(names)
+        list_at(self.fd.as_fd(), Path::new(rel), &self.join(rel))
     }
+}
+
+/// Entry names of the directory `rel` below `dirfd` (known in messages as `path`), sorted;
+/// an absent directory is empty. getdents64 straight into the names: no fstat/fcntl of
+/// `fdopendir`, no buffer of its size.
+pub(crate) fn list_at(
+    dirfd: BorrowedFd<'_>,
+    rel: &Path,
+    path: &Path,
+) -> Result<Vec<String>, HostError> {
+    let unreadable = |source: io::Error| HostError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = match openat(dirfd, rel, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(unreadable(e.into())),
+    };
+    let mut names = Vec::new();
+    for entry in Dir::new(fd).map_err(|e| unreadable(e.into()))? {
+        let entry = entry.map_err(|e| unreadable(e.into()))?;
+        if let Ok(name) = entry.file_name().to_str()
+            && name != "."
+            && name != ".."
+        {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 #[cfg(test)]
