@@ -331,6 +331,14 @@ fn main() {
             .stdout(Stdio::null());
         assert!(c.status().unwrap().success());
     };
+    // One ADD+DEL of a plugin; `pause`: with the untimed pause between them (see `apart`).
+    let add_del = |bin: &Path, conf: &str, env: &[(&str, &Path)], pause: bool| {
+        plugin(bin, "ADD", pod.path(), conf, env);
+        if pause {
+            apart();
+        }
+        plugin(bin, "DEL", pod.path(), conf, env);
+    };
     // The kernel floor as two commands: into the pod as net1, and back under its name.
     let ip_in = || ip(&["link", "set", &name, "netns", pod.name(), "name", "net1"]);
     // The same floor for an attach that leaves the link up in the pod, as ADD must: `ip`
@@ -377,10 +385,7 @@ fn main() {
             "host-device (Debian) ADD+DEL",
             UsageWho::RUSAGE_CHILDREN,
             true,
-            || {
-                plugin(&host_device, "ADD", pod.path(), &hd_conf, &[]);
-                plugin(&host_device, "DEL", pod.path(), &hd_conf, &[]);
-            },
+            || add_del(&host_device, &hd_conf, &[], false),
         ),
         Row::new(
             format!(
@@ -436,10 +441,7 @@ fn main() {
         "  railvf ADD+DEL, the same binary where the linker wrote it",
         UsageWho::RUSAGE_CHILDREN,
         true,
-        || {
-            plugin(as_linked, "ADD", pod.path(), &rv_conf, &rv_env);
-            plugin(as_linked, "DEL", pod.path(), &rv_conf, &rv_env);
-        },
+        || add_del(as_linked, &rv_conf, &rv_env, false),
     ));
     // The same cycles with an untimed pause between the halves (see `apart`).
     rows.push(Row::new(
@@ -456,22 +458,14 @@ fn main() {
         "railvf ADD+DEL (installed), 30 ms apart",
         UsageWho::RUSAGE_CHILDREN,
         true,
-        || {
-            plugin(railvf, "ADD", pod.path(), &rv_conf, &rv_env);
-            apart();
-            plugin(railvf, "DEL", pod.path(), &rv_conf, &rv_env);
-        },
+        || add_del(railvf, &rv_conf, &rv_env, true),
     ));
     rows.push(
         Row::new(
             "host-device ADD+DEL, VF up on the host, 30 ms apart",
             UsageWho::RUSAGE_CHILDREN,
             true,
-            || {
-                plugin(&host_device, "ADD", pod.path(), &hd_conf, &[]);
-                apart();
-                plugin(&host_device, "DEL", pod.path(), &hd_conf, &[]);
-            },
+            || add_del(&host_device, &hd_conf, &[], true),
         )
         .prep(|| ip(&["link", "set", &name, "up"])),
     );
@@ -499,10 +493,7 @@ fn main() {
             format!("  railvf ADD+DEL, cargo's {} build", linkage(dev_build)),
             UsageWho::RUSAGE_CHILDREN,
             true,
-            || {
-                plugin(dev_build, "ADD", pod.path(), &rv_conf, &rv_env);
-                plugin(dev_build, "DEL", pod.path(), &rv_conf, &rv_env);
-            },
+            || add_del(dev_build, &rv_conf, &rv_env, false),
         ));
     }
     // Context: what merely starting each plugin twice costs (VERSION does no work).
