@@ -111,22 +111,52 @@ fn evaluate_fresh(
 /// and a LID still belongs to the old GUID, so the VF is not ready yet.
 pub fn wait(
     root: &HostRoot,
+    f: PciFunction,
+    exp: &Expectations,
+    timeout: Duration,
+    guid_set: Option<Guid>,
+) -> Result<Readiness, GateError> {
+    wait_paced(
+        root,
+        f,
+        exp,
+        timeout,
+        guid_set,
+        &mut || {},
+        &mut std::thread::sleep,
+    )
+}
+
+/// [`wait`], with what happens after each full evaluation (`evaluated`) and between polls
+/// (`pause`) given by the caller: tests change the host there, and count.
+fn wait_paced(
+    root: &HostRoot,
     mut f: PciFunction,
     exp: &Expectations,
     timeout: Duration,
     guid_set: Option<Guid>,
+    evaluated: &mut dyn FnMut(),
+    pause: &mut dyn FnMut(Duration),
 ) -> Result<Readiness, GateError> {
     let addr = f.addr;
     let start = Instant::now();
     let deadline = start + timeout;
     let mut polls = 0u32;
     let guid_just_set = guid_set.is_some();
+    // The attributes behind the previous evaluation's failures. Between full evaluations
+    // only these are polled: on real hardware each port attribute read is a query to the
+    // HCA, and a full evaluation reads a dozen files.
+    let mut watch: Vec<PathBuf> = Vec::new();
     loop {
+        // Read before the evaluation, so that a change landing while it runs (the SM
+        // writing the LID just after it was read) differs from this and is not missed.
+        let before = snapshot(&watch);
         let mut r = evaluate_fresh(root, &mut f, exp, &GATE_CHECKS)?;
         if let Some(want) = guid_set {
             expect_guid(&f, want, &mut r);
         }
         polls += 1;
+        evaluated();
         if r.is_ready() {
             crate::log_debug!(
                 "VF {addr} RDMA-ready after {} µs ({polls} polls)",
@@ -148,27 +178,31 @@ pub fn wait(
                 permanent,
             });
         }
-        // Between full evaluations, poll only the attributes of the failing checks: on real
-        // hardware each port attribute read is a query to the HCA, and a full evaluation
-        // reads a dozen files. Any change triggers a full evaluation again.
-        let watch = watched_files(root, &addr, &r);
-        let before: Vec<Option<String>> = watch.iter().map(|p| host::read_attr(p).ok()).collect();
+        let failing = watched_files(root, &addr, &r);
+        if failing != watch {
+            // Other checks fail now: their files were not read before this evaluation, so
+            // evaluate once more after one poll interval, with them read first.
+            watch = failing;
+            pause(POLL.min(deadline - now));
+            continue;
+        }
+        // Empty: the failing checks are not port attributes; re-evaluate at every poll.
         loop {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            std::thread::sleep(POLL.min(deadline - now));
-            if watch.is_empty()
-                || watch
-                    .iter()
-                    .zip(&before)
-                    .any(|(p, b)| host::read_attr(p).ok() != *b)
-            {
+            pause(POLL.min(deadline - now));
+            if watch.is_empty() || snapshot(&watch) != before {
                 break;
             }
         }
     }
+}
+
+/// The current contents of `files` (`None` for one that cannot be read).
+fn snapshot(files: &[PathBuf]) -> Vec<Option<String>> {
+    files.iter().map(|p| host::read_attr(p).ok()).collect()
 }
 
 /// The sysfs attributes behind the failing checks, when those are only port attributes
@@ -264,5 +298,48 @@ mod tests {
         b.set_port(0, "gids/0", &format!("fe80:0000:0000:0000:{want}"));
         let r = wait(&root, f, &exp, Duration::from_millis(30), Some(want)).unwrap();
         assert!(r.is_ready());
+    }
+
+    /// The SM may write the LID at any moment, also just after an evaluation read it and
+    /// before the gate starts polling. The gate sees it at the next poll, not at the
+    /// deadline. The pause counts polls instead of sleeping: no clock in the test.
+    #[test]
+    fn a_lid_written_right_after_an_evaluation_is_seen_at_the_next_poll() {
+        // 1: before the gate knows which files to poll; 2: after it has read them.
+        for written_after in 1..=2 {
+            let b = Bench::new(1);
+            let root = HostRoot::new(b.root()).unwrap();
+            b.set_port(0, "lid", "0x0");
+            let f = inventory::read_function(&root, vf_addr(0)).unwrap();
+            let (mut evaluations, mut pauses) = (0, 0);
+            let r = wait_paced(
+                &root,
+                f,
+                &Expectations::default(),
+                Duration::from_secs(600),
+                None,
+                &mut || {
+                    evaluations += 1;
+                    if evaluations == written_after {
+                        b.set_port(0, "lid", "0x7");
+                    }
+                },
+                &mut |_| {
+                    pauses += 1;
+                    assert!(
+                        pauses <= 10,
+                        "LID written after evaluation {written_after}: still polling after \
+                         {pauses} polls; the gate missed it and would wait for the deadline"
+                    );
+                },
+            )
+            .unwrap();
+            assert!(r.is_ready(), "{r:?}");
+            assert_eq!(
+                evaluations,
+                written_after + 1,
+                "LID written after evaluation {written_after}"
+            );
+        }
     }
 }
