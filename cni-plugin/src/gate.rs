@@ -178,7 +178,7 @@ fn wait_paced(
                 permanent,
             });
         }
-        let failing = watched_files(root, &addr, &r);
+        let failing = watched_files(root, &f, &r);
         if failing != watch {
             // Other checks fail now: their files were not read before this evaluation, so
             // evaluate once more after one poll interval, with them read first.
@@ -186,13 +186,13 @@ fn wait_paced(
             pause(POLL.min(deadline - now));
             continue;
         }
-        // Empty: the failing checks are not port attributes; re-evaluate at every poll.
         loop {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
             pause(POLL.min(deadline - now));
+            // Empty: the failing checks are not port attributes; re-evaluate at every poll.
             if watch.is_empty() || snapshot(&watch) != before {
                 break;
             }
@@ -206,12 +206,13 @@ fn snapshot(files: &[PathBuf]) -> Vec<Option<String>> {
 }
 
 /// The sysfs attributes behind the failing checks, when those are only port attributes
-/// (empty: re-evaluate everything at every poll).
-fn watched_files(root: &HostRoot, vf: &PciAddr, r: &Readiness) -> Vec<PathBuf> {
-    let Some(dev) = crate::vf::rdma_device(root, vf) else {
+/// (empty: re-evaluate everything at every poll). `f` is the VF as the evaluation just read
+/// it, RDMA device included.
+fn watched_files(root: &HostRoot, f: &PciFunction, r: &Readiness) -> Vec<PathBuf> {
+    let Some(dev) = &f.rdma else {
         return Vec::new();
     };
-    let ib = root.pci_device(vf).join("infiniband").join(dev);
+    let ib = root.pci_device(&f.addr).join("infiniband").join(&dev.name);
     let port = ib.join("ports/1");
     let mut files = Vec::new();
     for o in r.failures() {
