@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use railvf_host::host::{self, HostError};
-use railvf_host::inventory::{self, VENDOR_MELLANOX};
+use railvf_host::inventory::{self, Detail, VENDOR_MELLANOX};
 use railvf_host::{HostRoot, PciAddr, Vf, attr};
 
 use crate::error::{CniError, code};
@@ -88,7 +88,8 @@ impl From<&Vf> for VfId {
 
 /// Reads the VF and checks it is a ConnectX VF listed by its PF.
 pub fn resolve(root: &HostRoot, addr: PciAddr) -> Result<Vf, VfError> {
-    let vf = inventory::read_vf(root, addr).map_err(|e| match e {
+    // The ports' state is left to the readiness gate, which reads it after the move.
+    let vf = inventory::read_vf_with(root, addr, Detail::Attach).map_err(|e| match e {
         HostError::NoSuchFunction { addr, path } => VfError::NoSuchDevice {
             addr,
             path: path.display().to_string(),
@@ -214,4 +215,25 @@ pub fn rdma_device(root: &HostRoot, addr: &PciAddr) -> Option<String> {
         .ok()?
         .into_iter()
         .next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{Bench, vf_addr};
+    use railvf_host::LinkLayer;
+    use railvf_host::inventory::Attr;
+
+    #[test]
+    fn resolve_reads_the_link_layer_and_leaves_the_port_state_to_the_gate() {
+        let b = Bench::new(1);
+        let root = HostRoot::new(b.root()).unwrap();
+        let vf = resolve(&root, vf_addr(0)).unwrap();
+        let rdma = vf.function.rdma.as_ref().expect("RDMA device");
+        let port = rdma.port1().expect("port 1");
+        assert_eq!(port.link_layer.value(), Some(&LinkLayer::InfiniBand));
+        assert_eq!(port.lid, Attr::NotRead);
+        assert_eq!(port.state, Attr::NotRead);
+        assert_eq!(rdma.node_guid, Attr::NotRead);
+    }
 }

@@ -21,12 +21,14 @@ pub const VENDOR_NVIDIA: u16 = 0x10de;
 /// The kernel driver a usable ConnectX function is bound to.
 pub const DRIVER_MLX5: &str = "mlx5_core";
 
-/// An attribute as found: a value, absent, or present but not in the kernel's format.
+/// An attribute as found: a value, absent, or present but not in the kernel's format; or
+/// not read at all ([`Detail::Attach`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Attr<T> {
     Value(T),
     Missing(PathBuf),
     Invalid { path: PathBuf, error: ParseError },
+    NotRead,
 }
 
 impl<T> Attr<T> {
@@ -66,6 +68,7 @@ impl<T: fmt::Display> Attr<T> {
             Attr::Value(v) => v.to_string(),
             Attr::Missing(p) => format!("missing ({})", p.display()),
             Attr::Invalid { path, error } => format!("unreadable ({}: {error})", path.display()),
+            Attr::NotRead => "not read".to_string(),
         }
     }
 }
@@ -313,9 +316,30 @@ impl Inventory {
     }
 }
 
+/// How much of a PCI function to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Everything.
+    Full,
+    /// Everything but the RDMA ports' state (`state`, `phys_state`, `lid`, `sm_lid`,
+    /// `rate`, `gids/0`) and the node GUID, which are [`Attr::NotRead`]; the link layer is
+    /// read. What attaching a VF needs before the readiness gate reads that state itself:
+    /// on real hardware most of those attributes are a query to the HCA's firmware each.
+    Attach,
+}
+
 /// Reads one PCI function. Fails only when the function does not exist or its identity
 /// (vendor, device, class) cannot be read; everything else is an [`Attr`] or an `Option`.
 pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, HostError> {
+    read_function_with(root, addr, Detail::Full)
+}
+
+/// [`read_function`], reading as much as `detail` says.
+pub fn read_function_with(
+    root: &HostRoot,
+    addr: PciAddr,
+    detail: Detail,
+) -> Result<PciFunction, HostError> {
     let dir = open_function(root, &addr)?;
     let vendor = dir.parse_attr("vendor", attr::parse_prefixed_hex)? as u16;
     let device = dir.parse_attr("device", attr::parse_prefixed_hex)? as u16;
@@ -339,7 +363,7 @@ pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, Host
             name,
         })
         .collect();
-    let rdma = read_rdma_of(&dir)?;
+    let rdma = read_rdma_of(&dir, detail)?;
     let uverbs = dir
         .list("infiniband_verbs")?
         .into_iter()
@@ -375,7 +399,7 @@ pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, Host
 pub fn refresh(root: &HostRoot, f: &mut PciFunction) -> Result<(), HostError> {
     let dir = open_function(root, &f.addr)?;
     f.driver = dir.link_basename("driver")?;
-    f.rdma = read_rdma_of(&dir)?;
+    f.rdma = read_rdma_of(&dir, Detail::Full)?;
     Ok(())
 }
 
@@ -387,7 +411,12 @@ fn open_function(root: &HostRoot, addr: &PciAddr) -> Result<SysDir, HostError> {
 
 /// Reads a VF and finds its index under its PF. Fails, saying why, when `addr` is not a VF.
 pub fn read_vf(root: &HostRoot, addr: PciAddr) -> Result<Vf, HostError> {
-    let function = read_function(root, addr)?;
+    read_vf_with(root, addr, Detail::Full)
+}
+
+/// [`read_vf`], reading the function as much as `detail` says.
+pub fn read_vf_with(root: &HostRoot, addr: PciAddr, detail: Detail) -> Result<Vf, HostError> {
+    let function = read_function_with(root, addr, detail)?;
     let Some(pf) = function.physfn else {
         return Err(HostError::Malformed {
             path: root.pci_device(&addr).join("physfn"),
@@ -586,7 +615,7 @@ fn read_numa(dir: &SysDir) -> Option<u32> {
 }
 
 /// The RDMA device of the function at `dir` (`<dir>/infiniband/<dev>`), if mlx5_ib is bound.
-fn read_rdma_of(dir: &SysDir) -> Result<Option<RdmaDevice>, HostError> {
+fn read_rdma_of(dir: &SysDir, detail: Detail) -> Result<Option<RdmaDevice>, HostError> {
     let Some(name) = dir.list("infiniband")?.into_iter().next() else {
         return Ok(None);
     };
@@ -599,20 +628,36 @@ fn read_rdma_of(dir: &SysDir) -> Result<Option<RdmaDevice>, HostError> {
         let Some(pd) = dev.sub(&format!("ports/{p}"))? else {
             continue;
         };
-        ports.push(RdmaPort {
-            port,
-            state: Attr::read_in(&pd, "state", str::parse),
-            phys_state: Attr::read_in(&pd, "phys_state", str::parse),
-            lid: Attr::read_in(&pd, "lid", attr::parse_lid),
-            sm_lid: Attr::read_in(&pd, "sm_lid", attr::parse_lid),
-            link_layer: Attr::read_in(&pd, "link_layer", str::parse),
-            rate: Attr::read_in(&pd, "rate", str::parse),
-            gid0: Attr::read_in(&pd, "gids/0", str::parse),
+        let link_layer = Attr::read_in(&pd, "link_layer", str::parse);
+        ports.push(match detail {
+            Detail::Full => RdmaPort {
+                port,
+                state: Attr::read_in(&pd, "state", str::parse),
+                phys_state: Attr::read_in(&pd, "phys_state", str::parse),
+                lid: Attr::read_in(&pd, "lid", attr::parse_lid),
+                sm_lid: Attr::read_in(&pd, "sm_lid", attr::parse_lid),
+                link_layer,
+                rate: Attr::read_in(&pd, "rate", str::parse),
+                gid0: Attr::read_in(&pd, "gids/0", str::parse),
+            },
+            Detail::Attach => RdmaPort {
+                port,
+                state: Attr::NotRead,
+                phys_state: Attr::NotRead,
+                lid: Attr::NotRead,
+                sm_lid: Attr::NotRead,
+                link_layer,
+                rate: Attr::NotRead,
+                gid0: Attr::NotRead,
+            },
         });
     }
     ports.sort_by_key(|p| p.port);
     Ok(Some(RdmaDevice {
-        node_guid: Attr::read_in(&dev, "node_guid", str::parse),
+        node_guid: match detail {
+            Detail::Full => Attr::read_in(&dev, "node_guid", str::parse),
+            Detail::Attach => Attr::NotRead,
+        },
         ports,
         name,
     }))
@@ -695,6 +740,80 @@ fn lexical_join(dir: &Path, target: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// A PF 0000:18:00.0 with one VF 0000:18:00.1 whose RDMA port 1 has every attribute,
+    /// under a fresh root.
+    fn one_vf() -> (tempfile::TempDir, HostRoot) {
+        let tmp = tempfile::tempdir().unwrap();
+        let devs = tmp.path().join("sys/bus/pci/devices");
+        let (pf, vf) = (devs.join("0000:18:00.0"), devs.join("0000:18:00.1"));
+        let port = vf.join("infiniband/mlx5_12/ports/1");
+        std::fs::create_dir_all(port.join("gids")).unwrap();
+        std::fs::create_dir_all(&pf).unwrap();
+        for (dir, file, v) in [
+            (&pf, "vendor", "0x15b3"),
+            (&vf, "vendor", "0x15b3"),
+            (&vf, "device", "0x101e"),
+            (&vf, "class", "0x020700"),
+            (&port, "state", "4: ACTIVE"),
+            (&port, "phys_state", "5: LinkUp"),
+            (&port, "lid", "0xe"),
+            (&port, "sm_lid", "0x1"),
+            (&port, "link_layer", "InfiniBand"),
+            (&port, "rate", "400 Gb/sec (4X NDR)"),
+            (&port, "gids/0", "fe80:0000:0000:0000:0c42:a1ff:0018:0101"),
+        ] {
+            std::fs::write(dir.join(file), format!("{v}\n")).unwrap();
+        }
+        std::fs::write(
+            vf.join("infiniband/mlx5_12/node_guid"),
+            "0c42:a1ff:0018:0101\n",
+        )
+        .unwrap();
+        symlink("../0000:18:00.0", vf.join("physfn")).unwrap();
+        symlink("../0000:18:00.1", pf.join("virtfn0")).unwrap();
+        let root = HostRoot::new(tmp.path()).unwrap();
+        (tmp, root)
+    }
+
+    #[test]
+    fn an_attach_read_leaves_the_port_state_to_the_gate() {
+        let (_tmp, root) = one_vf();
+        let addr: PciAddr = "0000:18:00.1".parse().unwrap();
+        let full = read_vf_with(&root, addr, Detail::Full).unwrap();
+        let attach = read_vf_with(&root, addr, Detail::Attach).unwrap();
+        assert_eq!((attach.pf, attach.index), (full.pf, full.index));
+        let (f, a) = (full.function, attach.function);
+        assert_eq!((a.vendor, a.device, a.class), (f.vendor, f.device, f.class));
+        let (fr, ar) = (f.rdma.clone().unwrap(), a.rdma.clone().unwrap());
+        assert_eq!(ar.name, "mlx5_12");
+        let (fp, ap) = (fr.port1().unwrap(), ar.port1().unwrap());
+        // The link layer is read (pre-flight refuses an Ethernet fallback before anything
+        // changes); the rest is not.
+        assert_eq!(ap.link_layer, fp.link_layer);
+        assert_eq!(ap.link_layer.value(), Some(&LinkLayer::InfiniBand));
+        assert_eq!(fp.lid.value(), Some(&0xe));
+        assert_eq!(fp.state.describe(), "4: ACTIVE");
+        assert!(fr.node_guid.value().is_some());
+        for (name, v) in [
+            ("state", ap.state.describe()),
+            ("phys_state", ap.phys_state.describe()),
+            ("lid", ap.lid.describe()),
+            ("sm_lid", ap.sm_lid.describe()),
+            ("rate", ap.rate.describe()),
+            ("gids/0", ap.gid0.describe()),
+            ("node_guid", ar.node_guid.describe()),
+        ] {
+            assert_eq!(v, "not read", "{name}");
+        }
+        // A refresh (what the gate does first) reads everything.
+        let mut again = a;
+        refresh(&root, &mut again).unwrap();
+        let rp = again.rdma.as_ref().unwrap().port1().unwrap();
+        assert_eq!(rp.lid.value(), Some(&0xe));
+        assert_eq!(rp.sm_lid.value(), Some(&0x1));
+        assert!(again.rdma.unwrap().node_guid.value().is_some());
+    }
 
     /// A bus link as sysfs makes it, under a root that is itself reached through a link.
     #[test]
