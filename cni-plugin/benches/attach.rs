@@ -2,12 +2,12 @@
 //! on the same veth "VF" of the simulated node; and how fast ADD returns once the subnet
 //! manager assigns the LID it waits for.
 //!
-//! Run (root), on the binary as it ships (scripts/build-cni.sh: static, non-PIE), copied
+//! Run as root, on the binary as it ships (scripts/build-cni.sh: static, non-PIE), copied
 //! into place as the DaemonSet installs it:
 //!
 //! ```text
-//! sudo -E scripts/bench-cni.sh
-//! RAILVF_BENCH_CYCLES=100 sudo -E scripts/bench-cni.sh
+//! scripts/bench-cni.sh
+//! RAILVF_BENCH_CYCLES=100 scripts/bench-cni.sh
 //! ```
 //!
 //! `cargo bench -p railvf-cni --bench attach` alone measures cargo's default (dynamically
