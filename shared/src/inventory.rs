@@ -328,6 +328,22 @@ pub enum Detail {
     Attach,
 }
 
+impl Detail {
+    /// The port-state attribute `<dir>/<rel>`: read with [`Detail::Full`], not with
+    /// [`Detail::Attach`].
+    fn port_state<T>(
+        self,
+        dir: &SysDir,
+        rel: &str,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Attr<T> {
+        match self {
+            Detail::Full => Attr::read_in(dir, rel, parse),
+            Detail::Attach => Attr::NotRead,
+        }
+    }
+}
+
 /// Reads one PCI function. Fails only when the function does not exist or its identity
 /// (vendor, device, class) cannot be read; everything else is an [`Attr`] or an `Option`.
 pub fn read_function(root: &HostRoot, addr: PciAddr) -> Result<PciFunction, HostError> {
@@ -628,36 +644,20 @@ fn read_rdma_of(dir: &SysDir, detail: Detail) -> Result<Option<RdmaDevice>, Host
         let Some(pd) = dev.sub(&format!("ports/{p}"))? else {
             continue;
         };
-        let link_layer = Attr::read_in(&pd, "link_layer", str::parse);
-        ports.push(match detail {
-            Detail::Full => RdmaPort {
-                port,
-                state: Attr::read_in(&pd, "state", str::parse),
-                phys_state: Attr::read_in(&pd, "phys_state", str::parse),
-                lid: Attr::read_in(&pd, "lid", attr::parse_lid),
-                sm_lid: Attr::read_in(&pd, "sm_lid", attr::parse_lid),
-                link_layer,
-                rate: Attr::read_in(&pd, "rate", str::parse),
-                gid0: Attr::read_in(&pd, "gids/0", str::parse),
-            },
-            Detail::Attach => RdmaPort {
-                port,
-                state: Attr::NotRead,
-                phys_state: Attr::NotRead,
-                lid: Attr::NotRead,
-                sm_lid: Attr::NotRead,
-                link_layer,
-                rate: Attr::NotRead,
-                gid0: Attr::NotRead,
-            },
+        ports.push(RdmaPort {
+            port,
+            state: detail.port_state(&pd, "state", str::parse),
+            phys_state: detail.port_state(&pd, "phys_state", str::parse),
+            lid: detail.port_state(&pd, "lid", attr::parse_lid),
+            sm_lid: detail.port_state(&pd, "sm_lid", attr::parse_lid),
+            link_layer: Attr::read_in(&pd, "link_layer", str::parse),
+            rate: detail.port_state(&pd, "rate", str::parse),
+            gid0: detail.port_state(&pd, "gids/0", str::parse),
         });
     }
     ports.sort_by_key(|p| p.port);
     Ok(Some(RdmaDevice {
-        node_guid: match detail {
-            Detail::Full => Attr::read_in(&dev, "node_guid", str::parse),
-            Detail::Attach => Attr::NotRead,
-        },
+        node_guid: detail.port_state(&dev, "node_guid", str::parse),
         ports,
         name,
     }))
