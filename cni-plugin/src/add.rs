@@ -153,13 +153,20 @@ fn locked(
         moving: Some(host_link(&link)),
         pod_ifindex: None,
         rdma_device: if conf.rdma_isolation {
-            Some(vf::rdma_device(root, &addr).ok_or_else(|| {
-                CniError::new(
-                    code::BAD_DEVICE,
-                    format!("rdmaIsolation is set but VF {addr} has no RDMA device"),
-                    "load mlx5_ib (modprobe mlx5_ib), or remove rdmaIsolation",
-                )
-            })?)
+            // As resolved (the pre-flight has just checked it is there).
+            Some(
+                vf.function
+                    .rdma
+                    .as_ref()
+                    .map(|d| d.name.clone())
+                    .ok_or_else(|| {
+                        CniError::new(
+                            code::BAD_DEVICE,
+                            format!("rdmaIsolation is set but VF {addr} has no RDMA device"),
+                            "load mlx5_ib (modprobe mlx5_ib), or remove rdmaIsolation",
+                        )
+                    })?,
+            )
         } else {
             None
         },
