@@ -20,8 +20,11 @@ use crate::rtnl::{LinkView, Rtnl, VethSpec};
 use crate::topology::{LinkLayer, Nic, NicRole, Topology, rdma_index};
 
 /// First ifindex handed to netdevs that exist in the fixture only (PFs, VFs without links):
-/// far above anything a test host allocates, so they never alias a real link.
-const FAKE_IFINDEX_BASE: u32 = 100_000;
+/// far above anything a test host allocates, so they never alias a real link. The kernel
+/// hands out ifindexes cyclically up to `i32::MAX` and never reuses one before wrapping, so
+/// a host that has run the test suite for a while is past 100,000 (one was at 101,190, and
+/// a PF's fake 100,005 made a real VF with that ifindex look host-managed in the demo).
+const FAKE_IFINDEX_BASE: u32 = 2_000_000_000;
 /// MTU of the VF veths: IPoIB datagram mode on a 4K IB MTU.
 const IPOIB_MTU: u32 = 4092;
 const FW_VER: &str = "28.39.1002";
