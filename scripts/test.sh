@@ -2,6 +2,8 @@
 # Every test of the workspace, on the simulated DGX H200 node. Run as root on Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One clean build, nothing to reuse: incremental state would only take disk (1.7 GB of it).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 scripts/setup-debian.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
