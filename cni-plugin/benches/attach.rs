@@ -93,6 +93,8 @@ fn plugin(bin: &Path, verb: &str, netns: &Path, conf: &str, env: &[(&str, &Path)
     );
 }
 
+/// `ip <args…>` as the floor rows time it: stdout to /dev/null, as a shell would leave it,
+/// not captured (the simulator's `ip` helper reads it into memory).
 fn ip(args: &[&str]) {
     let s = Command::new("ip")
         .args(args)

@@ -2,10 +2,9 @@
 //! routes, the EEXIST-after-move behaviour, and the errors of VF/RDMA operations on a
 //! kernel without SR-IOV or RDMA. Needs root (skips loudly otherwise).
 //!
-//! Every test makes its own namespaces (`rvn-<pid>-<n>`) and veth pairs with unique names
-//! and removes them on drop, panics included.
+//! Every test makes its own namespaces (the simulator's `rvt-<pid>-<n>`) and veth pairs
+//! with unique names, and removes them on drop, panics included.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,6 +14,7 @@ use railvf_cni::net::rtnl::{self, Rtnl, moved_under_old_name};
 use railvf_cni::net::vf;
 use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, VfSettings};
 use railvf_host::Guid;
+use railvf_sim::{TestNetns, require_root};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -22,54 +22,19 @@ fn next() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
-/// `true` when the test can run; prints `SKIPPED (needs root): <name>` otherwise.
-fn root(name: &str) -> bool {
-    let ok = nix::unistd::Uid::effective().is_root()
-        && Command::new("ip")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        // Straight to stderr: libtest captures println!/eprintln!, not this.
-        let _ = writeln!(std::io::stderr(), "SKIPPED (needs root): {name}");
-    }
-    ok
-}
-
+/// `ip <args…>`'s stdout; a failing `ip` fails the test.
 fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    railvf_sim::ip(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A named network namespace, deleted on drop.
-struct TestNs {
-    name: String,
+/// A fresh named netns for one test, deleted on drop.
+fn test_ns() -> TestNetns {
+    TestNetns::new().unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl TestNs {
-    fn new() -> Self {
-        let name = format!("rvn-{}-{}", std::process::id(), next());
-        ip(&["netns", "add", &name]);
-        TestNs { name }
-    }
-
-    fn netns(&self) -> Netns {
-        Netns::path(format!("/var/run/netns/{}", self.name))
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
+/// The namespace as railvf's netlink layer addresses it.
+fn netns_of(ns: &TestNetns) -> Netns {
+    Netns::path(ns.path())
 }
 
 /// A veth pair in the host netns, both ends deleted on drop wherever they ended up (a
@@ -129,17 +94,17 @@ fn net(s: &str) -> IpNet {
 
 #[test]
 fn move_rename_into_netns_and_back() {
-    if !root("move_rename_into_netns_and_back") {
+    if !require_root() {
         return;
     }
-    let ns = TestNs::new();
+    let ns = test_ns();
     let veth = Veth::new();
     let rt = Rtnl::new();
     let host = Netns::Host;
     let before = rt.link_by_name(&host, &veth.a).unwrap().unwrap();
 
     let moved = rt
-        .move_link(&host, before.ifindex, &ns.netns(), "net1")
+        .move_link(&host, before.ifindex, &netns_of(&ns), "net1")
         .unwrap();
     assert_eq!(moved.name, "net1");
     assert_eq!(moved.mac, before.mac, "same device");
@@ -149,20 +114,20 @@ fn move_rename_into_netns_and_back() {
     );
     // Lookup by index in the target works, and `ip` agrees.
     let by_index = rt
-        .link_by_index(&ns.netns(), moved.ifindex)
+        .link_by_index(&netns_of(&ns), moved.ifindex)
         .unwrap()
         .unwrap();
     assert_eq!(by_index, moved);
-    let shown = ip(&["-n", &ns.name, "-j", "link", "show", "net1"]);
+    let shown = ip(&["-n", ns.name(), "-j", "link", "show", "net1"]);
     assert!(shown.contains(&before.mac), "{shown}");
 
     // And back under the original name.
     let back = rt
-        .move_link(&ns.netns(), moved.ifindex, &host, &veth.a)
+        .move_link(&netns_of(&ns), moved.ifindex, &host, &veth.a)
         .unwrap();
     assert_eq!(back.name, veth.a);
     assert_eq!(back.mac, before.mac);
-    assert!(rt.link_by_name(&ns.netns(), "net1").unwrap().is_none());
+    assert!(rt.link_by_name(&netns_of(&ns), "net1").unwrap().is_none());
     assert_eq!(
         rt.link_by_name(&host, &veth.a).unwrap().unwrap().mac,
         before.mac
@@ -171,10 +136,10 @@ fn move_rename_into_netns_and_back() {
 
 #[test]
 fn one_request_moves_renames_sets_mtu_and_brings_up() {
-    if !root("one_request_moves_renames_sets_mtu_and_brings_up") {
+    if !require_root() {
         return;
     }
-    let ns = TestNs::new();
+    let ns = test_ns();
     let veth = Veth::new();
     let rt = Rtnl::new();
     let host = Netns::Host;
@@ -182,7 +147,7 @@ fn one_request_moves_renames_sets_mtu_and_brings_up() {
     assert!(!before.up, "a new veth starts down");
 
     let moved = rt
-        .move_found_link_up(&host, &before, &ns.netns(), "net1", Some(1400))
+        .move_found_link_up(&host, &before, &netns_of(&ns), "net1", Some(1400))
         .unwrap();
     assert_eq!(
         (moved.name.as_str(), moved.mtu, moved.up, moved.mac.as_str()),
@@ -191,7 +156,7 @@ fn one_request_moves_renames_sets_mtu_and_brings_up() {
     );
     // Checked from outside: `ip` sees it in the netns, renamed, MTU set, admin up.
     let shown: serde_json::Value =
-        serde_json::from_str(&ip(&["-n", &ns.name, "-j", "link", "show", "net1"])).unwrap();
+        serde_json::from_str(&ip(&["-n", ns.name(), "-j", "link", "show", "net1"])).unwrap();
     assert_eq!(shown[0]["mtu"], 1400, "{shown}");
     let flags = shown[0]["flags"].to_string();
     assert!(flags.contains("\"UP\""), "{shown}");
@@ -199,49 +164,60 @@ fn one_request_moves_renames_sets_mtu_and_brings_up() {
 
     // Without an MTU the link keeps its own.
     let back = rt
-        .move_found_link(&ns.netns(), &moved, &host, &veth.a)
+        .move_found_link(&netns_of(&ns), &moved, &host, &veth.a)
         .unwrap();
     let again = rt
-        .move_found_link_up(&host, &back, &ns.netns(), "net1", None)
+        .move_found_link_up(&host, &back, &netns_of(&ns), "net1", None)
         .unwrap();
     assert_eq!((again.mtu, again.up), (1400, true));
     let back = rt
-        .move_found_link(&ns.netns(), &again, &host, &veth.a)
+        .move_found_link(&netns_of(&ns), &again, &host, &veth.a)
         .unwrap();
 
     // A refused MTU fails the request part-way: the kernel has moved the link
     // (the move comes first) but not renamed it (the name comes after the MTU), and it
     // is down. The teardown looks for it under both names.
     let err = rt
-        .move_found_link_up(&host, &back, &ns.netns(), "net1", Some(70_000))
+        .move_found_link_up(&host, &back, &netns_of(&ns), "net1", Some(70_000))
         .unwrap_err();
     println!("move with MTU 70000: {err}");
     assert!(err.to_string().contains("MTU 70000"), "{err}");
     let there = rt
-        .link_by_name(&ns.netns(), &veth.a)
+        .link_by_name(&netns_of(&ns), &veth.a)
         .unwrap()
         .expect("moved under its old name");
     assert!(!there.up);
-    assert!(rt.link_by_name(&ns.netns(), "net1").unwrap().is_none());
+    assert!(rt.link_by_name(&netns_of(&ns), "net1").unwrap().is_none());
 }
 
 #[test]
 fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
-    if !root("eexist_after_move_is_reported_and_link_is_in_target_under_old_name") {
+    if !require_root() {
         return;
     }
-    let ns = TestNs::new();
+    let ns = test_ns();
     let veth = Veth::new();
     // The target already has a "net1" (another veth pair, made inside it).
     ip(&[
-        "-n", &ns.name, "link", "add", "net1", "type", "veth", "peer", "name", "other1",
+        "-n",
+        ns.name(),
+        "link",
+        "add",
+        "net1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other1",
     ]);
     let rt = Rtnl::new();
     let host = Netns::Host;
     let idx = veth.a_index(&rt);
     let mac = rt.link_by_index(&host, idx).unwrap().unwrap().mac;
 
-    let err = rt.move_link(&host, idx, &ns.netns(), "net1").unwrap_err();
+    let err = rt
+        .move_link(&host, idx, &netns_of(&ns), "net1")
+        .unwrap_err();
     println!("move into a netns whose net1 is taken: {err}");
     assert!(moved_under_old_name(&err), "{err}");
     match &err {
@@ -251,7 +227,7 @@ fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
     // FACTS: the kernel moved it under its old name.
     assert!(rt.link_by_name(&host, &veth.a).unwrap().is_none());
     let there = rt
-        .link_by_name(&ns.netns(), &veth.a)
+        .link_by_name(&netns_of(&ns), &veth.a)
         .unwrap()
         .expect("moved under old name");
     assert_eq!(there.mac, mac);
@@ -259,13 +235,22 @@ fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
     // Both names taken: nothing moves. Put a link named like veth.a back into the host
     // first... simpler: move it back, then make the target hold both names.
     let back = rt
-        .move_link(&ns.netns(), there.ifindex, &host, &veth.a)
+        .move_link(&netns_of(&ns), there.ifindex, &host, &veth.a)
         .unwrap();
     ip(&[
-        "-n", &ns.name, "link", "add", &veth.a, "type", "veth", "peer", "name", "other2",
+        "-n",
+        ns.name(),
+        "link",
+        "add",
+        &veth.a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other2",
     ]);
     let err = rt
-        .move_link(&host, back.ifindex, &ns.netns(), "net1")
+        .move_link(&host, back.ifindex, &netns_of(&ns), "net1")
         .unwrap_err();
     println!("move into a netns where both names are taken: {err}");
     assert!(!moved_under_old_name(&err), "{err}");
@@ -279,14 +264,14 @@ fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
 
 #[test]
 fn configure_inside_netns_and_read_back() {
-    if !root("configure_inside_netns_and_read_back") {
+    if !require_root() {
         return;
     }
-    let ns = TestNs::new();
+    let ns = test_ns();
     let veth = Veth::new();
     let rt = Rtnl::new();
     let host = Netns::Host;
-    let pod = ns.netns();
+    let pod = netns_of(&ns);
     let l = rt
         .move_link(&host, veth.a_index(&rt), &pod, "net1")
         .unwrap();
@@ -338,7 +323,7 @@ fn configure_inside_netns_and_read_back() {
     )
     .unwrap();
 
-    let r4 = routes(&ns.name, "-4");
+    let r4 = routes(ns.name(), "-4");
     println!("{r4:?}");
     let default4 = find(&r4, "default");
     assert_eq!(default4["gateway"], "10.77.0.1");
@@ -346,13 +331,13 @@ fn configure_inside_netns_and_read_back() {
     let onlink = find(&r4, "192.168.77.0/24");
     assert_eq!(onlink["scope"], "link");
     assert!(onlink.get("gateway").is_none());
-    let r6 = routes(&ns.name, "-6");
+    let r6 = routes(ns.name(), "-6");
     println!("{r6:?}");
     assert_eq!(find(&r6, "fd00:88::/64")["gateway"], "fd00:77::1");
     assert!(find(&r6, "fd00:99::/64").get("gateway").is_none());
     assert_eq!(find(&r6, "default")["gateway"], "fe80::1");
     let a: serde_json::Value =
-        serde_json::from_str(&ip(&["-n", &ns.name, "-j", "addr", "show", "net1"])).unwrap();
+        serde_json::from_str(&ip(&["-n", ns.name(), "-j", "addr", "show", "net1"])).unwrap();
     let v4 = a[0]["addr_info"]
         .as_array()
         .unwrap()
@@ -416,13 +401,13 @@ fn configure_inside_netns_and_read_back() {
 
 #[test]
 fn routes_on_a_down_link_and_missing_links() {
-    if !root("routes_on_a_down_link_and_missing_links") {
+    if !require_root() {
         return;
     }
-    let ns = TestNs::new();
+    let ns = test_ns();
     let veth = Veth::new();
     let rt = Rtnl::new();
-    let pod = ns.netns();
+    let pod = netns_of(&ns);
     let l = rt
         .move_link(&Netns::Host, veth.a_index(&rt), &pod, "net1")
         .unwrap();
@@ -465,7 +450,7 @@ fn routes_on_a_down_link_and_missing_links() {
 
 #[test]
 fn bad_namespaces_are_named() {
-    if !root("bad_namespaces_are_named") {
+    if !require_root() {
         return;
     }
     let rt = Rtnl::new();
@@ -483,7 +468,7 @@ fn bad_namespaces_are_named() {
 
 #[test]
 fn vf_operations_on_a_veth_are_unsupported() {
-    if !root("vf_operations_on_a_veth_are_unsupported") {
+    if !require_root() {
         return;
     }
     let veth = Veth::new();
@@ -549,13 +534,13 @@ fn vf_operations_on_a_veth_are_unsupported() {
 
 #[test]
 fn rdma_move_says_what_is_missing() {
-    if !root("rdma_move_says_what_is_missing") {
+    if !require_root() {
         return;
     }
-    let ns = TestNs::new();
+    let ns = test_ns();
     let rt = Rtnl::new();
     let e = rt
-        .move_rdma_device("mlx5_4", &Netns::Host, &ns.netns())
+        .move_rdma_device("mlx5_4", &Netns::Host, &netns_of(&ns))
         .unwrap_err();
     println!("{e}");
     match &e {
@@ -571,27 +556,45 @@ fn rdma_move_says_what_is_missing() {
 
 #[test]
 fn sockets_are_per_netns_and_threads_stay_home() {
-    if !root("sockets_are_per_netns_and_threads_stay_home") {
+    if !require_root() {
         return;
     }
     let before = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
-    let ns1 = TestNs::new();
-    let ns2 = TestNs::new();
+    let ns1 = test_ns();
+    let ns2 = test_ns();
     let rt = Rtnl::new();
     ip(&[
-        "-n", &ns1.name, "link", "add", "only1", "type", "veth", "peer", "name", "peer1",
+        "-n",
+        ns1.name(),
+        "link",
+        "add",
+        "only1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer1",
     ]);
     ip(&[
-        "-n", &ns2.name, "link", "add", "only2", "type", "veth", "peer", "name", "peer2",
+        "-n",
+        ns2.name(),
+        "link",
+        "add",
+        "only2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer2",
     ]);
     for _ in 0..3 {
-        assert!(rt.link_by_name(&ns1.netns(), "only1").unwrap().is_some());
-        assert!(rt.link_by_name(&ns1.netns(), "only2").unwrap().is_none());
-        assert!(rt.link_by_name(&ns2.netns(), "only2").unwrap().is_some());
+        assert!(rt.link_by_name(&netns_of(&ns1), "only1").unwrap().is_some());
+        assert!(rt.link_by_name(&netns_of(&ns1), "only2").unwrap().is_none());
+        assert!(rt.link_by_name(&netns_of(&ns2), "only2").unwrap().is_some());
         assert!(rt.link_by_name(&Netns::Host, "only1").unwrap().is_none());
     }
     let names: Vec<String> = rt
-        .links(&ns1.netns())
+        .links(&netns_of(&ns1))
         .unwrap()
         .into_iter()
         .map(|l| l.name)
@@ -603,7 +606,7 @@ fn sockets_are_per_netns_and_threads_stay_home() {
     );
     // in_netns: inside the closure the thread is in the netns, after it (also after an
     // error from the closure) it is home again.
-    let f = std::fs::File::open(format!("/run/netns/{}", ns1.name)).unwrap();
+    let f = ns1.open().unwrap();
     let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().unwrap());
     let want = std::path::PathBuf::from(format!("net:[{ino}]"));
     let inside = netns::in_netns(&f, || std::fs::read_link("/proc/thread-self/ns/net")).unwrap();

@@ -4,55 +4,42 @@
 //! (ADD), then move it back under its name (DEL). Needs root; alone in its test binary so
 //! the process CPU clock measures only this.
 
-use std::io::Write;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::time::{ClockId, clock_gettime};
 use railvf_cni::net::rtnl::Rtnl;
 use railvf_cni::net::{IpNet, LinkOps, Netns};
+use railvf_sim::TestNetns;
 
 fn cpu(clock: ClockId) -> Duration {
     Duration::from(clock_gettime(clock).expect("clock_gettime"))
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    railvf_sim::ip(args).unwrap_or_else(|e| panic!("{e}"));
 }
 
-struct Cleanup(String, String);
+/// Deletes the test's veth pair on drop, panics included (in the pod netns it goes with it).
+struct DelLink(String);
 
-impl Drop for Cleanup {
+impl Drop for DelLink {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-        let _ = Command::new("ip").args(["link", "del", &self.1]).output();
+        let _ = railvf_sim::ip(&["link", "del", &self.0]);
     }
 }
 
 #[test]
 fn move_cycle_cpu_time() {
-    if !nix::unistd::Uid::effective().is_root() {
-        // Straight to stderr: libtest captures println!/eprintln!, not this.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED (needs root): move_cycle_cpu_time"
-        );
+    if !railvf_sim::require_root() {
         return;
     }
     let pid = std::process::id();
-    let ns = format!("rvn-{pid}-timing");
+    let ns = TestNetns::new().unwrap_or_else(|e| panic!("{e}"));
     let a = format!("rvt{:x}a", pid & 0xfffff);
     let b = format!("rvt{:x}b", pid & 0xfffff);
-    ip(&["netns", "add", &ns]);
-    let _cleanup = Cleanup(ns.clone(), a.clone());
     ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-    let pod = Netns::path(format!("/var/run/netns/{ns}"));
+    let _veth = DelLink(a.clone());
+    let pod = Netns::path(ns.path());
     let host = Netns::Host;
 
     const N: u32 = 10;

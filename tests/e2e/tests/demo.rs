@@ -46,9 +46,9 @@ fn demo(args: &[&str]) -> Run {
     }
 }
 
+/// `ip <args…>`'s stdout; a failing `ip` fails the test (an empty listing would pass it).
 fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    railvf_sim::ip(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Nothing the demo made survives it: its node root, its pod netns, its VF links, its
