@@ -2,7 +2,8 @@
 # Every test of the workspace, on the simulated DGX H200 node. Run as root on Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# One clean build, nothing to reuse: incremental state would only take disk (1.7 GB of it).
+# One clean build, nothing to reuse: incremental state would only take disk (1.7 GB of it
+# with full debug info).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 scripts/setup-debian.sh
 # A clean run writes 2.5 GB into target/, and cargo-deny's first build 0.3 GB into the
