@@ -6,21 +6,13 @@
 //! with unique names, and removes them on drop, panics included.
 
 use std::net::IpAddr;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use railvf_cni::net::netns::{self, Msg, NlSocket, nest_begin, nest_end, put_attr};
 use railvf_cni::net::rtnl::{self, Rtnl, moved_under_old_name};
 use railvf_cni::net::vf;
 use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, VfSettings};
 use railvf_host::Guid;
-use railvf_sim::{TestNetns, require_root};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn next() -> u32 {
-    COUNTER.fetch_add(1, Ordering::Relaxed)
-}
+use railvf_sim::{TestNetns, TestVeth, require_root};
 
 /// `ip <args…>`'s stdout; a failing `ip` fails the test.
 fn ip(args: &[&str]) -> String {
@@ -37,39 +29,17 @@ fn netns_of(ns: &TestNetns) -> Netns {
     Netns::path(ns.path())
 }
 
-/// A veth pair in the host netns, both ends deleted on drop wherever they ended up (a
-/// deleted namespace takes its end with it).
-struct Veth {
-    a: String,
-    b: String,
+/// A fresh veth pair in the host netns, deleted on drop.
+fn test_veth() -> TestVeth {
+    TestVeth::new().unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Veth {
-    fn new() -> Self {
-        let tag = format!("{:x}{:x}", std::process::id() & 0xfffff, next());
-        let v = Veth {
-            a: format!("rva{tag}"),
-            b: format!("rvb{tag}"),
-        };
-        assert!(v.a.len() <= 15, "{}", v.a);
-        ip(&["link", "add", &v.a, "type", "veth", "peer", "name", &v.b]);
-        v
-    }
-
-    fn a_index(&self, rt: &Rtnl) -> u32 {
-        rt.link_by_name(&Netns::Host, &self.a)
-            .expect("lookup")
-            .expect("veth end in host")
-            .ifindex
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        // Deleting one end deletes the pair; it may be in the host or already gone.
-        let _ = Command::new("ip").args(["link", "del", &self.b]).output();
-        let _ = Command::new("ip").args(["link", "del", &self.a]).output();
-    }
+/// The host ifindex of the pair's `a` end.
+fn a_index(veth: &TestVeth, rt: &Rtnl) -> u32 {
+    rt.link_by_name(&Netns::Host, &veth.a)
+        .expect("lookup")
+        .expect("veth end in host")
+        .ifindex
 }
 
 /// `ip -n <ns> -j <family> route show`, parsed.
@@ -98,7 +68,7 @@ fn move_rename_into_netns_and_back() {
         return;
     }
     let ns = test_ns();
-    let veth = Veth::new();
+    let veth = test_veth();
     let rt = Rtnl::new();
     let host = Netns::Host;
     let before = rt.link_by_name(&host, &veth.a).unwrap().unwrap();
@@ -140,7 +110,7 @@ fn one_request_moves_renames_sets_mtu_and_brings_up() {
         return;
     }
     let ns = test_ns();
-    let veth = Veth::new();
+    let veth = test_veth();
     let rt = Rtnl::new();
     let host = Netns::Host;
     let before = rt.link_by_name(&host, &veth.a).unwrap().unwrap();
@@ -196,7 +166,7 @@ fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
         return;
     }
     let ns = test_ns();
-    let veth = Veth::new();
+    let veth = test_veth();
     // The target already has a "net1" (another veth pair, made inside it).
     ip(&[
         "-n",
@@ -212,7 +182,7 @@ fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
     ]);
     let rt = Rtnl::new();
     let host = Netns::Host;
-    let idx = veth.a_index(&rt);
+    let idx = a_index(&veth, &rt);
     let mac = rt.link_by_index(&host, idx).unwrap().unwrap().mac;
 
     let err = rt
@@ -268,12 +238,12 @@ fn configure_inside_netns_and_read_back() {
         return;
     }
     let ns = test_ns();
-    let veth = Veth::new();
+    let veth = test_veth();
     let rt = Rtnl::new();
     let host = Netns::Host;
     let pod = netns_of(&ns);
     let l = rt
-        .move_link(&host, veth.a_index(&rt), &pod, "net1")
+        .move_link(&host, a_index(&veth, &rt), &pod, "net1")
         .unwrap();
     assert!(!l.up);
 
@@ -405,11 +375,11 @@ fn routes_on_a_down_link_and_missing_links() {
         return;
     }
     let ns = test_ns();
-    let veth = Veth::new();
+    let veth = test_veth();
     let rt = Rtnl::new();
     let pod = netns_of(&ns);
     let l = rt
-        .move_link(&Netns::Host, veth.a_index(&rt), &pod, "net1")
+        .move_link(&Netns::Host, a_index(&veth, &rt), &pod, "net1")
         .unwrap();
     rt.add_address(&pod, l.ifindex, net("10.78.0.5/24"))
         .unwrap();
@@ -471,9 +441,9 @@ fn vf_operations_on_a_veth_are_unsupported() {
     if !require_root() {
         return;
     }
-    let veth = Veth::new();
+    let veth = test_veth();
     let rt = Rtnl::new();
-    let pf = veth.a_index(&rt);
+    let pf = a_index(&veth, &rt);
     let s = VfSettings {
         mac: Some([0x02, 0, 0, 0, 0, 1]),
         vlan: Some((100, 3, 0x8100)),

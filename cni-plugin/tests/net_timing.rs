@@ -9,23 +9,10 @@ use std::time::{Duration, Instant};
 use nix::time::{ClockId, clock_gettime};
 use railvf_cni::net::rtnl::Rtnl;
 use railvf_cni::net::{IpNet, LinkOps, Netns};
-use railvf_sim::TestNetns;
+use railvf_sim::{TestNetns, TestVeth};
 
 fn cpu(clock: ClockId) -> Duration {
     Duration::from(clock_gettime(clock).expect("clock_gettime"))
-}
-
-fn ip(args: &[&str]) {
-    railvf_sim::ip(args).unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// Deletes the test's veth pair on drop, panics included (in the pod netns it goes with it).
-struct DelLink(String);
-
-impl Drop for DelLink {
-    fn drop(&mut self) {
-        let _ = railvf_sim::ip(&["link", "del", &self.0]);
-    }
 }
 
 #[test]
@@ -33,12 +20,9 @@ fn move_cycle_cpu_time() {
     if !railvf_sim::require_root() {
         return;
     }
-    let pid = std::process::id();
     let ns = TestNetns::new().unwrap_or_else(|e| panic!("{e}"));
-    let a = format!("rvt{:x}a", pid & 0xfffff);
-    let b = format!("rvt{:x}b", pid & 0xfffff);
-    ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-    let _veth = DelLink(a.clone());
+    let veth = TestVeth::new().unwrap_or_else(|e| panic!("{e}"));
+    let a = &veth.a;
     let pod = Netns::path(ns.path());
     let host = Netns::Host;
 
@@ -54,7 +38,7 @@ fn move_cycle_cpu_time() {
         );
         let rt = Rtnl::new();
         // ADD
-        let vf = rt.link_by_name(&host, &a).unwrap().unwrap();
+        let vf = rt.link_by_name(&host, a).unwrap().unwrap();
         let l = rt.move_link(&host, vf.ifindex, &pod, "net1").unwrap();
         rt.set_mtu(&pod, l.ifindex, 9000).unwrap();
         rt.set_up(&pod, l.ifindex, true).unwrap();
@@ -80,7 +64,7 @@ fn move_cycle_cpu_time() {
         // DEL
         let l = rt.link_by_name(&pod, "net1").unwrap().unwrap();
         rt.set_up(&pod, l.ifindex, false).unwrap();
-        rt.move_link(&pod, l.ifindex, &host, &a).unwrap();
+        rt.move_link(&pod, l.ifindex, &host, a).unwrap();
         drop(rt);
         let (p, t, w) = (
             cpu(ClockId::CLOCK_PROCESS_CPUTIME_ID) - p0,

@@ -47,7 +47,7 @@ mod topology;
 
 pub use error::{Result, SimError};
 pub use fault::{Fault, PhysState, PortState};
-pub use netns::{TestNetns, ip, require_root};
+pub use netns::{TestNetns, TestVeth, ip, require_root};
 pub use node::{HostNetdev, guid_colon, parse_guid};
 pub use pci::Bdf;
 pub use sim::{NetdevNaming, PfInfo, SimNode, SimOptions, VfInfo};

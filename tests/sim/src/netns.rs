@@ -1,4 +1,4 @@
-//! Test helpers: named network namespaces for "pods", and the root check.
+//! Test helpers: named network namespaces for "pods", plain veth pairs, and the root check.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -94,6 +94,42 @@ impl Drop for TestNetns {
         if let Err(e) = ip(&["netns", "del", &self.name]) {
             eprintln!("railvf-sim: could not delete test netns {}: {e}", self.name);
         }
+    }
+}
+
+static VETH_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A plain veth pair in the host netns (`rva<tag>` / `rvb<tag>`, unique per process and
+/// pair), for tests of netlink itself rather than of a simulated node. Both ends are
+/// deleted on drop wherever they ended up (a deleted namespace takes its end with it).
+#[derive(Debug)]
+pub struct TestVeth {
+    /// The end tests move around.
+    pub a: String,
+    /// Its peer, which stays in the host netns.
+    pub b: String,
+}
+
+impl TestVeth {
+    /// Creates the pair; needs root.
+    pub fn new() -> Result<TestVeth> {
+        let tag = format!(
+            "{:x}{:x}",
+            std::process::id() & 0xfffff,
+            VETH_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let (a, b) = (format!("rva{tag}"), format!("rvb{tag}"));
+        assert!(a.len() <= 15, "{a} is longer than an interface name may be");
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        Ok(TestVeth { a, b })
+    }
+}
+
+impl Drop for TestVeth {
+    fn drop(&mut self) {
+        // Deleting one end deletes the pair; either may be in the host or already gone.
+        let _ = ip(&["link", "del", &self.b]);
+        let _ = ip(&["link", "del", &self.a]);
     }
 }
 
