@@ -125,25 +125,22 @@ pub(crate) fn attr_error(path: &Path, e: io::Error) -> HostError {
 /// `read`, and a regular file reads short only at its end, so a read that leaves the buffer
 /// part-empty is the whole file. That saves the `statx` and the second, empty `read` of
 /// `read_to_string` — a third of the system calls of each attribute on the ADD path.
+/// The page is read on the stack: a heap page per attribute is, with a malloc that hands
+/// freed pages back to the kernel (musl's), an `mmap` and a `munmap` per attribute.
 pub(crate) fn read_small(mut f: std::fs::File) -> io::Result<String> {
     use std::io::Read;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        match f.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => {
-                len += n;
-                if len < buf.len() {
-                    break;
-                }
-                buf.resize(buf.len() * 2, 0);
-            }
+    let mut page = [0u8; 4096];
+    let n = loop {
+        match f.read(&mut page) {
+            Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    };
+    let mut buf = page[..n].to_vec();
+    if n == page.len() {
+        f.read_to_end(&mut buf)?;
     }
-    buf.truncate(len);
     String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
