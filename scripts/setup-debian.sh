@@ -10,8 +10,8 @@ fi
 
 # iproute2: ip netns/link; containernetworking-plugins: host-local/static IPAM and the
 # host-device baseline (in /usr/lib/cni); podman + runc + busybox-static: the real CNI
-# runtime test; libc6-dev: glibc's static libc.a for the shipped CNI binary
-# (scripts/build-cni.sh).
+# runtime test; libc6-dev: glibc's static libc.a, for the shipped CNI binary where Rust's
+# musl target is missing (scripts/build-cni.sh).
 packages=(iproute2 containernetworking-plugins podman runc busybox-static libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
@@ -27,4 +27,15 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "railvf: cargo not found: install a Rust toolchain >= 1.95 (rustup) and re-run" >&2
   exit 1
+fi
+
+# The shipped CNI binary is linked against musl (scripts/build-cni.sh): Rust's musl target,
+# from rustup. Without it (no rustup, or its server out of reach) that script builds against
+# static glibc instead, and says so; nothing else needs the target.
+musl="$(uname -m)-unknown-linux-musl"
+if ! compgen -G "$(rustc --print target-libdir --target "$musl" 2>/dev/null)/libstd-*.rlib" >/dev/null; then
+  if ! { command -v rustup >/dev/null 2>&1 && timeout 300 rustup target add "$musl" >&2; }; then
+    echo "railvf: could not install Rust's $musl target (rustup target add $musl):" \
+      "the shipped CNI binary will be built against static glibc" >&2
+  fi
 fi

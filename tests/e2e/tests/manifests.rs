@@ -526,9 +526,9 @@ fn check_image(d: &Deploy) -> Result<(), String> {
     if !containerfile.contains("--locked --release") {
         return Err("the Containerfile must build with --locked --release".into());
     }
-    if !containerfile.contains("\"$(scripts/build-cni.sh)\" /out/railvf") {
+    if !containerfile.contains("\"$(RAILVF_CNI_LIBC=musl scripts/build-cni.sh)\" /out/railvf") {
         return Err(
-            "the Containerfile must install the CNI binary scripts/build-cni.sh builds (static: it runs on the node)"
+            "the Containerfile must install the CNI binary scripts/build-cni.sh builds against musl (static: it runs on the node)"
                 .into(),
         );
     }
@@ -1127,9 +1127,16 @@ fn every_check_catches_a_broken_copy() {
         (
             "image",
             "Containerfile",
-            "\"$(scripts/build-cni.sh)\" /out/railvf",
+            "\"$(RAILVF_CNI_LIBC=musl scripts/build-cni.sh)\" /out/railvf",
             "target/release/railvf /out/railvf",
             "scripts/build-cni.sh builds",
+        ),
+        (
+            "image",
+            "Containerfile",
+            "\"$(RAILVF_CNI_LIBC=musl scripts/build-cni.sh)\" /out/railvf",
+            "\"$(scripts/build-cni.sh)\" /out/railvf",
+            "builds against musl",
         ),
         (
             "resource_names",
