@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh
 bin=$(scripts/build-cni.sh)
-RAILVF_BENCH_BIN="$PWD/$bin" exec cargo bench --locked -p railvf-cni --bench attach
+# The static glibc build as well (what scripts/build-cni.sh falls back to without Rust's
+# musl target), measured beside the shipped one.
+glibc=$(RAILVF_CNI_LIBC=glibc scripts/build-cni.sh)
+RAILVF_BENCH_BIN="$PWD/$bin" RAILVF_BENCH_GLIBC_BIN="$PWD/$glibc" \
+  exec cargo bench --locked -p railvf-cni --bench attach

@@ -2,7 +2,7 @@
 //! on the same veth "VF" of the simulated node; and how fast ADD returns once the subnet
 //! manager assigns the LID it waits for.
 //!
-//! Run as root, on the binary as it ships (scripts/build-cni.sh: static, non-PIE), copied
+//! Run as root, on the binary as it ships (scripts/build-cni.sh: static, musl, non-PIE), copied
 //! into place as the DaemonSet installs it:
 //!
 //! ```text
@@ -12,7 +12,8 @@
 //!
 //! `cargo bench -p railvf-cni --bench attach` alone measures cargo's default (dynamically
 //! linked) build; `RAILVF_BENCH_BIN=<path>` measures any other railvf binary, and cargo's
-//! build is then measured beside it for context.
+//! build is then measured beside it for context, as is `RAILVF_BENCH_GLIBC_BIN=<path>`
+//! (scripts/bench-cni.sh: the static glibc build, build-cni.sh's fallback) when given.
 //!
 //! CPU time is the user+system time of the plugin processes (`getrusage(RUSAGE_CHILDREN)`
 //! deltas), or of the measuring thread for the in-process floors (`RUSAGE_THREAD`). Rows are
@@ -254,6 +255,11 @@ fn main() {
     std::fs::copy(&bin, &installed).expect("install the railvf binary");
     let as_linked = bin.as_path();
     let railvf = installed.as_path();
+    let glibc_build = std::env::var_os("RAILVF_BENCH_GLIBC_BIN").map(|p| {
+        let installed = bin_dir.path().join("railvf-glibc");
+        std::fs::copy(&p, &installed).expect("install the static glibc railvf binary");
+        installed
+    });
     let host_device = Path::new(CNI_DIR).join("host-device");
     assert!(
         host_device.exists(),
@@ -490,6 +496,14 @@ fn main() {
             ip_out();
         },
     ));
+    if let Some(glibc_build) = &glibc_build {
+        rows.push(Row::new(
+            "  railvf ADD+DEL, static glibc build (installed)",
+            UsageWho::RUSAGE_CHILDREN,
+            true,
+            || add_del(glibc_build, &rv_conf, &rv_env, false),
+        ));
+    }
     if as_linked != dev_build {
         rows.push(Row::new(
             format!("  railvf ADD+DEL, cargo's {} build", linkage(dev_build)),
@@ -508,6 +522,17 @@ fn main() {
             version(railvf);
         },
     ));
+    if let Some(glibc_build) = &glibc_build {
+        rows.push(Row::new(
+            "  start-up only: railvf static glibc build VERSION x2",
+            UsageWho::RUSAGE_CHILDREN,
+            false,
+            || {
+                version(glibc_build);
+                version(glibc_build);
+            },
+        ));
+    }
     rows.push(Row::new(
         "  start-up only: host-device VERSION x2",
         UsageWho::RUSAGE_CHILDREN,
