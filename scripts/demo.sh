@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh
-cargo build --release --locked -p railvf-sim -p railvf-device-plugin -p railvf-cni
-exec target/release/railvf-sim demo "$@"
+cargo build --release --locked -p railvf-sim -p railvf-device-plugin
+# The CNI binary as it ships: static, musl (or static glibc without Rust's musl target).
+cni=$(scripts/build-cni.sh)
+exec target/release/railvf-sim demo --cni-bin "$cni" "$@"

@@ -99,6 +99,14 @@ fn demo_attaches_eight_rail_aligned_vfs_and_shows_each_refusal() {
         "{}",
         ok.stdout
     );
+    // Without --cni-bin, the railvf beside the demo.
+    let beside = railvf_e2e::bin_path("railvf");
+    assert!(
+        ok.stdout
+            .contains(&format!("railvf CNI binary: {}", beside.display())),
+        "{}",
+        ok.stdout
+    );
     for rail in 0..8 {
         assert!(
             ok.stdout.contains(&format!(" rail {rail}: 10.56.{rail}.")),
@@ -145,6 +153,28 @@ fn demo_attaches_eight_rail_aligned_vfs_and_shows_each_refusal() {
         );
         assert_nothing_left(&run);
     }
+}
+
+/// `--cni-bin` names the CNI binary the demo runs (scripts/demo.sh passes the shipped
+/// build): a missing one is named before anything is made.
+#[test]
+fn the_cni_binary_given_is_the_one_checked_and_run() {
+    if !require_root() {
+        return;
+    }
+    let missing = PathBuf::from("/nonexistent/railvf-demo-test/railvf");
+    let out = demo_command()
+        .arg("demo")
+        .arg("--cni-bin")
+        .arg(&missing)
+        .output()
+        .expect("start the demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} is missing", missing.display())),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -66,6 +66,10 @@ pub struct DemoArgs {
     /// Directory holding `railvf` and `railvf-device-plugin` (default: next to this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The `railvf` CNI binary to run (default: the one in the binary directory);
+    /// scripts/demo.sh passes the build that ships (scripts/build-cni.sh).
+    #[arg(long)]
+    cni_bin: Option<PathBuf>,
 }
 
 pub fn exec(args: DemoArgs) -> Result<ExitCode> {
@@ -79,24 +83,30 @@ pub fn exec(args: DemoArgs) -> Result<ExitCode> {
             .context("this program has no directory")?
             .to_path_buf(),
     };
-    for b in ["railvf", "railvf-device-plugin"] {
-        if !bin_dir.join(b).is_file() {
+    let cni = args
+        .cni_bin
+        .clone()
+        .unwrap_or_else(|| bin_dir.join("railvf"));
+    for b in [cni.clone(), bin_dir.join("railvf-device-plugin")] {
+        if !b.is_file() {
             bail!(
-                "{} is missing: build it first (cargo build --release -p railvf-cni -p railvf-device-plugin)",
-                bin_dir.join(b).display()
+                "{} is missing: build it first (cargo build --release -p railvf-cni -p railvf-device-plugin, or scripts/build-cni.sh for the CNI binary that ships)",
+                b.display()
             );
         }
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(args, bin_dir))
+    rt.block_on(run(args, bin_dir, cni))
 }
 
 /// Everything the demo created, torn down in order by [`Demo::teardown`].
 struct Demo {
     sim: SimNode,
     bins: PathBuf,
+    /// The `railvf` binary.
+    cni: PathBuf,
     work: tempfile::TempDir,
     plugin: Option<Child>,
     pod: Option<TestNetns>,
@@ -105,7 +115,7 @@ struct Demo {
     container_id: String,
 }
 
-async fn run(args: DemoArgs, bins: PathBuf) -> Result<ExitCode> {
+async fn run(args: DemoArgs, bins: PathBuf, cni: PathBuf) -> Result<ExitCode> {
     let started = Instant::now();
     let opts = SimOptions::dgx_h200()
         .real_names()
@@ -116,6 +126,7 @@ async fn run(args: DemoArgs, bins: PathBuf) -> Result<ExitCode> {
     let mut demo = Demo {
         sim,
         bins,
+        cni,
         work: tempfile::Builder::new().prefix("railvf-demo-").tempdir()?,
         plugin: None,
         pod: None,
@@ -151,6 +162,7 @@ impl Demo {
     async fn main_flow(&mut self, args: &DemoArgs) -> Result<bool> {
         let root = self.sim.root().to_path_buf();
         println!("== simulated DGX H200 node at {}", root.display());
+        println!("   railvf CNI binary: {}", self.cni.display());
 
         println!("\n== inventory: railvf-device-plugin inspect");
         let out = Command::new(self.bins.join("railvf-device-plugin"))
@@ -377,7 +389,7 @@ impl Demo {
         conf: &Value,
     ) -> Result<(bool, Value)> {
         use tokio::io::AsyncWriteExt;
-        let mut child = Command::new(self.bins.join("railvf"))
+        let mut child = Command::new(&self.cni)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", verb)
