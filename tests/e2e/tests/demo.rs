@@ -156,9 +156,9 @@ fn demo_attaches_eight_rail_aligned_vfs_and_shows_each_refusal() {
 }
 
 /// `--cni-bin` names the CNI binary the demo runs (scripts/demo.sh passes the shipped
-/// build): a missing one is named before anything is made.
+/// build): the demo checks that one, and refuses a missing one by name.
 #[test]
-fn the_cni_binary_given_is_the_one_checked_and_run() {
+fn a_missing_cni_bin_is_refused_by_name() {
     if !require_root() {
         return;
     }
