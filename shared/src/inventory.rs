@@ -638,12 +638,17 @@ fn read_rdma_of(dir: &SysDir, detail: Detail) -> Result<Option<RdmaDevice>, Host
     let Some(dev) = dir.sub(&format!("infiniband/{name}"))? else {
         return Ok(None); // gone since the listing (driver unbound meanwhile)
     };
+    // The GUIDs before the port state: the SM hands out LIDs by port GUID, so a LID read
+    // before the GUID beside it could belong to the GUID before a change that landed
+    // between the two reads. Read in this order, a LID is never older than its GUID.
+    let node_guid = detail.port_state(&dev, "node_guid", str::parse);
     let mut ports = Vec::new();
     for p in dev.list("ports")? {
         let Ok(port) = p.parse::<u32>() else { continue };
         let Some(pd) = dev.sub(&format!("ports/{p}"))? else {
             continue;
         };
+        let gid0 = detail.port_state(&pd, "gids/0", str::parse);
         ports.push(RdmaPort {
             port,
             state: detail.port_state(&pd, "state", str::parse),
@@ -652,12 +657,12 @@ fn read_rdma_of(dir: &SysDir, detail: Detail) -> Result<Option<RdmaDevice>, Host
             sm_lid: detail.port_state(&pd, "sm_lid", attr::parse_lid),
             link_layer: Attr::read_in(&pd, "link_layer", str::parse),
             rate: detail.port_state(&pd, "rate", str::parse),
-            gid0: detail.port_state(&pd, "gids/0", str::parse),
+            gid0,
         });
     }
     ports.sort_by_key(|p| p.port);
     Ok(Some(RdmaDevice {
-        node_guid: detail.port_state(&dev, "node_guid", str::parse),
+        node_guid,
         ports,
         name,
     }))
@@ -813,6 +818,40 @@ mod tests {
         assert_eq!(rp.lid.value(), Some(&0xe));
         assert_eq!(rp.sm_lid.value(), Some(&0x1));
         assert!(again.rdma.unwrap().node_guid.value().is_some());
+    }
+
+    /// The order of the opens, as inotify reports them: a refresh reads the node GUID and
+    /// the port GUID (GID 0) before the LID and the port state.
+    #[test]
+    fn a_refresh_reads_the_guids_before_the_lid() {
+        use inotify::{Inotify, WatchMask};
+        let (_tmp, root) = one_vf();
+        let addr: PciAddr = "0000:18:00.1".parse().unwrap();
+        let mut f = read_vf_with(&root, addr, Detail::Attach).unwrap().function;
+        let dev = root.pci_device(&addr).join("infiniband/mlx5_12");
+        let mut ino = Inotify::init().unwrap();
+        for d in [dev.clone(), dev.join("ports/1"), dev.join("ports/1/gids")] {
+            ino.watches().add(&d, WatchMask::OPEN).unwrap();
+        }
+        refresh(&root, &mut f).unwrap();
+        let mut buf = [0u8; 4096];
+        let opened: Vec<String> = ino
+            .read_events(&mut buf)
+            .unwrap()
+            .filter_map(|e| e.name.map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        let at = |name: &str| {
+            opened
+                .iter()
+                .position(|o| o == name)
+                .unwrap_or_else(|| panic!("{name} was not opened; opens: {opened:?}"))
+        };
+        // "0" is gids/0, opened in the gids directory.
+        for guid in ["node_guid", "0"] {
+            for state in ["lid", "state", "phys_state"] {
+                assert!(at(guid) < at(state), "{guid} after {state}: {opened:?}");
+            }
+        }
     }
 
     /// A bus link as sysfs makes it, under a root that is itself reached through a link.
