@@ -96,6 +96,9 @@ pub(crate) struct Port {
     pub node_guid: u64,
     pub port_guid: u64,
     pub sm: Sm,
+    /// When the SM assigned the LID the port shows, taken just before the sim writes it
+    /// (a reader sees it no earlier); `None` for a LID there from the start, or none.
+    pub lid_at: Option<Instant>,
     pub state_override: Option<(PortState, PhysState)>,
     pub policy_down: bool,
     pub faults: BTreeSet<Fault>,
@@ -297,6 +300,7 @@ impl Node {
                         node_guid: guid,
                         port_guid: guid,
                         sm: Sm::Assigned(lid),
+                        lid_at: None,
                         state_override: None,
                         policy_down: false,
                         faults: BTreeSet::new(),
@@ -421,6 +425,7 @@ impl Node {
                         node_guid: guid,
                         port_guid: guid,
                         sm,
+                        lid_at: None,
                         state_override: None,
                         policy_down: false,
                         faults: BTreeSet::new(),
@@ -837,6 +842,18 @@ impl Node {
         let Some(v) = self.vfs.get_mut(&vf) else {
             return Ok(());
         };
+        // A new port GUID voids the LID the SM gave the old one, and the port shows that
+        // before it shows the new GUID: the LID goes to 0 while the old GUIDs are still up.
+        // Written the other way round, a reader could see the new GUID beside the old
+        // GUID's LID, which no real port shows (its GUID changes with a driver rebind).
+        if port.is_some_and(|p| p != v.port.port_guid) && matches!(v.port.sm, Sm::Assigned(_)) {
+            v.port.sm = Sm::Pending(Instant::now() + delay);
+            v.port.lid_at = None;
+            self.refresh(vf)?;
+        }
+        let Some(v) = self.vfs.get_mut(&vf) else {
+            return Ok(());
+        };
         let mut changed = false;
         // An unparsable file is a write in progress (or garbage the driver would reject).
         if let Some(n) = node {
@@ -848,6 +865,7 @@ impl Node {
         {
             changed = true;
             v.port.port_guid = p;
+            v.port.lid_at = None;
             v.port.sm = if p == 0 {
                 Sm::NoGuid
             } else if delay.is_zero() {
@@ -865,6 +883,7 @@ impl Node {
             let lid = self.lid_for(g);
             if let Some(v) = self.vfs.get_mut(&vf) {
                 v.port.sm = Sm::Assigned(lid);
+                v.port.lid_at = Some(Instant::now());
             }
         }
         if changed {
@@ -886,6 +905,7 @@ impl Node {
             let lid = self.lid_for(guid);
             if let Some(v) = self.vfs.get_mut(&b) {
                 v.port.sm = Sm::Assigned(lid);
+                v.port.lid_at = Some(Instant::now());
             }
             self.refresh(b)?;
         }
@@ -1741,6 +1761,7 @@ mod tests {
             node_guid: 5,
             port_guid: 5,
             sm: Sm::Assigned(7),
+            lid_at: None,
             state_override: None,
             policy_down: false,
             faults: BTreeSet::new(),

@@ -174,6 +174,9 @@ pub struct VfInfo {
     pub port_guid: u64,
     /// LID the port shows (`0` if none).
     pub lid: u16,
+    /// When the SM assigned that LID, taken just before the sim wrote it (so no reader saw
+    /// it earlier); `None` when the LID was there from the start, or there is none.
+    pub lid_assigned_at: Option<Instant>,
     /// Faults in effect (own + the PF's).
     pub faults: Vec<Fault>,
     /// Whether `mlx5_core` is bound.
@@ -615,6 +618,7 @@ impl SimNode {
             node_guid: vf.port.node_guid,
             port_guid: vf.port.port_guid,
             lid: node.shown_lid(b),
+            lid_assigned_at: vf.port.lid_at,
             faults: node.effective_faults(b).into_iter().collect(),
             bound: node.vf_bound(b),
             sysfs_dir: self.root_path.join(&vf.dir),

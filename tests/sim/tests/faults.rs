@@ -272,6 +272,58 @@ fn sm_assigns_lid_after_delay_and_clears_it_on_zero_guid() {
     );
 }
 
+/// A reader must never see the new GUID beside the LID of the old one: the port takes the
+/// LID away first (inotify reports the renames that put the files in place, in order), and
+/// the SM's new LID comes with the time it was assigned.
+#[test]
+fn a_new_port_guid_takes_the_old_lid_away_before_it_shows() {
+    use inotify::{Inotify, WatchMask};
+    let delay = Duration::from_millis(50);
+    let sim = SimOptions::dgx_h200()
+        .no_links()
+        .lid_delay(delay)
+        .build()
+        .unwrap();
+    let vf = sim.vf(VF).unwrap();
+    assert_ne!(vf.lid, 0, "the VF starts with a LID");
+    assert_eq!(
+        vf.lid_assigned_at, None,
+        "a LID there from the start has no time"
+    );
+    let ib = vf.sysfs_dir.join("infiniband/mlx5_12");
+    let mut ino = Inotify::init().unwrap();
+    for d in [ib.clone(), ib.join("ports/1"), ib.join("ports/1/gids")] {
+        ino.watches().add(&d, WatchMask::MOVED_TO).unwrap();
+    }
+    let t0 = Instant::now();
+    sim.set_guid(VF, 0x0200_0000_0000_0a01, 0x0200_0000_0000_0a01)
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let written: Vec<String> = ino
+        .read_events(&mut buf)
+        .unwrap()
+        .filter_map(|e| e.name.map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let at = |name: &str| {
+        written
+            .iter()
+            .position(|w| w == name)
+            .unwrap_or_else(|| panic!("{name} was not written; writes: {written:?}"))
+    };
+    // "0" is gids/0.
+    assert!(
+        at("lid") < at("node_guid") && at("lid") < at("0"),
+        "{written:?}"
+    );
+    assert_eq!(sim.vf(VF).unwrap().lid_assigned_at, None, "LID pending");
+    let lid = sim.wait_lid(VF, Duration::from_secs(5)).unwrap();
+    let seen = Instant::now();
+    let v = sim.vf(VF).unwrap();
+    assert_eq!((v.lid, v.port_guid), (lid, 0x0200_0000_0000_0a01));
+    let assigned = v.lid_assigned_at.expect("the SM's LID has a time");
+    assert!(assigned >= t0 + delay && assigned <= seen, "{assigned:?}");
+}
+
 #[test]
 fn writing_sriov_numvfs_creates_and_removes_vfs() {
     let sim = SimOptions::dgx_h200()
