@@ -24,8 +24,6 @@ use std::cell::Cell;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{UsageWho, getrusage};
@@ -657,8 +655,9 @@ fn signed_ms(a: Duration, b: Duration) -> String {
     format!("{:+.2}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
 }
 
-/// How long after the simulated SM writes the LID does ADD return? A watcher thread polls
-/// the VF's `lid` file every 100 µs to timestamp the LID's appearance.
+/// How long after the simulated SM writes the LID does ADD return? The simulator records
+/// when it assigned each LID, just before writing it, so no reader saw it earlier: an ADD
+/// that returned before that moment passed the gate on another LID, and stops the run.
 fn reaction(railvf: &Path, rounds: usize) {
     let sim = SimOptions::dgx_h200()
         .vfs_per_pf(1)
@@ -667,13 +666,6 @@ fn reaction(railvf: &Path, rounds: usize) {
         .expect("simulated node");
     let state = state_dir();
     let pod = TestNetns::new().unwrap();
-    let lid_file = {
-        let v = sim.vf(VF).unwrap();
-        v.sysfs_dir
-            .join("infiniband")
-            .join(&v.rdma_device)
-            .join("ports/1/lid")
-    };
     let env = [
         ("RAILVF_HOST_ROOT", sim.root()),
         ("RAILVF_STATE_DIR", state.path()),
@@ -681,45 +673,29 @@ fn reaction(railvf: &Path, rounds: usize) {
     let mut lags = Vec::new();
     let mut waits = Vec::new();
     for r in 0..rounds {
+        let guid = 0x0200_0000_0000_0001_u64 | ((r as u64 % 250 + 1) << 8);
         let conf = format!(
             r#"{{"cniVersion":"1.1.0","name":"bench-lid","type":"railvf","deviceID":"{VF}","guid":"02:00:00:00:00:00:{:02x}:01"}}"#,
             r % 250 + 1
         );
-        let seen: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let watcher = {
-            let (seen, stop, f) = (seen.clone(), stop.clone(), lid_file.clone());
-            std::thread::spawn(move || {
-                let read = || std::fs::read_to_string(&f).unwrap_or_default();
-                // Wait for the new GUID to clear the LID, then for the SM's new one.
-                while !stop.load(Ordering::Relaxed) && read().trim() != "0x0" {
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-                while !stop.load(Ordering::Relaxed) {
-                    if read().trim() != "0x0" {
-                        *seen.lock().unwrap() = Some(Instant::now());
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-            })
-        };
         let t0 = Instant::now();
         plugin(railvf, "ADD", pod.path(), &conf, &env);
         let done = Instant::now();
-        stop.store(true, Ordering::Relaxed);
-        watcher.join().unwrap();
-        if let Some(at) = *seen.lock().unwrap() {
-            lags.push(done.saturating_duration_since(at));
-            waits.push(done - t0);
-        }
+        let v = sim.vf(VF).unwrap();
+        assert_eq!(v.port_guid, guid, "round {r}: the VF shows another GUID");
+        let at = v.lid_assigned_at.unwrap_or_else(|| {
+            panic!("round {r}: ADD returned, but the SM has not assigned the new GUID a LID")
+        });
+        assert!(
+            at <= done,
+            "round {r}: ADD returned {} ms before the SM assigned the LID",
+            ms(at - done)
+        );
+        lags.push(done - at);
+        waits.push(done - t0);
         plugin(railvf, "DEL", pod.path(), &conf, &env);
         // Let the SM settle the restored GUID before the next round.
         std::thread::sleep(Duration::from_millis(200));
-    }
-    if lags.is_empty() {
-        println!("readiness reaction: the LID change was not observed");
-        return;
     }
     println!();
     println!(
