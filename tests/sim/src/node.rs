@@ -85,8 +85,9 @@ pub(crate) enum Sm {
     NoGuid,
     /// GUID set, LID due at this instant.
     Pending(Instant),
-    /// Configured with this LID.
-    Assigned(u16),
+    /// Configured with this LID. `at`: when the SM assigned it, taken just before the sim
+    /// writes it (a reader sees it no earlier); `None` for a LID there from the start.
+    Assigned { lid: u16, at: Option<Instant> },
 }
 
 /// RDMA device + port state shared by PFs and VFs.
@@ -96,13 +97,20 @@ pub(crate) struct Port {
     pub node_guid: u64,
     pub port_guid: u64,
     pub sm: Sm,
-    /// When the SM assigned the LID the port shows, taken just before the sim writes it
-    /// (a reader sees it no earlier); `None` for a LID there from the start, or none.
-    pub lid_at: Option<Instant>,
     pub state_override: Option<(PortState, PhysState)>,
     pub policy_down: bool,
     pub faults: BTreeSet<Fault>,
     pub unbound: bool,
+}
+
+impl Port {
+    /// When the SM assigned the LID the port shows (see [`Sm::Assigned`]).
+    pub fn lid_assigned_at(&self) -> Option<Instant> {
+        match self.sm {
+            Sm::Assigned { at, .. } => at,
+            _ => None,
+        }
+    }
 }
 
 pub(crate) struct Pf {
@@ -299,8 +307,7 @@ impl Node {
                         rdma_index,
                         node_guid: guid,
                         port_guid: guid,
-                        sm: Sm::Assigned(lid),
-                        lid_at: None,
+                        sm: Sm::Assigned { lid, at: None },
                         state_override: None,
                         policy_down: false,
                         faults: BTreeSet::new(),
@@ -409,7 +416,13 @@ impl Node {
                 (0, Sm::NoGuid)
             } else {
                 let g = vf_guid(*bdf);
-                (g, Sm::Assigned(self.lid_for(g)))
+                (
+                    g,
+                    Sm::Assigned {
+                        lid: self.lid_for(g),
+                        at: None,
+                    },
+                )
             };
             let dir = parent.join(bdf.to_string());
             self.dirs.insert(*bdf, dir.clone());
@@ -425,7 +438,6 @@ impl Node {
                         node_guid: guid,
                         port_guid: guid,
                         sm,
-                        lid_at: None,
                         state_override: None,
                         policy_down: false,
                         faults: BTreeSet::new(),
@@ -846,9 +858,8 @@ impl Node {
         // before it shows the new GUID: the LID goes to 0 while the old GUIDs are still up.
         // Written the other way round, a reader could see the new GUID beside the old
         // GUID's LID, which no real port shows (its GUID changes with a driver rebind).
-        if port.is_some_and(|p| p != v.port.port_guid) && matches!(v.port.sm, Sm::Assigned(_)) {
+        if port.is_some_and(|p| p != v.port.port_guid) && matches!(v.port.sm, Sm::Assigned { .. }) {
             v.port.sm = Sm::Pending(Instant::now() + delay);
-            v.port.lid_at = None;
             self.refresh(vf)?;
         }
         let Some(v) = self.vfs.get_mut(&vf) else {
@@ -865,7 +876,6 @@ impl Node {
         {
             changed = true;
             v.port.port_guid = p;
-            v.port.lid_at = None;
             v.port.sm = if p == 0 {
                 Sm::NoGuid
             } else if delay.is_zero() {
@@ -882,8 +892,10 @@ impl Node {
         if let Some(g) = assign {
             let lid = self.lid_for(g);
             if let Some(v) = self.vfs.get_mut(&vf) {
-                v.port.sm = Sm::Assigned(lid);
-                v.port.lid_at = Some(Instant::now());
+                v.port.sm = Sm::Assigned {
+                    lid,
+                    at: Some(Instant::now()),
+                };
             }
         }
         if changed {
@@ -904,8 +916,10 @@ impl Node {
             let guid = self.vfs[&b].port.port_guid;
             let lid = self.lid_for(guid);
             if let Some(v) = self.vfs.get_mut(&b) {
-                v.port.sm = Sm::Assigned(lid);
-                v.port.lid_at = Some(Instant::now());
+                v.port.sm = Sm::Assigned {
+                    lid,
+                    at: Some(Instant::now()),
+                };
             }
             self.refresh(b)?;
         }
@@ -1555,7 +1569,7 @@ pub(crate) fn port_view(port: &Port, faults: &BTreeSet<Fault>, base: LinkLayer) 
         _ if eth => (PortState::Active, PhysState::LinkUp),
         Sm::NoGuid => (PortState::Down, PhysState::LinkUp),
         Sm::Pending(_) => (PortState::Init, PhysState::LinkUp),
-        Sm::Assigned(_) => (PortState::Active, PhysState::LinkUp),
+        Sm::Assigned { .. } => (PortState::Active, PhysState::LinkUp),
     };
     if port.policy_down {
         state = PortState::Down;
@@ -1567,7 +1581,7 @@ pub(crate) fn port_view(port: &Port, faults: &BTreeSet<Fault>, base: LinkLayer) 
         (state, phys) = o;
     }
     let (mut lid, mut sm_lid) = match port.sm {
-        Sm::Assigned(l) => (l, 1),
+        Sm::Assigned { lid, .. } => (lid, 1),
         _ => (0, 0),
     };
     if eth {
@@ -1760,8 +1774,7 @@ mod tests {
             rdma_index: 12,
             node_guid: 5,
             port_guid: 5,
-            sm: Sm::Assigned(7),
-            lid_at: None,
+            sm: Sm::Assigned { lid: 7, at: None },
             state_override: None,
             policy_down: false,
             faults: BTreeSet::new(),

@@ -618,7 +618,7 @@ impl SimNode {
             node_guid: vf.port.node_guid,
             port_guid: vf.port.port_guid,
             lid: node.shown_lid(b),
-            lid_assigned_at: vf.port.lid_at,
+            lid_assigned_at: vf.port.lid_assigned_at(),
             faults: node.effective_faults(b).into_iter().collect(),
             bound: node.vf_bound(b),
             sysfs_dir: self.root_path.join(&vf.dir),
