@@ -673,10 +673,11 @@ fn reaction(railvf: &Path, rounds: usize) {
     let mut lags = Vec::new();
     let mut waits = Vec::new();
     for r in 0..rounds {
+        // 02:00:00:00:00:00:<round>:01, a new GUID each round.
         let guid = 0x0200_0000_0000_0001_u64 | ((r as u64 % 250 + 1) << 8);
         let conf = format!(
-            r#"{{"cniVersion":"1.1.0","name":"bench-lid","type":"railvf","deviceID":"{VF}","guid":"02:00:00:00:00:00:{:02x}:01"}}"#,
-            r % 250 + 1
+            r#"{{"cniVersion":"1.1.0","name":"bench-lid","type":"railvf","deviceID":"{VF}","guid":"{}"}}"#,
+            railvf_sim::guid_colon(guid)
         );
         let t0 = Instant::now();
         plugin(railvf, "ADD", pod.path(), &conf, &env);
