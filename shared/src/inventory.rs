@@ -329,9 +329,9 @@ pub enum Detail {
 }
 
 impl Detail {
-    /// The port-state attribute `<dir>/<rel>`: read with [`Detail::Full`], not with
-    /// [`Detail::Attach`].
-    fn port_state<T>(
+    /// The attribute `<dir>/<rel>` that only [`Detail::Full`] reads: the RDMA port state and
+    /// the node GUID, which [`Detail::Attach`] leaves to the readiness gate.
+    fn full_only<T>(
         self,
         dir: &SysDir,
         rel: &str,
@@ -641,22 +641,22 @@ fn read_rdma_of(dir: &SysDir, detail: Detail) -> Result<Option<RdmaDevice>, Host
     // The GUIDs before the port state: the SM hands out LIDs by port GUID, so a LID read
     // before the GUID beside it could belong to the GUID before a change that landed
     // between the two reads. Read in this order, a LID is never older than its GUID.
-    let node_guid = detail.port_state(&dev, "node_guid", str::parse);
+    let node_guid = detail.full_only(&dev, "node_guid", str::parse);
     let mut ports = Vec::new();
     for p in dev.list("ports")? {
         let Ok(port) = p.parse::<u32>() else { continue };
         let Some(pd) = dev.sub(&format!("ports/{p}"))? else {
             continue;
         };
-        let gid0 = detail.port_state(&pd, "gids/0", str::parse);
+        let gid0 = detail.full_only(&pd, "gids/0", str::parse);
         ports.push(RdmaPort {
             port,
-            state: detail.port_state(&pd, "state", str::parse),
-            phys_state: detail.port_state(&pd, "phys_state", str::parse),
-            lid: detail.port_state(&pd, "lid", attr::parse_lid),
-            sm_lid: detail.port_state(&pd, "sm_lid", attr::parse_lid),
+            state: detail.full_only(&pd, "state", str::parse),
+            phys_state: detail.full_only(&pd, "phys_state", str::parse),
+            lid: detail.full_only(&pd, "lid", attr::parse_lid),
+            sm_lid: detail.full_only(&pd, "sm_lid", attr::parse_lid),
             link_layer: Attr::read_in(&pd, "link_layer", str::parse),
-            rate: detail.port_state(&pd, "rate", str::parse),
+            rate: detail.full_only(&pd, "rate", str::parse),
             gid0,
         });
     }
