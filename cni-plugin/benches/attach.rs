@@ -701,7 +701,7 @@ fn reaction(railvf: &Path, rounds: usize) {
     println!();
     println!(
         "readiness gate: ADD waited {} ms (median) for a LID the SM assigned 150 ms after the GUID write; \
-         ADD returned {} ms (median) / {} ms (max) after the LID appeared in sysfs ({} rounds; target <= 10 ms)",
+         ADD returned {} ms (median) / {} ms (max) after the SM assigned the LID, just before writing it ({} rounds; target <= 10 ms)",
         ms(median(waits)),
         ms(median(lags.clone())),
         ms(*lags.iter().max().unwrap()),
