@@ -850,7 +850,7 @@ impl Node {
             .read(&dir.join("policy"))
             .is_some_and(|s| s.trim() == "Down");
         let delay = self.params.lid_delay;
-        let mut assign = None;
+        let mut assign = false;
         let Some(v) = self.vfs.get_mut(&vf) else {
             return Ok(());
         };
@@ -879,7 +879,7 @@ impl Node {
             v.port.sm = if p == 0 {
                 Sm::NoGuid
             } else if delay.is_zero() {
-                assign = Some(p);
+                assign = true;
                 Sm::NoGuid
             } else {
                 Sm::Pending(Instant::now() + delay)
@@ -889,19 +889,27 @@ impl Node {
             changed = true;
             v.port.policy_down = policy_down;
         }
-        if let Some(g) = assign {
-            let lid = self.lid_for(g);
-            if let Some(v) = self.vfs.get_mut(&vf) {
-                v.port.sm = Sm::Assigned {
-                    lid,
-                    at: Some(Instant::now()),
-                };
-            }
+        if assign {
+            self.assign_lid(vf);
         }
         if changed {
             self.refresh(vf)?;
         }
         Ok(())
+    }
+
+    /// The SM gives the VF's port GUID its LID, timed now: the caller writes it next.
+    fn assign_lid(&mut self, vf: Bdf) {
+        let Some(guid) = self.vfs.get(&vf).map(|v| v.port.port_guid) else {
+            return;
+        };
+        let lid = self.lid_for(guid);
+        if let Some(v) = self.vfs.get_mut(&vf) {
+            v.port.sm = Sm::Assigned {
+                lid,
+                at: Some(Instant::now()),
+            };
+        }
     }
 
     /// Assigns the LIDs that are due; returns when the next one is.
@@ -913,14 +921,7 @@ impl Node {
             .map(|(b, _)| *b)
             .collect();
         for b in due {
-            let guid = self.vfs[&b].port.port_guid;
-            let lid = self.lid_for(guid);
-            if let Some(v) = self.vfs.get_mut(&b) {
-                v.port.sm = Sm::Assigned {
-                    lid,
-                    at: Some(Instant::now()),
-                };
-            }
+            self.assign_lid(b);
             self.refresh(b)?;
         }
         Ok(self
