@@ -119,7 +119,7 @@ fn locked(
     let guid_change = conf.guid.and_then(|target| {
         let method = guid::method(root, &id);
         let previous = guid::current(root, &id, method);
-        (previous != Some(target)).then_some(GuidChange {
+        (!guid::in_effect(root, &id, method, target)).then_some(GuidChange {
             method,
             previous,
             target,

@@ -83,15 +83,28 @@ pub fn method(root: &HostRoot, vf: &VfId) -> GuidMethod {
 pub fn current(root: &HostRoot, vf: &VfId, method: GuidMethod) -> Option<Guid> {
     let path = match method {
         GuidMethod::OfedSysfs => ofed_dir(root, &vf.pf, vf.index).join("node"),
-        GuidMethod::Netlink => {
-            let dev = crate::vf::rdma_device(root, &vf.addr)?;
-            root.pci_device(&vf.addr)
-                .join("infiniband")
-                .join(dev)
-                .join("node_guid")
-        }
+        GuidMethod::Netlink => return effective(root, &vf.addr),
     };
     host::read_attr(&path).ok()?.parse().ok()
+}
+
+/// The node GUID the VF runs with: its RDMA device's, `None` while it has none (unbound,
+/// or mid-probe after a rebind).
+pub fn effective(root: &HostRoot, vf: &PciAddr) -> Option<Guid> {
+    let dev = crate::vf::rdma_device(root, vf)?;
+    let path = root
+        .pci_device(vf)
+        .join("infiniband")
+        .join(dev)
+        .join("node_guid");
+    host::read_attr(&path).ok()?.parse().ok()
+}
+
+/// Whether the VF already has `guid`, set and in effect. The OFED file reads back what was
+/// written even before the rebind that makes it take effect, or after one that failed or
+/// was killed: the file alone would skip a rebind that is still owed.
+pub fn in_effect(root: &HostRoot, vf: &VfId, method: GuidMethod, guid: Guid) -> bool {
+    current(root, vf, method) == Some(guid) && effective(root, &vf.addr) == Some(guid)
 }
 
 /// Writes to an existing sysfs attribute; never creates a file.

@@ -196,10 +196,11 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
         && vf_exists
     {
         let want = g.previous.unwrap_or(Guid(0));
-        // The OFED file reads back what was written; the RDMA device's GUID (netlink
-        // path) may lag a rebind, so there restore unconditionally.
+        // With OFED files, done when the file holds it and the VF runs with it (a DEL whose
+        // rebind failed or was killed left only the file restored). The RDMA device's GUID
+        // (netlink path) may lag a rebind, so there restore unconditionally.
         let restored = g.method == crate::state::GuidMethod::OfedSysfs
-            && guid::current(root, &id, g.method) == Some(want);
+            && guid::in_effect(root, &id, g.method, want);
         if !restored {
             let pf_ifindex = match g.method {
                 crate::state::GuidMethod::Netlink => {

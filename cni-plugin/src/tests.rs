@@ -332,8 +332,9 @@ fn guid_through_ofed_files_with_rebind_and_restore() {
     b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
     assert_eq!(fs::read_to_string(b.sriov_file(0, "node")).unwrap(), before);
     assert!(is_home(&b, 0));
+    wait_for_guid(&b, 0, before.trim());
 
-    // Same GUID again: no write, no rebind.
+    // Same GUID again, in effect: no write, no rebind.
     fs::write(drv.join("bind"), "").unwrap();
     let same = conf(0, &format!(r#""guid":"{}""#, before.trim()));
     b.run("ADD", "c2", Some(&b.pod), &same).unwrap();
@@ -617,4 +618,69 @@ fn a_stale_attachment_of_the_same_container_is_replaced() {
         vec!["ADD c1 net1", "DEL c1 net1", "ADD c1 net1"]
     );
     let _ = vf_addr(0);
+}
+
+/// Waits (up to 5 s) until VF `i` runs with `guid` (the fake driver applies it after a bind).
+fn wait_for_guid(b: &Bench, i: u32, guid: &str) {
+    let want: railvf_host::Guid = guid.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = fs::read_to_string(b.node_guid_file(i))
+            .ok()
+            .and_then(|s| s.trim().parse::<railvf_host::Guid>().ok());
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VF {i} runs with {now:?}, expected {want}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_guid_restore_whose_rebind_failed_is_rebound_by_the_next_del() {
+    let b = Bench::new(1);
+    b.fake_driver();
+    let before = fs::read_to_string(b.sriov_file(0, "node")).unwrap();
+    let c = conf(
+        0,
+        r#""runtimeConfig":{"infinibandGUID":"02:00:00:00:00:00:aa:01"}"#,
+    );
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    wait_for_guid(&b, 0, "02:00:00:00:00:00:aa:01");
+
+    // The driver refuses the bind: the file is restored, the VF still runs with the pod's.
+    let bind = b.root().join("sys/bus/pci/drivers/mlx5_core/bind");
+    fs::remove_file(&bind).unwrap();
+    fs::create_dir(&bind).unwrap();
+    let e = b.run("DEL", "c1", Some(&b.pod), &c).unwrap_err();
+    assert_eq!(e.code, 106, "{e}");
+    assert!(e.msg.contains("rebinding"), "{e}");
+    assert!(e.details.contains("kept"), "{e:?}");
+    assert_eq!(fs::read_to_string(b.sriov_file(0, "node")).unwrap(), before);
+    assert_eq!(b.state_files().len(), 1);
+
+    // The next DEL owes the rebind, though the file already reads back the old GUID.
+    fs::remove_dir(&bind).unwrap();
+    fs::write(&bind, "").unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(fs::read_to_string(&bind).unwrap(), "0000:18:00.1");
+    wait_for_guid(&b, 0, before.trim());
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+#[test]
+fn add_rebinds_when_the_guid_is_written_but_not_in_effect() {
+    let b = Bench::new(1);
+    b.fake_driver();
+    // Written by someone (an ADD killed before its rebind), never bound since.
+    fs::write(b.sriov_file(0, "node"), "02:00:00:00:00:00:aa:02\n").unwrap();
+    let c = conf(0, r#""guid":"02:00:00:00:00:00:aa:02""#);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let bind = b.root().join("sys/bus/pci/drivers/mlx5_core/bind");
+    assert_eq!(fs::read_to_string(&bind).unwrap(), "0000:18:00.1");
+    wait_for_guid(&b, 0, "02:00:00:00:00:00:aa:02");
 }

@@ -143,37 +143,48 @@ impl Bench {
         }
     }
 
-    /// Plays mlx5 for GUIDs: whatever is written to `sriov/<n>/node` shows up as the RDMA
-    /// device's `node_guid` shortly after (as after a rebind on real hardware), and
-    /// `sriov/<n>/port` as the port GUID in `gids/0`.
+    /// Plays mlx5 for GUIDs: what is written to `sriov/<n>/node` becomes the RDMA device's
+    /// `node_guid`, and `sriov/<n>/port` the port GUID in `gids/0`, when the VF's driver is
+    /// bound again (a write to `bind` naming it), as on real hardware; not before.
     pub fn fake_driver(&self) {
         let stop = self.stop.clone();
-        let pairs: Vec<(PathBuf, PathBuf, &str)> = (0..self.vf_mac.len() as u32)
-            .flat_map(|i| {
-                [
+        let bind = self.root().join("sys/bus/pci/drivers/mlx5_core/bind");
+        let vfs: Vec<(String, [(PathBuf, PathBuf, &str); 2])> = (0..self.vf_mac.len() as u32)
+            .map(|i| {
+                let files = [
                     (self.sriov_file(i, "node"), self.node_guid_file(i), ""),
                     (
                         self.sriov_file(i, "port"),
                         self.port_file(i, "gids/0"),
                         GID_PREFIX,
                     ),
-                ]
+                ];
+                (vf_addr(i).to_string(), files)
             })
             .collect();
         std::thread::spawn(move || {
+            let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
             while !stop.load(Ordering::Relaxed) {
-                for (written, shown, prefix) in &pairs {
-                    if let Some(g) = fs::read_to_string(written)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<Guid>().ok())
-                    {
-                        let guid = shown;
+                let named = fs::read_to_string(&bind).unwrap_or_default();
+                for (addr, files) in &vfs {
+                    // Bound (again) since the GUID was written: mtimes are coarse (a jiffy),
+                    // so "not before" rather than "after".
+                    if named.trim() != addr || mtime(&bind) < mtime(&files[0].0) {
+                        continue;
+                    }
+                    for (written, shown, prefix) in files {
+                        let Some(g) = fs::read_to_string(written)
+                            .ok()
+                            .and_then(|s| s.trim().parse::<Guid>().ok())
+                        else {
+                            continue;
+                        };
                         // Only on change, and atomically: sysfs never shows a half value.
                         let want = format!("{prefix}{g}\n");
-                        if fs::read_to_string(guid).ok().as_deref() != Some(want.as_str()) {
-                            let tmp = guid.with_extension("tmp");
+                        if fs::read_to_string(shown).ok().as_deref() != Some(want.as_str()) {
+                            let tmp = shown.with_extension("tmp");
                             let _ = fs::write(&tmp, want);
-                            let _ = fs::rename(&tmp, guid);
+                            let _ = fs::rename(&tmp, shown);
                         }
                     }
                 }
