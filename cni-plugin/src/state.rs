@@ -1,12 +1,13 @@
 //! Per-attachment state files and per-VF locks.
 //!
-//! `<state dir>/<containerID>@<ifname>.json`, one per attachment, written atomically (temp
+//! `<state dir>/<vf>_<containerID>@<ifname>.json`, one per attachment, written atomically (temp
 //! file + rename) before ADD changes anything. It records everything needed to undo any
 //! step ADD may take (the VF's host identity, previous GUID and VF settings, whether IPAM
 //! is involved), so DEL, GC and rollback converge from any point — including an ADD killed
 //! with SIGKILL — without ADD writing it again on the way (on the ext4 of a busy node every
 //! rewrite costs milliseconds). It is rewritten only when a GUID rebind changed the VF's
-//! netdev or RDMA device. The name is unambiguous: container IDs cannot contain `@`.
+//! netdev or RDMA device. The name is unambiguous: container IDs cannot contain `@`, and an
+//! attachment is matched on the whole name after the VF, never on a suffix.
 //!
 //! The per-VF lock is a `flock` (`File::lock`) on the VF's own sysfs directory: one lock
 //! per VF, so different VFs proceed in parallel, and no lock file is ever created.
@@ -267,9 +268,11 @@ impl StateDir {
         format!("{vf}_{container_id}@{ifname}.json")
     }
 
-    /// The `_<containerID>@<ifname>.json` every file of one attachment ends with.
-    fn suffix(container_id: &str, ifname: &str) -> String {
-        format!("_{container_id}@{ifname}.json")
+    /// `<containerID>@<ifname>.json`: a file name after its VF. Compared whole, never as a
+    /// suffix: container IDs may contain `_`, so `…_x_c1@net1.json` (attachment `x_c1`)
+    /// ends with `_c1@net1.json` (attachment `c1`).
+    fn tail(container_id: &str, ifname: &str) -> String {
+        format!("{container_id}@{ifname}.json")
     }
 
     /// Names in the directory (temp files included).
@@ -294,11 +297,11 @@ impl StateDir {
 
     /// The state file of one attachment, if any.
     pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<PathBuf>, StateError> {
-        let suffix = Self::suffix(container_id, ifname);
+        let tail = Self::tail(container_id, ifname);
         Ok(self
             .names()?
             .into_iter()
-            .find(|n| !n.starts_with('.') && vf_of(n).is_some() && n.ends_with(&suffix))
+            .find(|n| split(n).is_some_and(|(_, t)| t == tail))
             .map(|n| self.dir.join(n)))
     }
 
@@ -347,11 +350,14 @@ impl StateDir {
 
     /// Removes every file of the attachment (temp files of an interrupted save included).
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), StateError> {
-        let suffix = Self::suffix(container_id, ifname);
-        let tmp_suffix = format!("{suffix}.tmp");
+        let tail = Self::tail(container_id, ifname);
         for n in self.names()? {
-            let plain = n.trim_start_matches('.');
-            if vf_of(plain).is_some() && (n.ends_with(&suffix) || n.ends_with(&tmp_suffix)) {
+            // A temporary file is `.<name>.tmp`.
+            let name = match n.strip_prefix('.') {
+                Some(t) => t.strip_suffix(".tmp"),
+                None => Some(n.as_str()),
+            };
+            if name.and_then(split).is_some_and(|(_, t)| t == tail) {
                 self.remove_path(&self.dir.join(&n))?;
             }
         }
@@ -380,11 +386,10 @@ impl StateDir {
     ) -> Result<Vec<Entry>, StateError> {
         let mut out = Vec::new();
         for n in self.names()? {
-            if n.starts_with('.') || !n.ends_with(".json") {
+            let Some((vf, tail)) = split(&n) else {
                 continue;
-            }
-            let Some(vf) = vf_of(&n) else { continue };
-            if !keep(&vf, &n[13..]) {
+            };
+            if !keep(&vf, tail) {
                 continue;
             }
             let p = self.dir.join(&n);
@@ -399,7 +404,7 @@ impl StateDir {
 
     /// Whether a `list_where` name tail is this attachment's.
     pub fn is_attachment(tail: &str, container_id: &str, ifname: &str) -> bool {
-        tail == format!("{container_id}@{ifname}.json")
+        tail == Self::tail(container_id, ifname)
     }
 
     /// Removes a state file by path (GC of a corrupt file).
@@ -436,12 +441,13 @@ impl StateDir {
     }
 }
 
-/// The VF a state file name starts with (`0000:18:00.1_…`).
-fn vf_of(name: &str) -> Option<PciAddr> {
-    if name.len() < 14 || name.as_bytes()[12] != b'_' {
+/// A state file's name split into its VF and its `<containerID>@<ifname>.json` tail;
+/// `None` for any other name (temporary files included).
+fn split(name: &str) -> Option<(PciAddr, &str)> {
+    if name.len() < 14 || name.as_bytes()[12] != b'_' || !name.ends_with(".json") {
         return None;
     }
-    name.get(..12)?.parse().ok()
+    Some((name.get(..12)?.parse().ok()?, &name[13..]))
 }
 
 fn read(path: &Path) -> Result<Option<Attachment>, StateError> {
@@ -573,6 +579,36 @@ mod tests {
         assert_eq!(fs::read_dir(d.path().join("state")).unwrap().count(), 0);
         s.remove("c1", "net1").unwrap();
         assert!(s.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_attachment_is_its_whole_name_not_a_suffix_of_another() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(d.path());
+        // Container IDs may contain '_': "x_c1"'s file ends with "_c1@net1.json".
+        s.save(&sample("x_c1", "net1", "0000:18:00.1")).unwrap();
+        fs::write(d.path().join(".0000:18:00.1_x_c1@net1.json.tmp"), b"{").unwrap();
+        assert!(s.find("c1", "net1").unwrap().is_none());
+        assert!(s.load("c1", "net1").unwrap().is_none());
+        s.remove("c1", "net1").unwrap();
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
+        assert!(
+            s.list_where(|_, t| StateDir::is_attachment(t, "c1", "net1"))
+                .unwrap()
+                .is_empty()
+        );
+        s.save(&sample("c1", "net1", "0000:18:00.2")).unwrap();
+        assert_eq!(s.load("c1", "net1").unwrap().unwrap().container_id, "c1");
+        assert_eq!(
+            s.load("x_c1", "net1").unwrap().unwrap().container_id,
+            "x_c1"
+        );
+        s.remove("c1", "net1").unwrap();
+        assert_eq!(
+            s.load("x_c1", "net1").unwrap().unwrap().container_id,
+            "x_c1"
+        );
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
     }
 
     #[test]

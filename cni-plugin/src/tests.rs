@@ -684,3 +684,41 @@ fn add_rebinds_when_the_guid_is_written_but_not_in_effect() {
     assert_eq!(fs::read_to_string(&bind).unwrap(), "0000:18:00.1");
     wait_for_guid(&b, 0, "02:00:00:00:00:00:aa:02");
 }
+
+#[test]
+fn a_failed_add_and_gc_touch_only_their_own_attachment_when_ids_share_a_suffix() {
+    let b = Bench::new(2);
+    // "x_c1" on VF 0; "c1" on VF 1 fails its readiness and rolls back.
+    b.run("ADD", "x_c1", Some(&b.pod), &conf(0, "")).unwrap();
+    let pod2 = b.netns("pod2");
+    b.set_port(1, "lid", "0x0");
+    let e = b
+        .run(
+            "ADD",
+            "c1",
+            Some(&pod2),
+            &conf(1, r#""readiness":{"timeoutMs":100}"#),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, 11, "{e}");
+    assert_eq!(b.state_files(), vec!["0000:18:00.1_x_c1@net1.json"]);
+
+    // "c1" again, healthy this time; then GC with only "x_c1" valid.
+    b.set_port(1, "lid", "0x21");
+    b.run("ADD", "c1", Some(&pod2), &conf(1, "")).unwrap();
+    let mut gc: Value = serde_json::from_str(&conf(0, "")).unwrap();
+    gc["cni.dev/valid-attachments"] =
+        serde_json::json!([{"containerID": "x_c1", "ifname": "net1"}]);
+    b.run("GC", "-", None, &gc.to_string()).unwrap();
+    assert_eq!(b.state_files(), vec!["0000:18:00.1_x_c1@net1.json"]);
+    assert!(is_home(&b, 1));
+    assert_eq!(
+        b.links
+            .link_by_index(&Netns::path(&b.pod), b.vf_ifindex[0])
+            .unwrap()
+            .map(|l| l.name),
+        Some("net1".to_string())
+    );
+    b.run("DEL", "x_c1", Some(&b.pod), &conf(0, "")).unwrap();
+    assert!(is_home(&b, 0) && b.state_files().is_empty());
+}
