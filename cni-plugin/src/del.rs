@@ -63,8 +63,10 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
             Err(StateError::Corrupt { path, why }) => {
                 // Unreadable (cut short, overwritten): converge by PCI address from what is
                 // left of it and from where the VF is now.
-                if let Err(e) = unreadable(ctx, conf, cid, ifname, &path, &why) {
+                let netns = ctx.env.netns.as_deref();
+                if let Err(e) = unreadable(ctx, conf, cid, ifname, netns, &path, &why) {
                     errors.push(e);
+                    kept = true;
                 }
                 None
             }
@@ -125,16 +127,18 @@ fn return_home(ctx: &Ctx<'_>, st: &Attachment, errors: &mut Vec<String>) -> Resu
     }
 }
 
-/// DEL of an attachment whose state file cannot be parsed. The VF is the one the file is
-/// named after (else `deviceID`); its interface is `CNI_IFNAME` in `CNI_NETNS`, or it is
+/// DEL (or GC) of an attachment whose state file cannot be parsed. The VF is the one the
+/// file is named after (else `deviceID`); its interface is `ifname` in `netns`, or it is
 /// already back in the host. What the file still holds (the host name, MTU, GUID to
 /// restore) is salvaged; what it does not is said in the log. The file is removed once the
-/// VF is in the host namespace; otherwise it is kept and the error names what was found.
-fn unreadable(
+/// VF is in the host namespace, or belongs to another attachment now; otherwise it is kept
+/// and the error names what was found.
+pub(crate) fn unreadable(
     ctx: &Ctx<'_>,
     conf: &NetConf,
     cid: &str,
     ifname: &str,
+    netns: Option<&Path>,
     path: &Path,
     why: &str,
 ) -> Result<(), String> {
@@ -174,6 +178,20 @@ fn unreadable(
     if !vf::exists(root, &addr) {
         return gone(&format!("VF {addr} no longer exists on this host"));
     }
+    // An ADD after a crash took the VF over (it passes over an unreadable file of another
+    // attachment): this attachment no longer has a VF to return.
+    let owner = ctx
+        .state
+        .list_where(|v, _| *v == addr)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find_map(|(p, a)| a.ok().filter(|_| p != path));
+    if let Some(o) = owner {
+        return gone(&format!(
+            "VF {addr} belongs to attachment {}/{} now",
+            o.container_id, o.ifname
+        ));
+    }
     let found = vf::find_in_host(root, ctx.links, &addr).map_err(|e| e.to_string())?;
     if let Some(l) = &found
         && host.as_ref().is_none_or(|h| h.name == l.name)
@@ -183,7 +201,7 @@ fn unreadable(
     let v = vf::resolve(root, addr).map_err(|e| e.to_string())?;
     // The pod's interface CNI_IFNAME in CNI_NETNS is this attachment's (the runtime's
     // contract); with no netns left, the kernel has returned the VF to the host.
-    let ns = ctx.env.netns.as_deref().filter(|p| p.exists());
+    let ns = netns.filter(|p| p.exists());
     let in_pod = ns.and_then(|p| {
         ctx.links
             .link_by_name(&crate::net::Netns::path(p), ifname)
@@ -277,7 +295,7 @@ fn unreadable(
 /// The top-level field `key` of a pretty-printed state file that may be cut short: found
 /// by its position (two-space indent), parsed alone. `None` when it is absent, cut, `null`
 /// or malformed.
-fn salvage<T: DeserializeOwned>(text: &str, key: &str) -> Option<T> {
+pub(crate) fn salvage<T: DeserializeOwned>(text: &str, key: &str) -> Option<T> {
     let pattern = format!("\n  \"{key}\": ");
     let start = text.find(&pattern)? + pattern.len();
     let rest = &text[start..];

@@ -3,12 +3,16 @@
 //! GC is forwarded to the IPAM plugin when it speaks 1.1.0.
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use crate::Ctx;
+use crate::del;
 use crate::error::{CniError, code};
 use crate::ipam::{Call, Plugin};
 use crate::netconf::NetConf;
+use crate::state::{StateDir, StateError};
 use crate::teardown::{self, Options};
+use crate::vf;
 
 pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
     let network = conf.require_name()?;
@@ -28,6 +32,12 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
     for (path, entry) in ctx.state.list()? {
         let st = match entry {
             Ok(st) => st,
+            Err(StateError::Corrupt { why, .. }) => {
+                if let Err(e) = unreadable(ctx, conf, network, &valid, &path, &why) {
+                    errors.push(e);
+                }
+                continue;
+            }
             Err(e) => {
                 errors.push(e.to_string());
                 continue;
@@ -97,4 +107,46 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
             "the state files of unfinished attachments are kept; the next GC or DEL retries",
         ))
     }
+}
+
+/// A state file that no longer parses (cut short by a crash or a power loss). Its name
+/// still gives the VF and the attachment; a network salvaged from what is left tells whose
+/// it is. A listed attachment's file, or another network's, is left to its own DEL. Else it
+/// converges as DEL does; a file whose network is lost is only handled when that cannot
+/// touch a live attachment of another network: when its VF is on the host or gone.
+fn unreadable(
+    ctx: &Ctx<'_>,
+    conf: &NetConf,
+    network: &str,
+    valid: &HashSet<(&str, &str)>,
+    path: &Path,
+    why: &str,
+) -> Result<(), String> {
+    let Some((vf, cid, ifname)) = StateDir::key_of(path) else {
+        return Ok(());
+    };
+    if valid.contains(&(cid, ifname)) {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+    let netns: Option<PathBuf> = del::salvage(&text, "netns");
+    match del::salvage::<String>(&text, "network") {
+        Some(n) if n != network => return Ok(()),
+        Some(_) => {}
+        None => {
+            let home = !vf::exists(ctx.root(), &vf)
+                || matches!(vf::find_in_host(ctx.root(), ctx.links, &vf), Ok(Some(_)));
+            if !home {
+                crate::log_warn!(
+                    "GC: state {} is unreadable ({why}) and names no network; VF {vf} is not on the host: left for the DEL of {cid}/{ifname}",
+                    path.display()
+                );
+                return Ok(());
+            }
+        }
+    }
+    crate::log_info!(
+        "GC: tearing down stale attachment {cid}/{ifname} (VF {vf}, unreadable state)"
+    );
+    del::unreadable(ctx, conf, cid, ifname, netns.as_deref(), path, why)
 }

@@ -402,6 +402,15 @@ impl StateDir {
         Ok(out)
     }
 
+    /// The VF, container ID and interface name a state file is named after: what is left of
+    /// a file that no longer parses.
+    pub fn key_of(path: &Path) -> Option<(PciAddr, &str, &str)> {
+        let (vf, tail) = split(path.file_name()?.to_str()?)?;
+        // Container IDs cannot contain '@'; interface names may.
+        let (cid, ifname) = tail.strip_suffix(".json")?.split_once('@')?;
+        Some((vf, cid, ifname))
+    }
+
     /// Whether a `list_where` name tail is this attachment's.
     pub fn is_attachment(tail: &str, container_id: &str, ifname: &str) -> bool {
         tail == Self::tail(container_id, ifname)
@@ -609,6 +618,26 @@ mod tests {
             "x_c1"
         );
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_file_name_gives_its_attachment() {
+        let vf: PciAddr = "0000:18:00.1".parse().unwrap();
+        fn key(n: &str) -> Option<(PciAddr, &str, &str)> {
+            StateDir::key_of(Path::new(n))
+        }
+        assert_eq!(
+            key("/s/0000:18:00.1_x_c1@net@1.json"),
+            Some((vf, "x_c1", "net@1"))
+        );
+        for bad in [
+            "/s/0000:18:00.1_c1.json",
+            "/s/.0000:18:00.1_c1@net1.json.tmp",
+            "/s/0000:18:00.1-c1@net1.json",
+            "/s/0000:18:00.1_c1@net1.txt",
+        ] {
+            assert_eq!(key(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -722,3 +722,84 @@ fn a_failed_add_and_gc_touch_only_their_own_attachment_when_ids_share_a_suffix()
     b.run("DEL", "x_c1", Some(&b.pod), &conf(0, "")).unwrap();
     assert!(is_home(&b, 0) && b.state_files().is_empty());
 }
+
+fn gc_conf(valid: Value) -> String {
+    let mut gc: Value = serde_json::from_str(&conf(0, "")).unwrap();
+    gc["cni.dev/valid-attachments"] = valid;
+    gc.to_string()
+}
+
+#[test]
+fn gc_converges_unreadable_state_of_its_stale_attachments_and_leaves_the_rest() {
+    let b = Bench::new(4);
+    let dir = b.state_dir();
+    // VF 0 attached to "cut" in the pod, its file cut short after the fields naming it.
+    b.run("ADD", "cut", Some(&b.pod), &conf(0, "")).unwrap();
+    let file = dir.join("0000:18:00.1_cut@net1.json");
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, &text[..text.find("\n  \"guid\"").unwrap()]).unwrap();
+    // Empty (power loss) on VF 1, which is home: whatever its network, nothing is live.
+    fs::write(dir.join("0000:18:00.2_empty@net1.json"), b"").unwrap();
+    // Empty on VF 2, which is in a pod: whose it is cannot be told, so it is left.
+    let pod2 = b.netns("pod2");
+    b.run("ADD", "live", Some(&pod2), &conf(2, "")).unwrap();
+    fs::rename(
+        dir.join("0000:18:00.3_live@net1.json"),
+        dir.join("0000:18:00.3_lost@net1.json"),
+    )
+    .unwrap();
+    fs::write(dir.join("0000:18:00.3_lost@net1.json"), b"").unwrap();
+    // Another network's, cut short: left to its own DEL.
+    fs::write(
+        dir.join("0000:18:00.4_other@net1.json"),
+        "{\n  \"schema\": 1,\n  \"network\": \"other-net\",\n  \"contai",
+    )
+    .unwrap();
+    // A listed attachment's: left to its DEL.
+    fs::write(dir.join("0000:18:00.4_listed@net1.json"), b"{").unwrap();
+
+    let gc = gc_conf(serde_json::json!([{"containerID": "listed", "ifname": "net1"}]));
+    for _ in 0..2 {
+        b.run("GC", "-", None, &gc).unwrap();
+        let mut left = b.state_files();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                "0000:18:00.3_lost@net1.json",
+                "0000:18:00.4_listed@net1.json",
+                "0000:18:00.4_other@net1.json",
+            ]
+        );
+        assert!(is_home(&b, 0) && is_home(&b, 1));
+        assert_eq!(b.whereis("net1"), vec![Netns::path(&pod2)]);
+    }
+}
+
+#[test]
+fn del_with_unreadable_state_of_a_vf_another_pod_took_over_removes_only_its_file() {
+    let b = Bench::new(1);
+    b.run("ADD", "new", Some(&b.pod), &conf(0, "")).unwrap();
+    // The old pod's file, cut to nothing by a power loss; the VF went to "new" since.
+    fs::write(b.state_dir().join("0000:18:00.1_old@net1.json"), b"").unwrap();
+    let gone = b.netns("gone");
+    b.run("DEL", "old", Some(&gone), &conf(0, "")).unwrap();
+    assert_eq!(b.state_files(), vec!["0000:18:00.1_new@net1.json"]);
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
+    b.run("DEL", "new", Some(&b.pod), &conf(0, "")).unwrap();
+    assert!(is_home(&b, 0) && b.state_files().is_empty());
+}
+
+#[test]
+fn a_del_that_keeps_an_unreadable_state_says_so() {
+    let b = Bench::new(1);
+    b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap();
+    let file = b.state_dir().join("0000:18:00.1_c1@net1.json");
+    fs::write(&file, b"").unwrap();
+    // The VF cannot be resolved any more (its PF link is gone from sysfs).
+    fs::remove_file(b.vf_dir(0).join("physfn")).unwrap();
+    let e = b.run("DEL", "c1", Some(&b.pod), &conf(0, "")).unwrap_err();
+    assert_eq!(e.code, 106, "{e}");
+    assert!(e.details.contains("is kept"), "{e:?}");
+    assert!(file.exists());
+}

@@ -149,7 +149,9 @@ impl Bench {
     pub fn fake_driver(&self) {
         let stop = self.stop.clone();
         let bind = self.root().join("sys/bus/pci/drivers/mlx5_core/bind");
-        let vfs: Vec<(String, [(PathBuf, PathBuf, &str); 2])> = (0..self.vf_mac.len() as u32)
+        // Per VF: its address, and each GUID file with where the driver shows it.
+        type Shown = (PathBuf, PathBuf, &'static str);
+        let vfs: Vec<(String, [Shown; 2])> = (0..self.vf_mac.len() as u32)
             .map(|i| {
                 let files = [
                     (self.sriov_file(i, "node"), self.node_guid_file(i), ""),
