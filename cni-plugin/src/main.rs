@@ -10,7 +10,7 @@ use railvf_cni::error::CniError;
 use railvf_cni::net::rtnl::Rtnl;
 use railvf_cni::netconf::{self, MAX_CONFIG_BYTES, NetConf};
 use railvf_cni::version::{self, Version};
-use railvf_cni::{Ctx, add, check, del, gc, log, log_error, status};
+use railvf_cni::{Ctx, add, check, del, gc, log, log_error, log_warn, status};
 
 /// The shipped binary is linked against musl (scripts/build-cni.sh), whose malloc unmaps a
 /// page as soon as the last allocation in it is freed: 27 `mmap` and 26 `munmap` in one ADD.
@@ -78,12 +78,15 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
         Err(e) => return (None, Err(e)),
     };
     let v = Some(conf.version);
-    let file = match &conf.log_file {
+    let (file, unusable_log) = match &conf.log_file {
         Some(p) => match log::open_log_file(p, &env.log_dir) {
-            Ok(f) => Some(f),
+            Ok(f) => (Some(f), None),
+            // DEL and GC must converge even when the log cannot be written (its directory
+            // rotated away, unwritable, full): they log to stderr then.
+            Err(e) if matches!(env.command, Command::Del | Command::Gc) => (None, Some(e)),
             Err(e) => return (v, Err(e)),
         },
-        None => None,
+        None => (None, None),
     };
     log::init(
         conf.log_level,
@@ -95,6 +98,9 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
             env.ifname.as_deref().unwrap_or("-")
         ),
     );
+    if let Some(e) = unusable_log {
+        log_warn!("{}; logging to stderr only", e.msg);
+    }
     log::set_attachment(
         env.command.as_str(),
         env.container_id.as_deref(),

@@ -411,3 +411,47 @@ fn check_status_gc_and_version_through_the_binary() {
     let (code, _) = cni.run("ADD", "c-x", Some(pod.path()), "{not json").err();
     assert_eq!(code, 6);
 }
+
+#[test]
+fn a_log_file_that_cannot_be_opened_stops_add_but_not_del() {
+    if !require_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = sim(small());
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let cni = cni_for(&sim, tmp.path()).with_env("RAILVF_LOG_DIR", logs.to_str().unwrap());
+    let host_name = sim.vf(VF).unwrap().netdev;
+    let log = logs.join("railvf.log");
+    let conf = netconf(
+        "1.1.0",
+        "rdma-log",
+        VF,
+        &format!(r#""logFile":"{}","logLevel":"debug""#, log.display()),
+    );
+    let pod = TestNetns::new().unwrap();
+    cni.run("ADD", "c-log", Some(pod.path()), &conf).expect_ok();
+    assert!(std::fs::metadata(&log).unwrap().len() > 0);
+
+    // The log directory goes away (rotated, a tmpfs remounted) while the pod runs.
+    std::fs::remove_dir_all(&logs).unwrap();
+    let o = cni.run("DEL", "c-log", Some(pod.path()), &conf).expect_ok();
+    assert!(
+        o.stderr.contains("logFile") && o.stderr.contains("logging to stderr only"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        link(None, &host_name).is_some(),
+        "{host_name} back on the host"
+    );
+    assert!(cni.state_files().is_empty(), "{:?}", cni.state_files());
+
+    // ADD is refused before it changes anything: code 7 naming logFile.
+    let (code, msg) = cni.run("ADD", "c-log2", Some(pod.path()), &conf).err();
+    assert_eq!(code, 7, "{msg}");
+    assert!(msg.contains("logFile"), "{msg}");
+    assert!(link(None, &host_name).is_some());
+    assert!(cni.state_files().is_empty());
+}
