@@ -159,6 +159,8 @@ impl From<&VfSettingsRecord> for VfSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VfChange {
+    /// The PF netdev ADD went through; for the record only: DEL finds the PF's netdev again,
+    /// as it may have been re-created since.
     pub pf_ifindex: u32,
     /// Only the fields ADD sets, holding the values read before.
     pub previous: VfSettingsRecord,

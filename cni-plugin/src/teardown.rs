@@ -248,17 +248,22 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
         ));
     }
 
-    // 6. VF settings through the PF.
+    // 6. VF settings through the PF, found again: its netdev may have been re-created
+    // since ADD (devlink reload, eswitch mode change), and the recorded ifindex would then
+    // name nothing, or another netdev.
     if let Some(vc) = &st.vf_settings
         && vf_exists
     {
         let prev = VfSettings::from(&vc.previous);
-        match links.set_vf(vc.pf_ifindex, st.vf_index, &prev) {
-            Ok(()) => r.did("VF settings restored"),
-            Err(e) => r.fail(format!(
-                "restoring VF {} settings through PF ifindex {}: {e}",
-                st.vf, vc.pf_ifindex
-            )),
+        match vf::pf_ifindex(root, links, &st.pf, &st.vf) {
+            Ok(pf) => match links.set_vf(pf, st.vf_index, &prev) {
+                Ok(()) => r.did("VF settings restored"),
+                Err(e) => r.fail(format!(
+                    "restoring VF {} settings through PF {} (ifindex {pf}): {e}",
+                    st.vf, st.pf
+                )),
+            },
+            Err(e) => r.fail(format!("restoring VF {} settings: {e}", st.vf)),
         }
     }
     r

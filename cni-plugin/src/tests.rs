@@ -803,3 +803,34 @@ fn a_del_that_keeps_an_unreadable_state_says_so() {
     assert!(e.details.contains("is kept"), "{e:?}");
     assert!(file.exists());
 }
+
+#[test]
+fn vf_settings_are_restored_through_the_pf_netdev_of_now_not_of_add() {
+    let b = Bench::new(2);
+    let c = conf(1, r#""mac":"02:aa:bb:cc:dd:01","vlan":100"#);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    // The PF's netdev is re-created (a devlink reload): a new ifindex; the old one is gone
+    // from sysfs (kept here under another name, to see that DEL leaves it alone).
+    let applied = b.links.vf(b.pf_ifindex, 1).unwrap().settings;
+    b.links.set_up(&Netns::Host, b.pf_ifindex, false).unwrap();
+    b.links
+        .rename(&Netns::Host, b.pf_ifindex, "stale-pf")
+        .unwrap();
+    let pf2 = b.links.add_pf(PF_NETDEV, 2);
+    let pf_dir = b.vf_dir(0).join("physfn").join("net").join(PF_NETDEV);
+    fs::write(pf_dir.join("ifindex"), format!("{pf2}\n")).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(b.links.vf(b.pf_ifindex, 1).unwrap().settings, applied);
+    let set: Vec<_> = b
+        .links
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == FakeOp::SetVf)
+        .map(|c| c.args)
+        .collect();
+    assert!(
+        set.last().unwrap().starts_with(&format!("{pf2} 1 ")),
+        "{set:?}"
+    );
+    assert!(is_home(&b, 1));
+}
