@@ -117,6 +117,14 @@ impl Env {
         let ifname = text("CNI_IFNAME")?.filter(|_| per_attachment);
         if let Some(n) = &ifname {
             validate_ifname(n)?;
+            // Only ADD names an interface; DEL and CHECK still find one named so before.
+            if command == Command::Add && n.contains('%') {
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    format!("CNI_IFNAME {n:?} contains '%'"),
+                    "the kernel takes a name with '%' as a template (net%d becomes net0, net1, …), so the pod would get another name than the one asked for; use a name such as net1",
+                ));
+            }
         }
         let netns = match text("CNI_NETNS")?.filter(|_| per_attachment) {
             Some(p) => Some(validate_netns(&p)?),
@@ -324,6 +332,7 @@ mod tests {
             &[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "net 1")],
             &[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "net1:0")],
             &[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "sixteen-chars-xx")],
+            &[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "net%d")],
             &[("CNI_COMMAND", "ADD"), ("CNI_NETNS", "relative/ns")],
             &[("CNI_COMMAND", "ADD"), ("CNI_NETNS", "/proc/../etc/passwd")],
             &[("CNI_COMMAND", "ADD"), ("RAILVF_HOST_ROOT", "sim")],
@@ -343,6 +352,9 @@ mod tests {
         assert!(e.netns.is_none() && e.ifname.is_none());
         let e = env(&[("CNI_COMMAND", "DEL")]).unwrap();
         assert_eq!(e.require_ifname().unwrap_err().code, 4);
+        // A name with '%' from before it was refused can still be deleted.
+        let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_IFNAME", "net%d")]).unwrap();
+        assert_eq!(e.ifname.as_deref(), Some("net%d"));
         assert!(e.netns.is_none());
         // Empty CNI_NETNS on DEL means "gone", not an error.
         let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_NETNS", "")]).unwrap();
