@@ -40,6 +40,13 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    #[error("locking VF {vf} (a flock on {path}): {source}")]
+    Lock {
+        vf: PciAddr,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("state file {path} is unreadable JSON ({why}); it was probably cut short by a crash")]
     Corrupt { path: PathBuf, why: String },
     #[error(
@@ -56,6 +63,9 @@ impl From<StateError> for CniError {
             }
             StateError::Corrupt { .. } => {
                 "inspect the file; if the VF is back on the host under its name, remove the file"
+            }
+            StateError::Lock { .. } => {
+                "the VF's sysfs directory must be readable by railvf (check RAILVF_HOST_ROOT and that the VF still exists); the runtime retries"
             }
             _ => {
                 "check that RAILVF_STATE_DIR (default /var/lib/cni/railvf) is on a writable local filesystem"
@@ -444,10 +454,19 @@ impl StateDir {
                 })?;
                 (f, self.dir.clone())
             }
-            Err(source) => return Err(StateError::Io { path: dir, source }),
+            Err(source) => {
+                return Err(StateError::Lock {
+                    vf: *vf,
+                    path: dir,
+                    source,
+                });
+            }
         };
-        file.lock()
-            .map_err(|source| StateError::Io { path, source })?;
+        file.lock().map_err(|source| StateError::Lock {
+            vf: *vf,
+            path,
+            source,
+        })?;
         Ok(VfLock { _file: file })
     }
 }
@@ -620,6 +639,28 @@ mod tests {
             "x_c1"
         );
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_lock_that_cannot_be_taken_names_the_vf_and_its_sysfs_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(d.path()).unwrap();
+        let vf: PciAddr = "0000:18:00.1".parse().unwrap();
+        let dir = root.pci_device(&vf);
+        fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        // A symlink to itself: opening it fails (ELOOP), even for root.
+        std::os::unix::fs::symlink(&dir, &dir).unwrap();
+        let e = StateDir::new(d.path().join("state"))
+            .lock_vf(&root, &vf)
+            .err()
+            .unwrap();
+        assert!(matches!(e, StateError::Lock { .. }), "{e:?}");
+        let e = CniError::from(e);
+        assert!(
+            e.msg.starts_with("locking VF 0000:18:00.1 (a flock on "),
+            "{e}"
+        );
+        assert!(e.details.contains("sysfs directory"), "{e:?}");
     }
 
     #[test]
