@@ -383,9 +383,9 @@ pub(crate) fn apply_ipam(
         .find(IpAddr::is_ipv6);
     for r in &res.routes {
         let gw = r.gw.or(if r.dst.addr.is_ipv4() { gw4 } else { gw6 });
-        match links.add_route(ns, idx, r.dst, gw) {
+        match links.add_route_with(ns, idx, r.dst, gw, &r.attrs) {
             Ok(()) => {}
-            // The kernel already has it (e.g. the subnet route of an address): fine.
+            // The same route is there already (IPAM listed it twice): what was asked holds.
             Err(NetError::Kernel { source, .. }) if source.raw_os_error() == Some(17) => {}
             Err(e) => {
                 return Err(net_err(

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value, json};
 
-use crate::net::IpNet;
+use crate::net::{IpNet, RouteAttrs};
 use crate::version::Version;
 
 /// Why a result could not be read.
@@ -46,7 +46,10 @@ pub struct IpConfig {
 pub struct Route {
     pub dst: IpNet,
     pub gw: Option<IpAddr>,
-    /// 1.1.0 attributes (`mtu`, `advmss`, `priority`, `table`, `scope`), passed through.
+    /// The 1.1.0 attributes (`table`, `priority`, `scope`, `mtu`, `advmss`), as applied.
+    pub attrs: RouteAttrs,
+    /// Every member but `dst` and `gw`, as the IPAM plugin gave them: printed back in a
+    /// 1.1.0 result.
     pub extra: Map<String, Value>,
 }
 
@@ -57,6 +60,39 @@ pub struct CniResult {
     pub routes: Vec<Route>,
     /// `dns` as the IPAM plugin gave it (kept: host-device drops it).
     pub dns: Value,
+}
+
+/// The route attributes of CNI 1.1.0 in `routes[i]`: non-negative integers (`scope` one
+/// byte, as the kernel's `rtm_scope`); `null` or absent is the kernel's default.
+fn route_attrs(o: &Map<String, Value>, i: usize) -> Result<RouteAttrs, ResultError> {
+    let get = |k: &str, max: u64| -> Result<Option<u32>, ResultError> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n <= max)
+                .map(|n| Some(n as u32))
+                .ok_or_else(|| {
+                    bad(
+                        format!("routes[{i}].{k}"),
+                        if max == 255 {
+                            "an integer from 0 to 255"
+                        } else {
+                            "an integer from 0 to 4294967295"
+                        },
+                        v,
+                    )
+                }),
+        }
+    };
+    let max = u64::from(u32::MAX);
+    Ok(RouteAttrs {
+        table: get("table", max)?,
+        metric: get("priority", max)?,
+        scope: get("scope", 255)?.map(|s| s as u8),
+        mtu: get("mtu", max)?,
+        advmss: get("advmss", max)?,
+    })
 }
 
 /// `10.0.0.5/24` → [`IpNet`].
@@ -159,7 +195,7 @@ impl CniResult {
                             .ok_or_else(|| bad(format!("routes[{i}].gw"), "an IP address", g))?,
                     ),
                 };
-                let extra = rt
+                let extra: Map<String, Value> = rt
                     .as_object()
                     .map(|o| {
                         o.iter()
@@ -168,7 +204,13 @@ impl CniResult {
                             .collect()
                     })
                     .unwrap_or_default();
-                r.routes.push(Route { dst, gw, extra });
+                let attrs = route_attrs(&extra, i)?;
+                r.routes.push(Route {
+                    dst,
+                    gw,
+                    attrs,
+                    extra,
+                });
             }
         }
         Ok(r)
@@ -340,5 +382,54 @@ mod tests {
         assert!(e.to_string().contains("ips[0].address"), "{e}");
         assert!(parse_ipnet("10.0.0.1/33").is_none());
         assert_eq!(fmt_ipnet(&parse_ipnet("fd00::1/64").unwrap()), "fd00::1/64");
+    }
+
+    #[test]
+    fn route_attributes_are_read_and_bad_ones_named() {
+        let v: Value = serde_json::from_str(
+            r#"{"routes":[{"dst":"10.8.0.0/16","table":101,"priority":50,"scope":253,"mtu":1400,"advmss":1360,"note":"kept"},{"dst":"0.0.0.0/0","table":null}]}"#,
+        )
+        .unwrap();
+        let r = CniResult::parse(&v).unwrap();
+        assert_eq!(
+            r.routes[0].attrs,
+            RouteAttrs {
+                table: Some(101),
+                metric: Some(50),
+                scope: Some(253),
+                mtu: Some(1400),
+                advmss: Some(1360),
+            }
+        );
+        assert_eq!(r.routes[1].attrs, RouteAttrs::default());
+        // Printed back as given in 1.1.0, not at all before it.
+        let out = r.to_json(Version::V1_1_0);
+        assert_eq!(out["routes"][0]["table"], 101);
+        assert_eq!(out["routes"][0]["note"], "kept");
+        assert!(
+            r.to_json(Version::V1_0_0)["routes"][0]
+                .get("table")
+                .is_none()
+        );
+        for (bad, field) in [
+            (r#"{"dst":"10.8.0.0/16","table":-1}"#, "routes[0].table"),
+            (
+                r#"{"dst":"10.8.0.0/16","table":4294967296}"#,
+                "routes[0].table",
+            ),
+            (
+                r#"{"dst":"10.8.0.0/16","priority":"high"}"#,
+                "routes[0].priority",
+            ),
+            (r#"{"dst":"10.8.0.0/16","scope":300}"#, "routes[0].scope"),
+            (r#"{"dst":"10.8.0.0/16","mtu":1.5}"#, "routes[0].mtu"),
+        ] {
+            let v: Value = serde_json::from_str(&format!(r#"{{"routes":[{bad}]}}"#)).unwrap();
+            let e = CniResult::parse(&v).unwrap_err().to_string();
+            assert!(
+                e.starts_with(field) && e.contains("expected an integer"),
+                "{e}"
+            );
+        }
     }
 }

@@ -834,3 +834,65 @@ fn vf_settings_are_restored_through_the_pf_netdev_of_now_not_of_add() {
     );
     assert!(is_home(&b, 1));
 }
+
+#[test]
+fn ipam_routes_get_their_table_metric_and_metrics_and_a_second_nexthop_is_kept() {
+    let b = Bench::new(1);
+    b.ipam_script(
+        "table-ipam",
+        r#"cat >/dev/null
+[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.1.0","ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.1"}],"routes":[{"dst":"10.9.0.0/16","table":101,"priority":50,"mtu":1400,"advmss":1360},{"dst":"10.8.0.0/16"},{"dst":"10.8.0.0/16","gw":"10.1.0.2"}]}'
+exit 0"#,
+    );
+    let out = b
+        .run(
+            "ADD",
+            "c1",
+            Some(&b.pod),
+            &conf(0, r#""ipam":{"type":"table-ipam"}"#),
+        )
+        .unwrap()
+        .unwrap();
+    let got: Vec<_> = b
+        .links
+        .routes(&Netns::path(&b.pod))
+        .into_iter()
+        .map(|r| {
+            (
+                crate::result::fmt_ipnet(&r.dst),
+                r.gw.map(|g| g.to_string()),
+                r.attrs,
+            )
+        })
+        .collect();
+    let gw = |s: &str| Some(s.to_string());
+    assert_eq!(
+        got,
+        vec![
+            (
+                "10.9.0.0/16".to_string(),
+                gw("10.1.0.1"),
+                crate::net::RouteAttrs {
+                    table: Some(101),
+                    metric: Some(50),
+                    mtu: Some(1400),
+                    advmss: Some(1360),
+                    ..Default::default()
+                }
+            ),
+            (
+                "10.8.0.0/16".to_string(),
+                gw("10.1.0.1"),
+                Default::default()
+            ),
+            (
+                "10.8.0.0/16".to_string(),
+                gw("10.1.0.2"),
+                Default::default()
+            ),
+        ]
+    );
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["routes"][0]["table"], 101);
+    assert_eq!(r["routes"].as_array().unwrap().len(), 3);
+}

@@ -18,7 +18,7 @@ use crate::Ctx;
 use crate::env::Env;
 use crate::error::CniError;
 use crate::net::fake::FakeLinks;
-use crate::net::{IpNet, Link, LinkOps, NetError, Netns, VfSettings};
+use crate::net::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
 use crate::netconf::NetConf;
 use railvf_host::Guid;
 use std::net::IpAddr;
@@ -394,14 +394,15 @@ impl LinkOps for Mirror<'_> {
     fn addresses(&self, ns: &Netns, ifindex: u32) -> Result<Vec<IpNet>, NetError> {
         self.0.links.addresses(ns, ifindex)
     }
-    fn add_route(
+    fn add_route_with(
         &self,
         ns: &Netns,
         ifindex: u32,
         dst: IpNet,
         gw: Option<IpAddr>,
+        attrs: &RouteAttrs,
     ) -> Result<(), NetError> {
-        self.0.links.add_route(ns, ifindex, dst, gw)
+        self.0.links.add_route_with(ns, ifindex, dst, gw, attrs)
     }
     fn vf_settings(&self, pf_ifindex: u32, vf: u32) -> Result<VfSettings, NetError> {
         self.0.links.vf_settings(pf_ifindex, vf)

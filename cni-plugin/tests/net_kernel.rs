@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use railvf_cni::net::netns::{self, Msg, NlSocket, nest_begin, nest_end, put_attr};
 use railvf_cni::net::rtnl::{self, Rtnl, moved_under_old_name};
 use railvf_cni::net::vf;
-use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, VfSettings};
+use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
 use railvf_host::Guid;
 use railvf_sim::{TestNetns, TestVeth, require_root};
 
@@ -324,6 +324,75 @@ fn configure_inside_netns_and_read_back() {
         .unwrap_err();
     println!("{e}");
     assert!(e.to_string().contains("already exists"), "{e}");
+    // Another nexthop to a routed destination is added beside it, as the reference
+    // plugins do (another rail of the pod routing the same prefix).
+    rt.add_route(
+        &pod,
+        l.ifindex,
+        net("0.0.0.0/0"),
+        Some("10.77.0.2".parse().unwrap()),
+    )
+    .unwrap();
+    let defaults: Vec<_> = routes(ns.name(), "-4")
+        .into_iter()
+        .filter(|r| r["dst"] == "default")
+        .map(|r| r["gateway"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(defaults.len(), 2, "{defaults:?}");
+
+    // CNI 1.1 route attributes: table (one above 255 too), metric, scope, mtu, advmss.
+    let attrs = RouteAttrs {
+        table: Some(101),
+        metric: Some(50),
+        scope: None,
+        mtu: Some(1400),
+        advmss: Some(1360),
+    };
+    rt.add_route_with(&pod, l.ifindex, net("10.80.0.0/16"), Some(gw4), &attrs)
+        .unwrap();
+    let big = RouteAttrs {
+        table: Some(1000),
+        scope: Some(253),
+        ..RouteAttrs::default()
+    };
+    rt.add_route_with(&pod, l.ifindex, net("10.81.0.0/16"), None, &big)
+        .unwrap();
+    let t101: Vec<serde_json::Value> = serde_json::from_str(&ip(&[
+        "-n",
+        ns.name(),
+        "-j",
+        "-d",
+        "route",
+        "show",
+        "table",
+        "101",
+    ]))
+    .unwrap();
+    println!("{t101:?}");
+    let r = find(&t101, "10.80.0.0/16");
+    assert_eq!(r["gateway"], "10.77.0.1");
+    assert_eq!(r["metric"], 50);
+    let metrics = r["metrics"].as_array().expect("metrics");
+    assert!(metrics.iter().any(|m| m["mtu"] == 1400), "{metrics:?}");
+    assert!(metrics.iter().any(|m| m["advmss"] == 1360), "{metrics:?}");
+    let t1000: Vec<serde_json::Value> = serde_json::from_str(&ip(&[
+        "-n",
+        ns.name(),
+        "-j",
+        "route",
+        "show",
+        "table",
+        "1000",
+    ]))
+    .unwrap();
+    assert_eq!(find(&t1000, "10.81.0.0/16")["scope"], "link");
+    // Neither is in the main table.
+    let main = routes(ns.name(), "-4");
+    assert!(
+        !main
+            .iter()
+            .any(|r| r["dst"] == "10.80.0.0/16" || r["dst"] == "10.81.0.0/16")
+    );
     // A gateway off every subnet of the link.
     let e = rt
         .add_route(

@@ -42,7 +42,7 @@ use railvf_host::Guid;
 
 use super::rtnl::{IFNAMSIZ_MAX, moved_error, network, ns_desc};
 use super::vf::{ETH_P_8021AD, ETH_P_8021Q, describe_settings};
-use super::{IpNet, Link, LinkOps, NetError, Netns, VfSettings};
+use super::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
 
 /// The operations of [`LinkOps`], to aim injected failures and to read the call log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,6 +124,7 @@ pub struct FakeRoute {
     pub dst: IpNet,
     pub gw: Option<IpAddr>,
     pub oif: u32,
+    pub attrs: RouteAttrs,
 }
 
 /// One VF's state on its PF.
@@ -792,12 +793,13 @@ impl LinkOps for FakeLinks {
         )
     }
 
-    fn add_route(
+    fn add_route_with(
         &self,
         ns: &Netns,
         ifindex: u32,
         dst: IpNet,
         gw: Option<IpAddr>,
+        attrs: &RouteAttrs,
     ) -> Result<(), NetError> {
         let what = format!(
             "add route to {}/{}{} dev ifindex {ifindex} in {}",
@@ -808,7 +810,10 @@ impl LinkOps for FakeLinks {
         );
         self.run(
             FakeOp::AddRoute,
-            format!("{ns:?} {ifindex} {}/{} {gw:?}", dst.addr, dst.prefix),
+            format!(
+                "{ns:?} {ifindex} {}/{} {gw:?} {attrs:?}",
+                dst.addr, dst.prefix
+            ),
             &what,
             |st| {
                 let max = if dst.addr.is_ipv4() { 32 } else { 128 };
@@ -864,17 +869,20 @@ impl LinkOps for FakeLinks {
                         ));
                     }
                 }
-                if n.routes.iter().any(|r| r.dst == dst) {
-                    return Err(kerr(
-                        format!("{what} (a route to this destination already exists)"),
-                        libc::EEXIST,
-                    ));
-                }
-                n.routes.push(FakeRoute {
+                let route = FakeRoute {
                     dst,
                     gw,
                     oif: ifindex,
-                });
+                    attrs: *attrs,
+                };
+                // Without NLM_F_EXCL only an identical route is refused.
+                if n.routes.contains(&route) {
+                    return Err(kerr(
+                        format!("{what} (the same route already exists)"),
+                        libc::EEXIST,
+                    ));
+                }
+                n.routes.push(route);
                 Ok(())
             },
         )

@@ -81,6 +81,18 @@ pub enum NetError {
     },
 }
 
+/// A route's optional attributes (CNI 1.1 result: `table`, `priority`, `scope`, `mtu`,
+/// `advmss`); `None` leaves the kernel's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteAttrs {
+    pub table: Option<u32>,
+    /// `priority` in the CNI result; the route's metric.
+    pub metric: Option<u32>,
+    pub scope: Option<u8>,
+    pub mtu: Option<u32>,
+    pub advmss: Option<u32>,
+}
+
 /// What the CNI verbs need from the kernel's networking.
 pub trait LinkOps {
     /// The link called `name` in `ns`, if any.
@@ -135,13 +147,27 @@ pub trait LinkOps {
     fn set_up(&self, ns: &Netns, ifindex: u32, up: bool) -> Result<(), NetError>;
     fn add_address(&self, ns: &Netns, ifindex: u32, addr: IpNet) -> Result<(), NetError>;
     fn addresses(&self, ns: &Netns, ifindex: u32) -> Result<Vec<IpNet>, NetError>;
-    /// Adds a route via `gw` (or on-link when `None`) out of `ifindex`.
+    /// Adds a route via `gw` (or on-link when `None`) out of `ifindex`, in the main table
+    /// with the kernel's default metric.
     fn add_route(
         &self,
         ns: &Netns,
         ifindex: u32,
         dst: IpNet,
         gw: Option<IpAddr>,
+    ) -> Result<(), NetError> {
+        self.add_route_with(ns, ifindex, dst, gw, &RouteAttrs::default())
+    }
+    /// [`LinkOps::add_route`] with the attributes a CNI 1.1 result may give a route. As the
+    /// reference plugins do, a route to a destination the table already routes through
+    /// another nexthop is added beside it; only an identical route fails (`EEXIST`).
+    fn add_route_with(
+        &self,
+        ns: &Netns,
+        ifindex: u32,
+        dst: IpNet,
+        gw: Option<IpAddr>,
+        attrs: &RouteAttrs,
     ) -> Result<(), NetError>;
     /// Current settings of VF `vf` of the PF netdev `pf_ifindex` (host namespace).
     fn vf_settings(&self, pf_ifindex: u32, vf: u32) -> Result<VfSettings, NetError>;

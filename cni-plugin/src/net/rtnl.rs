@@ -25,9 +25,11 @@
 //!   IPv4 addresses get their broadcast address, as `ip addr add … brd +`.
 //! * `addresses` lists both families, including the IPv6 link-local address the kernel adds
 //!   when a link goes up.
-//! * `add_route` puts routes in the main table with protocol `boot` (as `ip route add`),
-//!   clears host bits of the destination, uses scope link for IPv4 routes without gateway,
-//!   and treats a `0.0.0.0/0` / `::/0` destination as the default route.
+//! * `add_route` puts routes in the main table (or the one given) with protocol `boot` (as
+//!   `ip route add`), clears host bits of the destination, uses scope link for IPv4 routes
+//!   without gateway (unless a scope is given), and treats a `0.0.0.0/0` / `::/0`
+//!   destination as the default route. Without `NLM_F_EXCL`, as the reference plugins:
+//!   another nexthop to a routed destination is added; an identical route is `EEXIST`.
 //! * ENODEV becomes [`NetError::NoSuchLink`]; EOPNOTSUPP from VF operations
 //!   [`NetError::Unsupported`]; a missing RDMA subsystem or its shared netns mode too.
 
@@ -43,11 +45,11 @@ use railvf_host::Guid;
 
 use super::netns::{
     Msg, NETLINK_RDMA, NETLINK_ROUTE, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NlError, NlSocket,
-    OpenError, Reply, attrs, get_str, get_u32, open_netns,
+    OpenError, Reply, attrs, get_str, get_u32, open_netns, put_attr,
 };
 use super::rdma::{self, NetnsMode};
 use super::vf::{self, PfVfs, RTEXT_FILTER_SKIP_STATS, RTEXT_FILTER_VF, VfInfo};
-use super::{IpNet, Link, LinkOps, NetError, Netns, VfSettings};
+use super::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
 
 pub const RTM_NEWLINK: u16 = 16;
 pub const RTM_GETLINK: u16 = 18;
@@ -68,6 +70,11 @@ pub const IFA_BROADCAST: u16 = 4;
 pub const RTA_DST: u16 = 1;
 pub const RTA_OIF: u16 = 4;
 pub const RTA_GATEWAY: u16 = 5;
+pub const RTA_PRIORITY: u16 = 6;
+pub const RTA_METRICS: u16 = 8;
+pub const RTA_TABLE: u16 = 15;
+pub const RTAX_MTU: u16 = 2;
+pub const RTAX_ADVMSS: u16 = 8;
 
 pub const AF_UNSPEC: u8 = 0;
 pub const AF_INET: u8 = 2;
@@ -951,20 +958,22 @@ impl LinkOps for Rtnl {
         }
     }
 
-    fn add_route(
+    fn add_route_with(
         &self,
         ns: &Netns,
         ifindex: u32,
         dst: IpNet,
         gw: Option<IpAddr>,
+        attrs: &RouteAttrs,
     ) -> Result<(), NetError> {
         let what = || {
             format!(
-                "add route to {}/{}{} dev {} in {}",
+                "add route to {}/{}{} dev {}{} in {}",
                 dst.addr,
                 dst.prefix,
                 gw.map(|g| format!(" via {g}")).unwrap_or_default(),
                 self.describe(ns, ifindex),
+                describe_attrs(attrs),
                 ns_desc(ns)
             )
         };
@@ -990,18 +999,26 @@ impl LinkOps for Rtnl {
         // The kernel refuses an IPv4 destination with host bits set; CNI results may carry one.
         let net = network(dst.addr, dst.prefix);
         // IPv4 routes without a gateway are on-link (scope link); IPv6 routes have no scope.
-        let scope = if gw.is_none() && family == AF_INET {
+        let scope = attrs.scope.unwrap_or(if gw.is_none() && family == AF_INET {
             RT_SCOPE_LINK
         } else {
             RT_SCOPE_UNIVERSE
-        };
-        let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
+        });
+        // Tables above 255 only fit RTA_TABLE (as `ip route … table N` sends them).
+        let table = attrs
+            .table
+            .filter(|t| *t != 0)
+            .unwrap_or(RT_TABLE_MAIN.into());
+        let header_table = u8::try_from(table).unwrap_or(0);
+        // No NLM_F_EXCL, as the reference plugins: another nexthop to a destination already
+        // routed is added beside it; only an identical route is refused (EEXIST).
+        let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE);
         m.header(&rtmsg(
             family,
             dst.prefix,
             0,
             0,
-            RT_TABLE_MAIN,
+            header_table,
             RTPROT_BOOT,
             scope,
             RTN_UNICAST,
@@ -1014,6 +1031,19 @@ impl LinkOps for Rtnl {
             m.attr(RTA_GATEWAY, &ip_bytes(&g));
         }
         m.attr_u32(RTA_OIF, ifindex);
+        m.attr_u32(RTA_TABLE, table);
+        if let Some(p) = attrs.metric {
+            m.attr_u32(RTA_PRIORITY, p);
+        }
+        let mut metrics = Vec::new();
+        for (ty, v) in [(RTAX_MTU, attrs.mtu), (RTAX_ADVMSS, attrs.advmss)] {
+            if let Some(v) = v {
+                put_attr(&mut metrics, ty, &v.to_ne_bytes());
+            }
+        }
+        if !metrics.is_empty() {
+            m.attr(RTA_METRICS, &metrics);
+        }
         match self.route(ns, &m, &what)? {
             Ok(_) => Ok(()),
             Err(e) if e.errno() == Some(libc::ENODEV) => Err(self.no_such(ns, ifindex)),
@@ -1029,7 +1059,7 @@ impl LinkOps for Rtnl {
                     Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => {
                         " (the gateway is not on a subnet of this link)"
                     }
-                    Some(libc::EEXIST) => " (a route to this destination already exists)",
+                    Some(libc::EEXIST) => " (the same route already exists)",
                     _ => "",
                 };
                 Err(kernel(format!("{}{hint}", what()), e))
@@ -1150,4 +1180,21 @@ impl LinkOps for Rtnl {
             }
         }
     }
+}
+
+/// ` table 101 metric 50 scope 253 mtu 1400 advmss 1360`, the attributes given.
+fn describe_attrs(a: &RouteAttrs) -> String {
+    let mut s = String::new();
+    for (k, v) in [
+        ("table", a.table),
+        ("metric", a.metric),
+        ("scope", a.scope.map(u32::from)),
+        ("mtu", a.mtu),
+        ("advmss", a.advmss),
+    ] {
+        if let Some(v) = v {
+            s.push_str(&format!(" {k} {v}"));
+        }
+    }
+    s
 }
