@@ -41,8 +41,14 @@ pub struct Observation {
 impl Observation {
     /// A VF that is bound to mlx5_core but whose netdev and RDMA device are both gone
     /// from the host's view has been moved into a pod's network namespace: it is in use.
-    pub fn in_pod(&self) -> bool {
-        self.driver.as_deref() == Some(DRIVER_MLX5) && self.rdma.is_none() && !self.netdev
+    /// Only while its PF (`pf`) shows an RDMA device: without mlx5_ib (not loaded, or its
+    /// probe failed) an InfiniBand VF has neither either, as its netdev is IPoIB's, and is
+    /// then broken, not in use.
+    pub fn in_pod(&self, pf: Option<&Observation>) -> bool {
+        self.driver.as_deref() == Some(DRIVER_MLX5)
+            && self.rdma.is_none()
+            && !self.netdev
+            && pf.is_some_and(|p| p.rdma.is_some())
     }
 }
 
@@ -419,7 +425,7 @@ pub fn judge_checks(
     pf: Option<(PciAddr, &Observation)>,
     exp: &Expectations,
 ) -> (Health, FailedChecks) {
-    let readiness = if obs.in_pod() {
+    let readiness = if obs.in_pod(pf.map(|(_, o)| o)) {
         let mut r = readiness::evaluate(root, &function_for(addr, obs), exp, &[Check::Driver]);
         if let Some((pf_addr, pf_obs)) = pf
             && pf_obs.rdma.is_some()
@@ -457,16 +463,22 @@ mod tests {
     }
 
     fn vf_dir(root: &Path) -> PathBuf {
-        let d = root.join("sys/bus/pci/devices/0000:18:00.1");
+        function_dir(root, "0000:18:00.1", "mlx5_12", "ibp24s0v0")
+    }
+
+    /// A function bound to mlx5_core with RDMA device `ib` (port ACTIVE, InfiniBand) and
+    /// netdev `net`.
+    fn function_dir(root: &Path, addr: &str, ib: &str, net: &str) -> PathBuf {
+        let d = root.join("sys/bus/pci/devices").join(addr);
         std::fs::create_dir_all(root.join("sys/bus/pci/drivers/mlx5_core")).unwrap();
         std::fs::create_dir_all(&d).unwrap();
         std::os::unix::fs::symlink(root.join("sys/bus/pci/drivers/mlx5_core"), d.join("driver"))
             .unwrap();
-        let port = d.join("infiniband/mlx5_12/ports/1");
+        let port = d.join("infiniband").join(ib).join("ports/1");
         write(&port.join("state"), "4: ACTIVE\n");
         write(&port.join("phys_state"), "5: LinkUp\n");
         write(&port.join("link_layer"), "InfiniBand\n");
-        std::fs::create_dir_all(d.join("net/ibp24s0v0")).unwrap();
+        std::fs::create_dir_all(d.join("net").join(net)).unwrap();
         d
     }
 
@@ -537,15 +549,49 @@ mod tests {
         std::fs::remove_dir_all(d.join("infiniband")).unwrap();
         std::fs::remove_dir_all(d.join("net")).unwrap();
         let o = probe.observe(false, Some(&before));
-        assert!(o.in_pod(), "{o:?}");
+        let pf_addr: PciAddr = "0000:18:00.0".parse().unwrap();
+        let pf_obs = Probe::new(function_dir(t.path(), "0000:18:00.0", "mlx5_0", "ibp24s0"))
+            .observe(true, None);
+        let pf = Some((pf_addr, &pf_obs));
+        assert!(o.in_pod(Some(&pf_obs)), "{o:?}");
         assert_eq!(
-            judge(&root, addr, &o, None, &Expectations::default()),
+            judge(&root, addr, &o, pf, &Expectations::default()),
             Health::Healthy
         );
         // Without an RDMA device but with its netdev, the VF lacks mlx5_ib: unhealthy.
         std::fs::create_dir_all(d.join("net/ibp24s0v0")).unwrap();
         let o = probe.observe(false, Some(&o));
-        assert!(!o.in_pod());
-        assert!(!judge(&root, addr, &o, None, &Expectations::default()).is_healthy());
+        assert!(!o.in_pod(Some(&pf_obs)));
+        assert!(!judge(&root, addr, &o, pf, &Expectations::default()).is_healthy());
+    }
+
+    #[test]
+    fn an_ib_vf_without_mlx5_ib_is_unhealthy_not_in_a_pod() {
+        let t = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(t.path()).unwrap();
+        let d = vf_dir(t.path());
+        let addr: PciAddr = "0000:18:00.1".parse().unwrap();
+        let pf_addr: PciAddr = "0000:18:00.0".parse().unwrap();
+        let pf_dir = function_dir(t.path(), "0000:18:00.0", "mlx5_0", "ibp24s0");
+        // mlx5_ib not loaded: no RDMA device anywhere, and no IPoIB netdev either.
+        for f in [&d, &pf_dir] {
+            std::fs::remove_dir_all(f.join("infiniband")).unwrap();
+            std::fs::remove_dir_all(f.join("net")).unwrap();
+        }
+        let pf_obs = Probe::new(pf_dir).observe(true, None);
+        let o = Probe::new(d).observe(true, None);
+        assert!(!o.in_pod(Some(&pf_obs)), "{o:?}");
+        let (h, failed) = judge_checks(
+            &root,
+            addr,
+            &o,
+            Some((pf_addr, &pf_obs)),
+            &Expectations::default(),
+        );
+        let Health::Unhealthy(why) = h else {
+            panic!("no RDMA device anywhere, yet healthy");
+        };
+        assert!(why.contains("rdma"), "{why}");
+        assert!(failed.contains(Check::Rdma), "{failed:?}");
     }
 }

@@ -362,7 +362,7 @@ pub fn selector_matches(sel: &Selector, vf: &VfSlot, pf: &PfInfo) -> bool {
         && (sel.pci_addresses.is_empty() || sel.pci_addresses.contains(&vf.addr))
         && (sel.link_types.is_empty()
             || pf.link_type().is_some_and(|l| sel.link_types.contains(&l)))
-        && (!sel.is_rdma || vf.obs.rdma.is_some() || vf.obs.in_pod())
+        && (!sel.is_rdma || vf.obs.rdma.is_some() || vf.obs.in_pod(Some(&pf.obs)))
         && (!sel.compute_only || pf.rail.is_some())
 }
 
@@ -527,7 +527,7 @@ pub fn explain_no_match(node: &Node, r: &ResourceConfig) -> String {
                 list(have)
             ));
         }
-        if s.is_rdma && count(&|v, _| v.obs.rdma.is_some() || v.obs.in_pod()) == 0 {
+        if s.is_rdma && count(&|v, p| v.obs.rdma.is_some() || v.obs.in_pod(Some(&p.obs))) == 0 {
             clauses.push(format!(
                 "{at}isRdma: no VF has an RDMA device (is mlx5_ib loaded?)"
             ));
@@ -860,13 +860,14 @@ impl Monitor {
                 // Health is a function of these observations only: nothing to judge.
                 continue;
             }
-            if obs.in_pod() != vf.obs.in_pod()
+            let pf_obs = Some(&self.node.pfs[vf.pf].obs);
+            if obs.in_pod(pf_obs) != vf.obs.in_pod(pf_obs)
                 && let Some(r) = vf.owner
             {
                 self.resources[r].dirty = true;
                 self.resources[r]
                     .allocations
-                    .in_pod_changed(vf.addr, obs.in_pod());
+                    .in_pod_changed(vf.addr, obs.in_pod(pf_obs));
             }
             vf.obs = obs;
             if self.node.vfs[i].owner.is_none() {
@@ -900,7 +901,7 @@ impl Monitor {
                             rail: pf.rail,
                             health: v.health.clone(),
                             failed: v.failed,
-                            in_pod: v.obs.in_pod(),
+                            in_pod: v.obs.in_pod(Some(&pf.obs)),
                         },
                     )
                 })
