@@ -122,6 +122,9 @@ pub fn preferred(
         rail: Option<u32>,
         numa: Option<u32>,
         pf: usize,
+        /// Still in a pod's netns (kubelet thinks it free: a DEL that failed, a lost
+        /// checkpoint): Allocate would refuse it, so it is picked last.
+        in_pod: bool,
     }
     let cands: Vec<Cand> = avail_set
         .iter()
@@ -132,6 +135,7 @@ pub fn preferred(
                 rail: d.rail,
                 numa: d.numa,
                 pf: pf_index[&d.pf],
+                in_pod: d.in_pod,
             }
         })
         .collect();
@@ -209,6 +213,7 @@ pub fn preferred(
                     _ => 1,
                 };
                 (
+                    c.in_pod,
                     rail_rank,
                     numa_rank,
                     p.pf_chosen[c.pf],
@@ -426,6 +431,19 @@ mod tests {
         assert_eq!(rails(&s, &got), (0..8).collect::<Vec<_>>());
         // Deterministic.
         assert_eq!(got, preferred(&s, "r", &ids(&s), &[], 8).unwrap());
+    }
+
+    #[test]
+    fn a_vf_still_in_a_pod_is_picked_last() {
+        let mut s = dgx(2);
+        let first = preferred(&s, "r", &ids(&s), &[], 1).unwrap();
+        let a: PciAddr = first[0].parse().unwrap();
+        s.devices.get_mut(&a).unwrap().in_pod = true;
+        let got = preferred(&s, "r", &ids(&s), &[], 1).unwrap();
+        assert_ne!(got, first);
+        // Still offered when nothing else is left.
+        let got = preferred(&s, "r", &[first[0].clone()], &[], 1).unwrap();
+        assert_eq!(got, first);
     }
 
     #[test]
