@@ -88,6 +88,8 @@ pub async fn register(dir: &Path, req: RegisterRequest) -> Result<(), RegisterEr
 /// Survives the directory itself being removed and re-created.
 pub async fn watch_dir(dir: PathBuf, tx: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
     let bump = |tx: &watch::Sender<u64>| tx.send_modify(|g| *g = g.wrapping_add(1));
+    // Warned once per streak of failed watches, not at every retry.
+    let mut failing = false;
     loop {
         let stream = Inotify::init().and_then(|ino| {
             ino.watches().add(
@@ -103,6 +105,9 @@ pub async fn watch_dir(dir: PathBuf, tx: watch::Sender<u64>, mut stop: watch::Re
         });
         match stream {
             Ok(mut events) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(dir = %dir.display(), "watching the kubelet socket directory again");
+                }
                 tracing::debug!(dir = %dir.display(), "watching the kubelet socket directory");
                 // The directory may have changed before the watch existed.
                 bump(&tx);
@@ -126,12 +131,14 @@ pub async fn watch_dir(dir: PathBuf, tx: watch::Sender<u64>, mut stop: watch::Re
                     }
                 }
             }
-            Err(e) => {
+            Err(e) if !failing => {
+                failing = true;
                 tracing::warn!(
-                    "cannot watch {} with inotify ({e}); checking every {RECHECK:?} instead",
+                    "cannot watch {} with inotify ({e}); checking the sockets every {RECHECK:?} meanwhile, and retrying the watch",
                     dir.display()
                 );
             }
+            Err(e) => tracing::debug!("cannot watch {} with inotify ({e})", dir.display()),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -181,7 +188,18 @@ impl ResourceTask {
             if *self.shutdown.borrow() {
                 return;
             }
-            let listener = match bind(&sock) {
+            // Another process serving this socket (a DaemonSet surge, `serve` started by
+            // hand) keeps it: unlinking it would make the two take it from each other in a
+            // loop, each re-registering at once.
+            let listener = if served_elsewhere(&sock).await {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process accepts connections on it (a second railvf-device-plugin on this node?); not taking it over",
+                ))
+            } else {
+                bind(&sock)
+            };
+            let listener = match listener {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(resource = %name, "cannot serve on {}: {e}; retrying in {backoff:?}", sock.display());
@@ -337,6 +355,19 @@ impl ResourceTask {
             }
         }
     }
+}
+
+/// Whether a process accepts connections on `sock`. A socket left by a process that died
+/// refuses them.
+async fn served_elsewhere(sock: &Path) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::UnixStream::connect(sock)
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }
 
 fn bind(sock: &Path) -> std::io::Result<UnixListener> {

@@ -488,3 +488,56 @@ async fn a_vf_moved_into_a_pod_namespace_survives_a_plugin_restart() {
     let l = wait_list(&mut stream, "64 devices", |l| l.len() == 64).await;
     assert_eq!(health_of(&l, &vf.pci.to_string()), Some("Healthy"));
 }
+
+/// A second instance on the node (a DaemonSet surge, `serve` started by hand) leaves the
+/// first's socket alone and waits; it takes over once the first has gone.
+#[tokio::test]
+async fn a_second_instance_waits_instead_of_taking_the_socket() {
+    let mut e = start().await;
+    registration(&mut e.kubelet, &e.plugin).await;
+    let mut second = start_plugin(e.sim.root(), &e.dirs, None, &[]);
+    wait_log(&mut second, "not taking it over").await;
+    // Neither re-registers in a loop: at most the second's own attempt to come through.
+    let mut n = 0;
+    while e
+        .kubelet
+        .next_registration(Duration::from_millis(1500))
+        .await
+        .is_some()
+    {
+        n += 1;
+        assert!(n <= 1, "registrations keep coming:\n{}", e.plugin.log());
+    }
+    assert!(
+        !e.plugin.log().contains("our socket was removed"),
+        "{}",
+        e.plugin.log()
+    );
+    // The first goes (it removes its socket): the second serves and registers.
+    e.plugin.terminate();
+    let r = registration(&mut e.kubelet, &second).await;
+    assert_eq!(r.request.resource_name, RESOURCE);
+    second.terminate();
+}
+
+/// A kubelet directory that cannot be watched is warned about once, not at every retry.
+#[tokio::test]
+async fn an_unwatchable_kubelet_directory_is_warned_about_once() {
+    let mut e = start().await;
+    registration(&mut e.kubelet, &e.plugin).await;
+    wait_log(&mut e.plugin, "watching the kubelet socket directory").await;
+    e.kubelet.stop().await;
+    std::fs::remove_dir_all(&e.dirs.kubelet).unwrap();
+    wait_log(&mut e.plugin, "cannot watch").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = e.plugin.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\"") && l.contains("cannot watch"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+    // Back: watched again, and said so.
+    std::fs::create_dir_all(&e.dirs.kubelet).unwrap();
+    wait_log(&mut e.plugin, "watching the kubelet socket directory again").await;
+    e.plugin.assert_running();
+}
