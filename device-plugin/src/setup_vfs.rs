@@ -63,12 +63,10 @@ const POLL: Duration = Duration::from_millis(20);
 /// How long `sriov_numvfs` may read another count than the one written before it is written
 /// again (the kernel applies the write before returning; this only ever matters elsewhere).
 const REWRITE_AFTER: Duration = Duration::from_millis(200);
-/// Byte 0 of every derived GUID: locally administered (EUI-64 U/L bit set), unicast.
-pub const GUID_LOCAL: u8 = 0x02;
-/// Byte 1 of a derived node GUID.
-pub const GUID_KIND_NODE: u8 = 0x00;
-/// Byte 1 of a derived port GUID.
-pub const GUID_KIND_PORT: u8 = 0x01;
+/// Byte 0 of a derived node GUID: locally administered (EUI-64 U/L bit set), unicast.
+pub const GUID_NODE: u8 = 0x02;
+/// Byte 0 of a derived port GUID: locally administered, unicast, not the node's.
+pub const GUID_PORT: u8 = 0x06;
 /// The MLNX_OFED VF policy that makes the VF port follow the PF port's state.
 const POLICY_FOLLOW: &str = "Follow";
 
@@ -147,28 +145,28 @@ impl Options {
 /// The node and port GUID of VF `index` of the PF whose node GUID is `pf`:
 ///
 /// ```text
-/// byte   0     1      2 3 4 5 6                          7
-///        0x02  kind   the PF node GUID's 40 bits after   VF index
-///                     its 24-bit OUI (bytes 3..8)
-/// kind:  0x00 node GUID, 0x01 port GUID
+/// byte   0            1 2 3            4 5 6                 7
+///        0x02 node    the PF GUID's    the PF GUID's last    VF index
+///        0x06 port    OUI (bytes 0-2)  3 bytes (its serial)
 /// ```
 ///
-/// 0x02 marks a locally administered EUI-64, which no vendor-assigned GUID is, so a derived
-/// GUID never equals a hardware one; it also makes every derived GUID non-zero and not
-/// all-ones. Two VFs get the same GUID only if their PFs' GUIDs share those 40 bits (refused by
-/// `setup-vfs`) — or the VF index is above 255 (`None`).
+/// ConnectX node GUIDs have the form OUI, `03:00`, 24-bit serial: bytes 3 and 4 say nothing
+/// about the adapter, what is left names it. Byte 0 marks a locally administered
+/// EUI-64, which no vendor-assigned GUID is, so a derived GUID never equals a hardware one; it
+/// also makes every derived GUID non-zero and not all-ones. Two VFs get the same GUID only if
+/// their PFs' GUIDs share OUI and serial (refused by `setup-vfs` on one node; in that form,
+/// the same GUID) — or the VF index is above 255 (`None`).
 pub fn vf_guids(pf: Guid, index: u32) -> Option<(Guid, Guid)> {
     let index = u8::try_from(index).ok()?;
-    let device_bits = pf.0 & 0xff_ffff_ffff;
-    let make = |kind: u8| {
-        Guid(
-            (u64::from(GUID_LOCAL) << 56)
-                | (u64::from(kind) << 48)
-                | (device_bits << 8)
-                | u64::from(index),
-        )
-    };
-    Some((make(GUID_KIND_NODE), make(GUID_KIND_PORT)))
+    let id = pf_identity(pf);
+    let make = |first: u8| Guid((u64::from(first) << 56) | (id << 8) | u64::from(index));
+    Some((make(GUID_NODE), make(GUID_PORT)))
+}
+
+/// The 48 bits of a PF node GUID that [`vf_guids`] keeps: OUI and serial, without bytes 3
+/// and 4.
+fn pf_identity(pf: Guid) -> u64 {
+    (pf.0 >> 40) << 24 | (pf.0 & 0xff_ffff)
 }
 
 /// How a VF's GUIDs are set.
@@ -458,10 +456,10 @@ fn plan(opts: &Options, inv: &Inventory, topo: &Topology) -> anyhow::Result<Vec<
     let mut seen: BTreeMap<u64, PciAddr> = BTreeMap::new();
     for p in &plans {
         if let Some(g) = p.guid
-            && let Some(other) = seen.insert(g.0 & 0xff_ffff_ffff, p.addr)
+            && let Some(other) = seen.insert(pf_identity(g), p.addr)
         {
             bail!(
-                "{other} and {} have node GUIDs with the same 40 bits after the OUI ({g} and another): their derived VF GUIDs would collide; set these VFs' GUIDs by hand",
+                "{other} and {} have node GUIDs with the same OUI and last 3 bytes ({g} and another): their derived VF GUIDs would collide; set these VFs' GUIDs by hand",
                 p.addr
             );
         }
@@ -1092,20 +1090,22 @@ mod tests {
     fn guid_scheme_is_the_documented_one() {
         let pf = Guid(0xa088_c203_00e3_142a);
         let (node, port) = vf_guids(pf, 5).unwrap();
-        assert_eq!(node.to_colon_bytes(), "02:00:03:00:e3:14:2a:05");
-        assert_eq!(port.to_colon_bytes(), "02:01:03:00:e3:14:2a:05");
-        assert_eq!(node.to_string(), "0200:0300:e314:2a05");
+        assert_eq!(node.to_colon_bytes(), "02:a0:88:c2:e3:14:2a:05");
+        assert_eq!(port.to_colon_bytes(), "06:a0:88:c2:e3:14:2a:05");
+        assert_eq!(node.to_string(), "02a0:88c2:e314:2a05");
         assert!(vf_guids(pf, 256).is_none());
     }
 
     #[test]
     fn guids_are_unique_non_zero_and_never_vendor_assigned() {
         // Eight PFs whose GUIDs differ only in the low bits (consecutive, as a vendor assigns
-        // them) and two that differ only in the OUI-adjacent byte.
+        // them), and adapters of other OUIs with the same serials: different adapters, on
+        // other nodes of the fabric.
         let mut pfs: Vec<Guid> = (0..8u64)
             .map(|i| Guid(0xa088_c203_00e3_1420 + i * 0x10))
             .collect();
-        pfs.push(Guid(0x946d_ae03_00e3_1420 ^ (1 << 39)));
+        pfs.push(Guid(0x946d_ae03_00e3_1420));
+        pfs.push(Guid(0x0c42_a103_00e3_1420));
         pfs.push(Guid(0x0c42_a103_0001_0000));
         let mut all = BTreeSet::new();
         for pf in &pfs {
@@ -1113,7 +1113,11 @@ mod tests {
                 let (n, p) = vf_guids(*pf, i).unwrap();
                 for g in [n, p] {
                     assert!(g.is_assigned(), "{g}");
-                    assert_eq!(g.0 >> 56, 0x02, "{g}: locally administered");
+                    assert_eq!(
+                        (g.0 >> 56) & 0x03,
+                        0x02,
+                        "{g}: locally administered, unicast"
+                    );
                     assert!(all.insert(g), "duplicate {g}");
                 }
             }
@@ -1126,7 +1130,7 @@ mod tests {
         let (n, p) = vf_guids(Guid(0xa088_c203_00e3_142a), 0).unwrap();
         assert_eq!(
             ip_link_args("ibp24s0", 0, n, p).join(" "),
-            "link set dev ibp24s0 vf 0 node_guid 02:00:03:00:e3:14:2a:00 port_guid 02:01:03:00:e3:14:2a:00 state auto"
+            "link set dev ibp24s0 vf 0 node_guid 02:a0:88:c2:e3:14:2a:00 port_guid 06:a0:88:c2:e3:14:2a:00 state auto"
         );
     }
 
