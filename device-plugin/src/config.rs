@@ -482,6 +482,12 @@ impl<'de> Deserialize<'de> for ResourceList {
                         "resourceList is empty: list at least one resource, or remove the file to get the default resource",
                     ));
                 }
+                if out.iter().all(|(_, skip)| skip.is_some()) {
+                    return Err(de::Error::custom(format!(
+                        "every resource in resourceList has a deviceType other than netDevice ({}): railvf would advertise nothing; give railvf's resources deviceType \"netDevice\" (or none), or remove the file to get the default resource",
+                        names.join(", ")
+                    )));
+                }
                 Ok(ResourceList(out))
             }
         }
@@ -750,6 +756,15 @@ mod tests {
         .unwrap();
         assert_eq!(c.resources.len(), 1);
         assert!(c.ignored[0].contains("accelerator"));
+        // All of them: nothing to advertise is an error, as an empty resourceList is.
+        let e = parse(r#"{"resourceList":[{"resourceName":"b","deviceType":"accelerator"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field `resourceList`"), "{e}");
+        assert!(
+            e.contains("would advertise nothing") && e.contains("nvidia.com/b"),
+            "{e}"
+        );
     }
 
     #[test]
