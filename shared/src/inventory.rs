@@ -249,8 +249,9 @@ pub struct Inventory {
     pub pfs: Vec<Pf>,
     pub vfs: Vec<Vf>,
     pub gpus: Vec<Gpu>,
-    /// Network functions whose identity could not be read, with the reason: listed
-    /// rather than failing the scan, so one broken function never hides the others.
+    /// Functions whose identity could not be read (network functions, PFs, display
+    /// functions), with the reason: listed rather than failing the scan, so one broken
+    /// function never hides the others.
     pub unreadable: Vec<(PciAddr, String)>,
 }
 
@@ -285,10 +286,19 @@ impl Inventory {
                             pf,
                             index: u32::MAX,
                         }),
-                        None => inv.pfs.push(read_pf(root, function)?),
+                        None => match read_pf(root, function) {
+                            Ok(pf) => inv.pfs.push(pf),
+                            Err(e) => inv.unreadable.push((addr, e.to_string())),
+                        },
                     }
                 }
-                0x03 if is_nvidia_gpu(&dir, class)? => gpu_addrs.push(addr),
+                // One display function that cannot be classified (a malformed vendor) must
+                // not hide every NIC: it is reported, not counted.
+                0x03 => match is_nvidia_gpu(&dir, class) {
+                    Ok(true) => gpu_addrs.push(addr),
+                    Ok(false) => {}
+                    Err(e) => inv.unreadable.push((addr, e.to_string())),
+                },
                 _ => {}
             }
         }
@@ -615,7 +625,8 @@ pub fn scan_gpu_sites(root: &HostRoot) -> Result<Vec<GpuSite>, HostError> {
     let addrs = numbered_gpus(root, || {
         let mut addrs = Vec::new();
         for (addr, dir, class) in pci_functions(root)? {
-            if is_nvidia_gpu(&dir, class)? {
+            // As in `Inventory::scan`: a function that cannot be classified is left out.
+            if is_nvidia_gpu(&dir, class).unwrap_or(false) {
                 addrs.push(addr);
             }
         }
@@ -779,6 +790,26 @@ mod tests {
         symlink("../0000:18:00.1", pf.join("virtfn0")).unwrap();
         let root = HostRoot::new(tmp.path()).unwrap();
         (tmp, root)
+    }
+
+    #[test]
+    fn a_display_function_that_cannot_be_classified_hides_no_nic() {
+        let (tmp, root) = one_vf();
+        let devs = tmp.path().join("sys/bus/pci/devices");
+        std::fs::write(devs.join("0000:18:00.0/class"), "0x020700\n").unwrap();
+        std::fs::write(devs.join("0000:18:00.0/device"), "0x1021\n").unwrap();
+        let vga = devs.join("0000:03:00.0");
+        std::fs::create_dir_all(&vga).unwrap();
+        std::fs::write(vga.join("class"), "0x030000\n").unwrap();
+        std::fs::write(vga.join("vendor"), "garbage\n").unwrap();
+        let inv = Inventory::scan(&root).unwrap();
+        assert_eq!(inv.pfs.len(), 1);
+        assert_eq!(inv.vfs.len(), 1);
+        assert!(inv.gpus.is_empty());
+        let (addr, why) = &inv.unreadable[0];
+        assert_eq!(addr.to_string(), "0000:03:00.0");
+        assert!(why.contains("vendor"), "{why}");
+        assert!(scan_gpu_sites(&root).unwrap().is_empty());
     }
 
     #[test]
