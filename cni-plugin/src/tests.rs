@@ -302,9 +302,9 @@ fn host_managed_vf_is_refused_before_any_change() {
     assert_eq!(b.links.count(FakeOp::MoveLink), 0);
 }
 
-#[test]
-fn guid_through_ofed_files_with_rebind_and_restore() {
-    let b = Bench::new(1);
+/// ADD "c1" of VF 0 with the pod GUID 02:…:aa:01, set through the OFED files under the
+/// fake driver: the GUID file as it was before, and the config.
+fn add_with_pod_guid(b: &Bench) -> (String, String) {
     b.fake_driver();
     let before = fs::read_to_string(b.sriov_file(0, "node")).unwrap();
     let c = conf(
@@ -312,6 +312,13 @@ fn guid_through_ofed_files_with_rebind_and_restore() {
         r#""runtimeConfig":{"infinibandGUID":"02:00:00:00:00:00:aa:01"}"#,
     );
     b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    (before, c)
+}
+
+#[test]
+fn guid_through_ofed_files_with_rebind_and_restore() {
+    let b = Bench::new(1);
+    let (before, c) = add_with_pod_guid(&b);
     assert_eq!(
         fs::read_to_string(b.sriov_file(0, "node")).unwrap(),
         "02:00:00:00:00:00:aa:01\n"
@@ -642,13 +649,7 @@ fn wait_for_guid(b: &Bench, i: u32, guid: &str) {
 #[test]
 fn a_guid_restore_whose_rebind_failed_is_rebound_by_the_next_del() {
     let b = Bench::new(1);
-    b.fake_driver();
-    let before = fs::read_to_string(b.sriov_file(0, "node")).unwrap();
-    let c = conf(
-        0,
-        r#""runtimeConfig":{"infinibandGUID":"02:00:00:00:00:00:aa:01"}"#,
-    );
-    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let (before, c) = add_with_pod_guid(&b);
     wait_for_guid(&b, 0, "02:00:00:00:00:00:aa:01");
 
     // The driver refuses the bind: the file is restored, the VF still runs with the pod's.
