@@ -859,6 +859,8 @@ fn check_host_unit(d: &Deploy) -> Result<(), String> {
     for (key, value) in [
         ("Type", "oneshot"),
         ("RemainAfterExit", "yes"),
+        ("DefaultDependencies", "no"),
+        ("Conflicts", "shutdown.target"),
         ("After", "systemd-udev-settle.service"),
         ("Before", "kubelet.service"),
         ("Before", "network-pre.target"),
@@ -1250,6 +1252,13 @@ fn every_check_catches_a_broken_copy() {
             "RemainAfterExit=yes",
             "RemainAfterExit=no",
             "RemainAfterExit=yes",
+        ),
+        (
+            "host_unit",
+            "host/railvf-setup-vfs.service",
+            "DefaultDependencies=no",
+            "DefaultDependencies=yes",
+            "DefaultDependencies=no",
         ),
     ];
     let mut missed = Vec::new();
