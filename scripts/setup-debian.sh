@@ -8,11 +8,11 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# iproute2: ip netns/link; containernetworking-plugins: host-local/static IPAM and the
-# host-device baseline (in /usr/lib/cni); podman + runc + busybox-static: the real CNI
-# runtime test; libc6-dev: glibc's static libc.a, for the shipped CNI binary where Rust's
-# musl target is missing (scripts/build-cni.sh).
-packages=(iproute2 containernetworking-plugins podman runc busybox-static libc6-dev)
+# gcc: the linker Rust calls (`cc`); iproute2: ip netns/link; containernetworking-plugins:
+# host-local/static IPAM and the host-device baseline (in /usr/lib/cni); podman + runc +
+# busybox-static: the real CNI runtime test; libc6-dev: glibc's static libc.a, for the
+# shipped CNI binary where Rust's musl target is missing (scripts/build-cni.sh).
+packages=(gcc iproute2 containernetworking-plugins podman runc busybox-static libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,6 +33,9 @@ fi
 # from rustup (a no-op, offline, once installed). Without it that script builds against
 # static glibc instead, and says so; nothing else needs the target.
 if command -v rustup >/dev/null 2>&1; then
+  # The test command checks formatting and lints: a minimal rustup profile lacks both.
+  timeout 300 rustup component add rustfmt clippy >&2 ||
+    echo "railvf: could not add rustfmt and clippy (rustup component add rustfmt clippy)" >&2
   musl="$(uname -m)-unknown-linux-musl"
   timeout 300 rustup target add "$musl" >&2 ||
     echo "railvf: could not install Rust's $musl target (rustup target add $musl):" \
