@@ -34,7 +34,7 @@ use railvf_host::topology::RailMap;
 use railvf_host::{Guid, Inventory, PciAddr, Topology};
 
 /// systemd-networkd exclusion, relative to the host root.
-pub const NETWORKD_FILE: &str = "etc/systemd/network/10-railvf-vfs.network";
+pub const NETWORKD_FILE: &str = "etc/systemd/network/00-railvf-vfs.network";
 /// NetworkManager exclusion, relative to the host root.
 pub const NM_FILE: &str = "etc/NetworkManager/conf.d/90-railvf-vfs.conf";
 /// udev rule (the same text as `deploy/host/90-railvf-vfs.rules`), relative to the host root.

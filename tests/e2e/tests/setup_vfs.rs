@@ -388,7 +388,7 @@ fn dry_run_changes_nothing() {
             "{log}"
         );
         assert!(
-            log.contains("would write") && log.contains("10-railvf-vfs.network"),
+            log.contains("would write") && log.contains("00-railvf-vfs.network"),
             "{log}"
         );
         for pf in COMPUTE_PFS {
