@@ -211,13 +211,11 @@ const INSTALLER: &str = "install-cni";
 const HOST_ROOT: &str = "/host";
 
 /// `(host path, readOnly)`: `Some(true)` read-only, `Some(false)` writable, `None` either.
-const PLUGIN_MOUNTS: [(&str, Option<bool>); 6] = [
+const PLUGIN_MOUNTS: [(&str, Option<bool>); 4] = [
     ("/sys", Some(true)),
     ("/dev/infiniband", Some(true)),
     ("/var/lib/kubelet/device-plugins", Some(false)),
-    ("/var/lib/kubelet/pod-resources", Some(true)),
     ("/var/run/k8s.cni.cncf.io/devinfo", Some(false)),
-    ("/var/lib/cni", None),
 ];
 
 /// hostPath volume name → host path.
@@ -989,9 +987,9 @@ fn every_check_catches_a_broken_copy() {
         (
             "host_mounts",
             DS,
-            "path: /var/lib/kubelet/pod-resources",
-            "path: /var/lib/kubelet/podresources",
-            "/var/lib/kubelet/pod-resources is not a hostPath volume",
+            "path: /var/run/k8s.cni.cncf.io/devinfo",
+            "path: /var/run/k8s.cni.cncf.io/devinf",
+            "/var/run/k8s.cni.cncf.io/devinfo is not a hostPath volume",
         ),
         (
             "host_mounts",
