@@ -58,4 +58,5 @@ else
 fi
 RUSTFLAGS="${RUSTFLAGS:-} -C relocation-model=static" \
   "${CARGO:-cargo}" build --profile release-cni --locked -p railvf-cni --bin railvf --target "$target" >&2
-echo "target/$target/release-cni/railvf"
+# Where cargo wrote it: CARGO_TARGET_DIR when set, else target/ here.
+echo "${CARGO_TARGET_DIR:-target}/$target/release-cni/railvf"

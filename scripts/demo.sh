@@ -6,4 +6,4 @@ scripts/setup-debian.sh
 cargo build --release --locked -p railvf-sim -p railvf-device-plugin
 # The CNI binary as it ships: static, musl (or static glibc without Rust's musl target).
 cni=$(scripts/build-cni.sh)
-exec target/release/railvf-sim demo --cni-bin "$cni" "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/railvf-sim" demo --cni-bin "$cni" "$@"
