@@ -65,33 +65,23 @@ pub struct CniResult {
 /// The route attributes of CNI 1.1.0 in `routes[i]`: non-negative integers (`scope` one
 /// byte, as the kernel's `rtm_scope`); `null` or absent is the kernel's default.
 fn route_attrs(o: &Map<String, Value>, i: usize) -> Result<RouteAttrs, ResultError> {
-    let get = |k: &str, max: u64| -> Result<Option<u32>, ResultError> {
-        match o.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .filter(|n| *n <= max)
-                .map(|n| Some(n as u32))
-                .ok_or_else(|| {
-                    bad(
-                        format!("routes[{i}].{k}"),
-                        if max == 255 {
-                            "an integer from 0 to 255"
-                        } else {
-                            "an integer from 0 to 4294967295"
-                        },
-                        v,
-                    )
-                }),
-        }
+    // The largest value of each attribute, and how an error says it.
+    const U8: (u64, &str) = (255, "an integer from 0 to 255");
+    const U32: (u64, &str) = (u32::MAX as u64, "an integer from 0 to 4294967295");
+    let get = |k: &str, (max, expected): (u64, &'static str)| match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n <= max)
+            .map(|n| Some(n as u32))
+            .ok_or_else(|| bad(format!("routes[{i}].{k}"), expected, v)),
     };
-    let max = u64::from(u32::MAX);
     Ok(RouteAttrs {
-        table: get("table", max)?,
-        metric: get("priority", max)?,
-        scope: get("scope", 255)?.map(|s| s as u8),
-        mtu: get("mtu", max)?,
-        advmss: get("advmss", max)?,
+        table: get("table", U32)?,
+        metric: get("priority", U32)?,
+        scope: get("scope", U8)?.map(|s| s as u8),
+        mtu: get("mtu", U32)?,
+        advmss: get("advmss", U32)?,
     })
 }
 
