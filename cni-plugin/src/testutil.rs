@@ -168,10 +168,11 @@ impl Bench {
             let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
             while !stop.load(Ordering::Relaxed) {
                 let named = fs::read_to_string(&bind).unwrap_or_default();
+                let bound_at = mtime(&bind);
                 for (addr, files) in &vfs {
                     // Bound (again) since the GUID was written: mtimes are coarse (a jiffy),
                     // so "not before" rather than "after".
-                    if named.trim() != addr || mtime(&bind) < mtime(&files[0].0) {
+                    if named.trim() != addr || bound_at < mtime(&files[0].0) {
                         continue;
                     }
                     for (written, shown, prefix) in files {
