@@ -223,7 +223,9 @@ fn sm_assigns_lid_after_delay_and_clears_it_on_zero_guid() {
     fs::write(sriov.join("node"), "11:22:33:44:77:66:77:90").unwrap();
     fs::write(sriov.join("port"), "11:22:33:44:77:66:77:90").unwrap();
     let mut guid_seen = None;
-    while read(port.join("lid")) == "0x0\n" {
+    // The SM's assignment rewrites several port files, one after another (`lid` before
+    // `state`): wait until the port shows all of it, not just the first file written.
+    while read(port.join("lid")) == "0x0\n" || read(port.join("state")) != "4: ACTIVE\n" {
         if guid_seen.is_none() && read(ib.join("node_guid")) == "1122:3344:7766:7790\n" {
             guid_seen = Some(t0.elapsed());
         }
