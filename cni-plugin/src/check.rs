@@ -8,6 +8,7 @@ use crate::ipam::{Call, Plugin};
 use crate::net::Netns;
 use crate::netconf::NetConf;
 use crate::result::{CniResult, fmt_ipnet};
+use crate::version::Version;
 
 fn mismatch(msg: String) -> CniError {
     CniError::new(
@@ -18,13 +19,7 @@ fn mismatch(msg: String) -> CniError {
 }
 
 pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
-    if !conf.version.supports_check() {
-        return Err(CniError::new(
-            code::INCOMPATIBLE_VERSION,
-            format!("CHECK is not defined for cniVersion {}", conf.version),
-            "CHECK exists from cniVersion 0.4.0 on",
-        ));
-    }
+    conf.version.require_at_least(Version::V0_4_0, "CHECK")?;
     let cid = ctx.env.require_container_id()?;
     let ifname = ctx.env.require_ifname()?;
     let netns = ctx.env.require_netns()?;

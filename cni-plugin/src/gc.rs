@@ -12,14 +12,17 @@ use crate::ipam::{Call, Plugin};
 use crate::netconf::NetConf;
 use crate::state::{StateDir, StateError};
 use crate::teardown::{self, Options};
+use crate::version::Version;
 use crate::vf;
 
 pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
+    // Below 1.1.0 GC is not defined: refused before anything is torn down.
+    conf.version.require_at_least(Version::V1_1_0, "GC")?;
     let network = conf.require_name()?;
     let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
         CniError::new(
             code::INVALID_CONFIG,
-            "GC needs \"cni.dev/valid-attachments\" in the network config",
+            "GC needs \"cni.dev/valid-attachments\" (or the older \"cni.dev/attachments\") in the network config",
             "the runtime lists the attachments still in use; without the list railvf cannot tell stale ones apart",
         )
     })?;

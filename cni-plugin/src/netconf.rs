@@ -506,32 +506,41 @@ fn readiness(m: &Map<String, Value>) -> Result<ReadinessConf, CniError> {
     Ok(r)
 }
 
+/// The attachments GC must keep. The key is `cni.dev/valid-attachments` in the released
+/// 1.1.0 spec; its first text called it `cni.dev/attachments`, and libcni since 1.2.1 sends
+/// both. Either is accepted; with both, an attachment listed in either is kept (keeping one
+/// too many is harmless, tearing down a live one is not).
 fn valid_attachments(m: &Map<String, Value>) -> Result<Option<Vec<AttachmentKey>>, CniError> {
-    const KEY: &str = "cni.dev/valid-attachments";
-    let Some(v) = m.get(KEY).filter(|v| !v.is_null()) else {
-        return Ok(None);
-    };
-    let Some(list) = v.as_array() else {
-        return Err(invalid(KEY, "an array of {containerID, ifname}", v));
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for item in list {
-        let (Some(cid), Some(ifname)) = (
-            item.get("containerID").and_then(Value::as_str),
-            item.get("ifname").and_then(Value::as_str),
-        ) else {
-            return Err(invalid(
-                KEY,
-                "entries {\"containerID\": …, \"ifname\": …}",
-                item,
-            ));
+    let mut out: Option<Vec<AttachmentKey>> = None;
+    for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+        let Some(v) = m.get(key).filter(|v| !v.is_null()) else {
+            continue;
         };
-        out.push(AttachmentKey {
-            container_id: cid.to_string(),
-            ifname: ifname.to_string(),
-        });
+        let Some(list) = v.as_array() else {
+            return Err(invalid(key, "an array of {containerID, ifname}", v));
+        };
+        let out = out.get_or_insert_with(|| Vec::with_capacity(list.len()));
+        for item in list {
+            let (Some(cid), Some(ifname)) = (
+                item.get("containerID").and_then(Value::as_str),
+                item.get("ifname").and_then(Value::as_str),
+            ) else {
+                return Err(invalid(
+                    key,
+                    "entries {\"containerID\": …, \"ifname\": …}",
+                    item,
+                ));
+            };
+            let a = AttachmentKey {
+                container_id: cid.to_string(),
+                ifname: ifname.to_string(),
+            };
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// Refuses an object with the same key twice, at any depth: parsers disagree on which one
@@ -781,6 +790,25 @@ mod tests {
                 ifname: "net1".into()
             }]
         );
+        // The key of the spec's first 1.1.0 text, alone and beside the final one.
+        let c = parse(
+            r#"{"cniVersion":"1.1.0","name":"n","cni.dev/attachments":[{"containerID":"b","ifname":"net2"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.valid_attachments.unwrap()[0].container_id, "b");
+        let c = parse(
+            r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"a","ifname":"net1"}],"cni.dev/attachments":[{"containerID":"a","ifname":"net1"},{"containerID":"b","ifname":"net1"}]}"#,
+        )
+        .unwrap();
+        let got: Vec<_> = c
+            .valid_attachments
+            .unwrap()
+            .into_iter()
+            .map(|a| a.container_id)
+            .collect();
+        assert_eq!(got, ["a", "b"]);
+        let e = parse(r#"{"cniVersion":"1.1.0","name":"n","cni.dev/attachments":{}}"#).unwrap_err();
+        assert!(e.msg.contains("cni.dev/attachments"), "{e}");
         assert_eq!(
             sniff_version(br#"{"cniVersion":"0.4.0","vlan":"x"}"#),
             Some(Version::V0_4_0)

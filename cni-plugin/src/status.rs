@@ -6,12 +6,14 @@ use crate::Ctx;
 use crate::error::{CniError, code};
 use crate::ipam::{Call, IpamError, Plugin};
 use crate::netconf::NetConf;
+use crate::version::Version;
 
 fn unavailable(msg: String, details: &str) -> CniError {
     CniError::new(code::NOT_AVAILABLE, msg, details)
 }
 
 pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
+    conf.version.require_at_least(Version::V1_1_0, "STATUS")?;
     let devices = ctx.root().join("sys/bus/pci/devices");
     if let Err(e) = std::fs::read_dir(&devices) {
         return Err(unavailable(

@@ -576,6 +576,45 @@ fn gc_reaps_only_attachments_not_listed() {
 }
 
 #[test]
+fn gc_and_status_below_1_1_0_are_refused_and_change_nothing() {
+    let b = Bench::new(1);
+    b.run("ADD", "live", Some(&b.pod), &conf(0, "")).unwrap();
+    for v in ["0.3.1", "0.4.0", "1.0.0"] {
+        let mut gc: Value = serde_json::from_str(&gc_conf(serde_json::json!([]))).unwrap();
+        gc["cniVersion"] = v.into();
+        let e = b.run("GC", "x", None, &gc.to_string()).unwrap_err();
+        assert_eq!(e.code, 1, "{v}: {e}");
+        assert!(e.msg.contains("GC") && e.msg.contains(v), "{e}");
+        let mut st: Value = serde_json::from_str(&conf(0, "")).unwrap();
+        st["cniVersion"] = v.into();
+        let e = b.run("STATUS", "x", None, &st.to_string()).unwrap_err();
+        assert_eq!(e.code, 1, "{v}: {e}");
+    }
+    // The live attachment is untouched.
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
+    assert_eq!(
+        b.state_files(),
+        vec!["0000:18:00.1_live@net1.json".to_string()]
+    );
+}
+
+#[test]
+fn gc_takes_the_attachment_list_under_its_first_1_1_0_name_too() {
+    let b = Bench::new(2);
+    let pod_b = b.netns("pod-b");
+    b.run("ADD", "keep", Some(&b.pod), &conf(0, "")).unwrap();
+    b.run("ADD", "stale", Some(&pod_b), &conf(1, "")).unwrap();
+    let mut gc: Value = serde_json::from_str(&conf(0, "")).unwrap();
+    gc["cni.dev/attachments"] = serde_json::json!([{"containerID":"keep","ifname":"net1"}]);
+    b.run("GC", "x", None, &gc.to_string()).unwrap();
+    assert!(is_home(&b, 1));
+    assert_eq!(
+        b.state_files(),
+        vec!["0000:18:00.1_keep@net1.json".to_string()]
+    );
+}
+
+#[test]
 fn status_says_when_the_plugin_cannot_work() {
     let b = Bench::new(1);
     let ipam = with_ipam(&b);

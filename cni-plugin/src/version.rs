@@ -67,9 +67,20 @@ impl Version {
         *self >= Version::V1_1_0
     }
 
-    /// CHECK exists from 0.4.0 on.
-    pub fn supports_check(&self) -> bool {
-        *self >= Version::V0_4_0
+    /// The spec's answer to a verb this config's version does not define (code 1, as the
+    /// reference plugins' skeleton gives it): CHECK exists from 0.4.0 on, STATUS and GC from
+    /// 1.1.0 on.
+    pub fn require_at_least(&self, since: Version, verb: &str) -> Result<(), CniError> {
+        if *self >= since {
+            return Ok(());
+        }
+        Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("{verb} is not defined for cniVersion {self}"),
+            format!(
+                "{verb} exists from cniVersion {since} on: set \"cniVersion\" to {since} or later in the network config"
+            ),
+        ))
     }
 }
 
@@ -111,7 +122,21 @@ mod tests {
         }
         assert!(Version::V0_4_0.has_ip_version_field());
         assert!(!Version::V1_0_0.has_ip_version_field());
-        assert!(!Version::V0_3_1.supports_check());
+        let e = Version::V0_3_1
+            .require_at_least(Version::V0_4_0, "CHECK")
+            .unwrap_err();
+        assert_eq!(e.code, 1);
+        assert!(e.msg.contains("CHECK") && e.msg.contains("0.3.1"), "{e}");
+        assert!(
+            Version::V0_4_0
+                .require_at_least(Version::V0_4_0, "CHECK")
+                .is_ok()
+        );
+        assert!(
+            Version::V1_0_0
+                .require_at_least(Version::V1_1_0, "GC")
+                .is_err()
+        );
     }
 
     #[test]
