@@ -42,34 +42,17 @@ fn main() -> ExitCode {
 }
 
 fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError>) {
+    // VERSION's answer does not depend on stdin, and a caller may not close it: not read,
+    // as the reference plugins' skeleton does. Every other verb reads it before the
+    // environment is checked, so that an error object carries the config's cniVersion.
+    let version_only = std::env::var_os("CNI_COMMAND").is_some_and(|c| c == "VERSION");
+    if !version_only && let Err(e) = read_config(stdin) {
+        return (None, Err(e));
+    }
     let env = match Env::from_lookup(|k| std::env::var_os(k)) {
         Ok(e) => e,
         Err(e) => return (None, Err(e)),
     };
-    if let Err(e) = std::io::stdin()
-        .take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(stdin)
-    {
-        return (
-            None,
-            Err(CniError::new(
-                railvf_cni::error::code::IO,
-                format!("reading the network config from stdin: {e}"),
-                "the runtime must pass the network config on stdin",
-            )),
-        );
-    }
-    if stdin.len() as u64 > MAX_CONFIG_BYTES {
-        stdin.clear();
-        return (
-            None,
-            Err(CniError::new(
-                railvf_cni::error::code::INVALID_CONFIG,
-                format!("the network config on stdin is larger than {MAX_CONFIG_BYTES} bytes"),
-                "real network configs are a few KiB: check the NetworkAttachmentDefinition",
-            )),
-        );
-    }
     if env.command == Command::Version {
         return (None, Ok(Some(version::exec())));
     }
@@ -121,4 +104,27 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
         log::finish(env.command.as_str(), res.as_ref().err().map(|e| e.code));
     }
     (v, res)
+}
+
+/// Reads the network config from stdin, at most [`MAX_CONFIG_BYTES`].
+fn read_config(stdin: &mut Vec<u8>) -> Result<(), CniError> {
+    if let Err(e) = std::io::stdin()
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(stdin)
+    {
+        return Err(CniError::new(
+            railvf_cni::error::code::IO,
+            format!("reading the network config from stdin: {e}"),
+            "the runtime must pass the network config on stdin",
+        ));
+    }
+    if stdin.len() as u64 > MAX_CONFIG_BYTES {
+        stdin.clear();
+        return Err(CniError::new(
+            railvf_cni::error::code::INVALID_CONFIG,
+            format!("the network config on stdin is larger than {MAX_CONFIG_BYTES} bytes"),
+            "real network configs are a few KiB: check the NetworkAttachmentDefinition",
+        ));
+    }
+    Ok(())
 }
