@@ -259,6 +259,15 @@ fn configure_inside_netns_and_read_back() {
         .unwrap(); // idempotent
     rt.add_address(&pod, l.ifindex, net("fd00:77::5/64"))
         .unwrap();
+    rt.add_address(&pod, l.ifindex, net("fd00:77::5/64"))
+        .unwrap(); // idempotent
+    // IPv6 answers EEXIST for the same address under another prefix length too: that is
+    // not "already there", the /48's on-link route would be missing.
+    let e = rt
+        .add_address(&pod, l.ifindex, net("fd00:77::5/48"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fd00:77::5/64") && e.contains("/48"), "{e}");
     let addrs = rt.addresses(&pod, l.ifindex).unwrap();
     assert!(addrs.contains(&net("10.77.0.5/24")), "{addrs:?}");
     assert!(addrs.contains(&net("fd00:77::5/64")), "{addrs:?}");
@@ -539,6 +548,13 @@ fn vf_operations_on_a_veth_are_unsupported() {
     assert!(matches!(e, NetError::Unsupported { .. }), "{e:?}");
     // Nothing to set: no request, no error.
     rt.set_vf(pf, 0, &VfSettings::default()).unwrap();
+    // The fallback for kernels that cannot fit one PF's VF list (EMSGSIZE) finds the link
+    // by its index in a dump of every link, and only that link.
+    assert_eq!(
+        rt.pf_vfs_from_dump(pf).unwrap(),
+        Some(rt.pf_vfs(pf).unwrap())
+    );
+    assert_eq!(rt.pf_vfs_from_dump(u32::MAX - 7).unwrap(), None);
 
     // EOPNOTSUPP (not EINVAL) above means the kernel's ifla_vf_policy accepted every one of
     // our VF attributes (it checks each struct's size before calling the driver). The same

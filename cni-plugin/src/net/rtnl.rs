@@ -669,8 +669,46 @@ impl Rtnl {
                 what: format!("PF ifindex {pf_ifindex}"),
                 ns: ns_desc(&host),
             }),
+            // Kernels without "Allocate vfinfo size for VF GUIDs when supported" size the
+            // answer for one link without the VF GUID attributes an IPoIB PF adds, and fail
+            // it once a PF has enough VFs (16 on InfiniBand in the field). A dump's buffer
+            // is larger: read the PF from the dump instead.
+            Err(e) if e.errno() == Some(libc::EMSGSIZE) => {
+                self.pf_vfs_from_dump(pf_ifindex)?.ok_or_else(|| {
+                    kernel(
+                        format!(
+                            "{} (the kernel could not fit the PF's VF list in its answer, EMSGSIZE, and the PF is not in a dump of every link: update the kernel to one with \"Allocate vfinfo size for VF GUIDs when supported\")",
+                            what()
+                        ),
+                        e,
+                    )
+                })
+            }
             Err(e) => Err(kernel(what(), e)),
         }
+    }
+
+    /// [`Rtnl::pf_vfs`] read from a dump of every host link (a link dump cannot be
+    /// filtered by index); `None` when the PF is not in it.
+    pub fn pf_vfs_from_dump(&self, pf_ifindex: u32) -> Result<Option<PfVfs>, NetError> {
+        let host = Netns::Host;
+        let mut m = Msg::new(RTM_GETLINK, NLM_F_DUMP);
+        m.header(&ifinfomsg(AF_UNSPEC, 0, 0, 0));
+        m.attr_u32(vf::IFLA_EXT_MASK, RTEXT_FILTER_VF | RTEXT_FILTER_SKIP_STATS);
+        let what =
+            || format!("read the VFs of PF ifindex {pf_ifindex} from a dump of the host links");
+        let replies = self
+            .route(&host, &m, &what)?
+            .map_err(|e| kernel(what(), e))?;
+        Ok(replies
+            .iter()
+            .filter(|r| r.ty == RTM_NEWLINK && r.payload.len() >= 16)
+            // struct ifinfomsg: family, pad, type (u16), then ifi_index (i32) at offset 4.
+            .find(|r| {
+                u32::from_ne_bytes([r.payload[4], r.payload[5], r.payload[6], r.payload[7]])
+                    == pf_ifindex
+            })
+            .map(|r| vf::decode_pf_vfs(&r.payload[16..])))
     }
 
     /// Everything the PF reports about VF `vf`, GUIDs included.
@@ -929,8 +967,27 @@ impl LinkOps for Rtnl {
         }
         match self.route(ns, &m, &what)? {
             Ok(_) => Ok(()),
-            // The link already has exactly this address: nothing to do.
-            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
+            // IPv4 answers EEXIST only for this very address and prefix; IPv6 for this
+            // address under any prefix. Only the very same one is "nothing to do".
+            Err(e) if e.errno() == Some(libc::EEXIST) => {
+                let have = self.addresses(ns, ifindex)?;
+                if have.contains(&addr) {
+                    return Ok(());
+                }
+                match have.iter().find(|h| h.addr == addr.addr) {
+                    Some(other) => Err(errno_err(
+                        format!(
+                            "{} (the link already has {}/{}; a second IPAM result or range gives it /{}: make the IPAM config agree)",
+                            what(),
+                            other.addr,
+                            other.prefix,
+                            addr.prefix
+                        ),
+                        libc::EEXIST,
+                    )),
+                    None => Err(kernel(what(), e)),
+                }
+            }
             Err(e) if e.errno() == Some(libc::ENODEV) => Err(self.no_such(ns, ifindex)),
             Err(e) => Err(kernel(what(), e)),
         }
