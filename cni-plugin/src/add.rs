@@ -62,6 +62,20 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<String, CniError> {
             "expected a network namespace file (/var/run/netns/<name>, /proc/<pid>/ns/net); the runtime passed another file or one already gone",
         ));
     }
+    // A plugin before railvf in the chain: its result is passed through (read before
+    // anything changes, so an unreadable one changes nothing).
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .map(CniResult::parse)
+        .transpose()
+        .map_err(|e| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("prevResult is unusable: {e}"),
+                "the plugin before railvf in the chain printed a result railvf cannot read and pass on; check that plugin's output",
+            )
+        })?;
     let vf = vf::resolve(ctx.root(), addr)?;
     crate::log::step("resolve");
     // Rail guardrail (railPolicy): `require` refuses here, before anything is locked or
@@ -69,7 +83,12 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<String, CniError> {
     let rail = crate::rail::guard(ctx, conf, &vf, cid, ifname)?;
     let _lock = ctx.state.lock_vf(ctx.root(), &addr)?;
     crate::log::step("lock");
-    let out = locked(ctx, conf, vf, cid, ifname, network, netns)?;
+    let ours = locked(ctx, conf, vf, cid, ifname, network, netns)?;
+    let result = match prev {
+        Some(prev) => ours.chained_after(prev),
+        None => ours,
+    };
+    let out = result.to_json(conf.version).to_string();
     Ok(crate::rail::report(ctx, rail, cid, ifname, out))
 }
 
@@ -81,7 +100,7 @@ fn locked(
     ifname: &str,
     network: &str,
     netns: &Path,
-) -> Result<String, CniError> {
+) -> Result<CniResult, CniError> {
     let root = ctx.root();
     let addr = vf.function.addr;
     if settle(ctx, &vf, cid, ifname)? {
@@ -218,7 +237,7 @@ fn attach(
     mut link: Link,
     pf_ifindex: Option<u32>,
     function: railvf_host::PciFunction,
-) -> Result<String, CniError> {
+) -> Result<CniResult, CniError> {
     let root = ctx.root();
     let links = ctx.links;
     let id = VfId {
@@ -348,7 +367,7 @@ fn attach(
         st.ifname,
         result.ips.len()
     );
-    Ok(result.to_json(conf.version).to_string())
+    Ok(result)
 }
 
 /// Adds IPAM's addresses and routes inside the pod netns. A route without a gateway takes

@@ -99,6 +99,24 @@ pub fn fmt_ipnet(n: &IpNet) -> String {
 }
 
 impl CniResult {
+    /// This plugin's result placed after `prev`, the result of the plugins before it in a
+    /// chain, which the spec says a plugin passes through: their interfaces, addresses and
+    /// routes first, then ours, our addresses pointing at our interfaces' new indices. Our
+    /// DNS when IPAM gave one, theirs otherwise.
+    pub fn chained_after(self, mut prev: CniResult) -> CniResult {
+        let base = prev.interfaces.len();
+        prev.interfaces.extend(self.interfaces);
+        prev.ips.extend(self.ips.into_iter().map(|mut ip| {
+            ip.interface = ip.interface.map(|i| i + base);
+            ip
+        }));
+        prev.routes.extend(self.routes);
+        if self.dns.as_object().is_some_and(|o| !o.is_empty()) {
+            prev.dns = self.dns;
+        }
+        prev
+    }
+
     /// Reads a result of any version from 0.3.0 on (what IPAM plugins print).
     pub fn parse(v: &Value) -> Result<Self, ResultError> {
         let obj = v

@@ -113,6 +113,62 @@ fn add_attaches_and_del_returns_everything() {
 }
 
 #[test]
+fn a_previous_plugins_result_is_passed_through_before_ours() {
+    let b = Bench::new(2);
+    let ipam = with_ipam(&b);
+    let prev = r#""prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mac":"0a:58:0a:80:00:05","sandbox":"/x"}],"ips":[{"address":"10.128.0.5/23","gateway":"10.128.0.1","interface":0}],"routes":[{"dst":"0.0.0.0/0","gw":"10.128.0.1"}],"dns":{"nameservers":["172.30.0.10"]}}"#;
+    let out = b
+        .run(
+            "ADD",
+            "c1",
+            Some(&b.pod),
+            &conf(0, &format!("{ipam},{prev}")),
+        )
+        .unwrap()
+        .unwrap();
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["interfaces"][0]["name"], "eth0");
+    assert_eq!(r["interfaces"][1]["name"], "net1");
+    assert_eq!(r["interfaces"][1]["pciID"], "0000:18:00.1");
+    assert_eq!(r["ips"][0]["address"], "10.128.0.5/23");
+    assert_eq!(r["ips"][0]["interface"], 0);
+    assert_eq!(r["ips"][1]["address"], "10.1.0.5/24");
+    assert_eq!(r["ips"][1]["interface"], 1);
+    assert_eq!(r["routes"][0]["gw"], "10.128.0.1");
+    assert_eq!(r["routes"].as_array().unwrap().len(), 3, "{r}");
+    // IPAM gave DNS: ours. Without it, the previous plugin's is kept.
+    assert_eq!(r["dns"]["nameservers"][0], "10.1.0.53");
+    let out = b
+        .run("ADD", "c2", Some(&b.netns("pod-2")), &conf(1, prev))
+        .unwrap()
+        .unwrap();
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["dns"]["nameservers"][0], "172.30.0.10");
+    assert_eq!(r["ips"].as_array().unwrap().len(), 1, "{r}");
+
+    // One it cannot read is refused before anything changes.
+    b.run("DEL", "c1", Some(&b.pod), &conf(0, &ipam)).unwrap();
+    let e = b
+        .run(
+            "ADD",
+            "c3",
+            Some(&b.pod),
+            &conf(0, r#""prevResult":{"interfaces":[{"mac":"x"}]}"#),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, 7, "{e}");
+    assert!(
+        e.msg.contains("prevResult") && e.msg.contains("interfaces[0].name"),
+        "{e}"
+    );
+    assert!(is_home(&b, 0));
+    assert_eq!(
+        b.state_files(),
+        vec!["0000:18:00.2_c2@net1.json".to_string()]
+    );
+}
+
+#[test]
 fn old_config_versions_get_old_result_shapes() {
     let b = Bench::new(1);
     let ipam = with_ipam(&b);
