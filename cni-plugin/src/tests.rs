@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::net::fake::{FakeOp, Inject, RdmaMode};
 use crate::net::{IpNet, LinkOps, Netns};
 use crate::state::StateDir;
-use crate::testutil::{Bench, PF_NETDEV, conf, vf_addr, vf_netdev};
+use crate::testutil::{Bench, PF_NETDEV, conf, ibdev, vf_addr, vf_netdev};
 
 /// An IPAM stand-in that logs its calls and hands out 10.1.0.5/24.
 fn with_ipam(b: &Bench) -> String {
@@ -703,6 +703,35 @@ fn rdma_isolation_moves_the_rdma_device_and_back() {
     assert_eq!(e.code, 103, "{e}");
     assert!(e.msg.contains("mlx5_12"), "{e}");
     assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty());
+}
+
+#[test]
+fn rdma_isolation_on_a_roce_vf_moves_the_netdev_first_and_keeps_it() {
+    let b = Bench::new(1);
+    b.roce(0);
+    b.set_port(0, "lid", "0x0");
+    b.set_port(0, "sm_lid", "0x0");
+    let c = conf(
+        0,
+        r#""rdmaIsolation":true,"readiness":{"linkLayer":"Ethernet","timeoutMs":100}"#,
+    );
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let pod = Netns::path(&b.pod);
+    let l = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
+    assert_eq!(l.ifindex, b.vf_ifindex[0], "the same netdev");
+    assert_eq!(b.links.rdma_device_netns(&ibdev(0)), Some(pod));
+    let order: Vec<FakeOp> = b
+        .links
+        .calls()
+        .into_iter()
+        .map(|c| c.op)
+        .filter(|op| matches!(op, FakeOp::MoveLink | FakeOp::MoveRdmaDevice))
+        .collect();
+    assert_eq!(order, vec![FakeOp::MoveLink, FakeOp::MoveRdmaDevice]);
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+    assert_eq!(b.links.rdma_device_netns(&ibdev(0)), Some(Netns::Host));
     assert!(b.state_files().is_empty());
 }
 

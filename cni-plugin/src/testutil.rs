@@ -34,12 +34,17 @@ pub fn vf_netdev(i: u32) -> String {
     format!("ibp24s0f{}", i + 1)
 }
 
+/// VF `i`'s RDMA device.
+pub fn ibdev(i: u32) -> String {
+    format!("mlx5_{}", 12 + i)
+}
+
 pub struct Bench {
     pub dir: TempDir,
     pub links: FakeLinks,
     pub pf_ifindex: u32,
     pub vf_ifindex: Vec<u32>,
-    /// Each VF netdev's MAC: how the sysfs mirror recognises it wherever it is.
+    /// Each VF netdev's MAC when the bench was made.
     pub vf_mac: Vec<String>,
     pub pod: PathBuf,
     pub cni_path: PathBuf,
@@ -94,6 +99,7 @@ impl Bench {
             symlink(format!("../{a}"), pf.join(format!("virtfn{i}"))).unwrap();
             let idx = links.add_link(&Netns::Host, &vf_netdev(i));
             vf_ifindex.push(idx);
+            links.set_device(&Netns::Host, idx, &a.to_string());
             let l = links
                 .link_by_name(&Netns::Host, &vf_netdev(i))
                 .unwrap()
@@ -124,7 +130,9 @@ impl Bench {
                 &p.join("gids/0"),
                 &format!("fe80:0000:0000:0000:0c42:a1ff:0018:01{:02x}\n", i + 1),
             );
-            links.add_rdma_device(&Netns::Host, &format!("mlx5_{}", 12 + i));
+            links.add_rdma_device(&Netns::Host, &ibdev(i));
+            // InfiniBand: the netdev is IPoIB's, re-created when the RDMA device moves.
+            links.set_ipoib(&ibdev(i), &Netns::Host, idx);
         }
         let pod = dir.path().join("netns-pod");
         w(&pod, "");
@@ -235,20 +243,44 @@ impl Bench {
     }
 
     /// Makes each VF's sysfs `net/` show where its netdev really is, as the kernel's
-    /// per-netns sysfs does: its host name, or nothing while it is in another netns.
+    /// per-netns sysfs does: its host name, or nothing while it is in another netns. The
+    /// netdev is the one whose device is the VF (the fake keeps it across moves and IPoIB
+    /// re-creations). Likewise `infiniband/` shows the RDMA device only while it is in the
+    /// host netns (the kernel's `infiniband` class is netns-tagged).
     pub fn sync_sysfs(&self) {
-        let host = self.links.links(&Netns::Host);
-        for (i, mac) in self.vf_mac.iter().enumerate() {
-            let net = self.vf_dir(i as u32).join("net");
+        for i in 0..self.vf_mac.len() as u32 {
+            let net = self.vf_dir(i).join("net");
             let _ = fs::remove_dir_all(&net);
             fs::create_dir_all(&net).unwrap();
-            if let Some(l) = host.iter().find(|l| &l.mac == mac) {
+            if let Some(l) = self
+                .links
+                .host_links_of_device(&vf_addr(i).to_string())
+                .first()
+            {
                 w(
                     &net.join(&l.name).join("ifindex"),
                     &format!("{}\n", l.ifindex),
                 );
             }
+            let shown = self.vf_dir(i).join("infiniband");
+            let away = self.dir.path().join("rdma-elsewhere").join(ibdev(i));
+            let in_host = self
+                .links
+                .rdma_device_netns(&ibdev(i))
+                .is_none_or(|ns| ns == Netns::Host);
+            if !in_host && shown.exists() {
+                fs::create_dir_all(away.parent().unwrap()).unwrap();
+                fs::rename(&shown, &away).unwrap();
+            } else if in_host && away.exists() {
+                fs::rename(&away, &shown).unwrap();
+            }
         }
+    }
+
+    /// Makes VF `i` a RoCE VF: Ethernet link layer, a netdev that is no IPoIB one.
+    pub fn roce(&self, i: u32) {
+        self.set_port(i, "link_layer", "Ethernet");
+        self.links.forget_ipoib(&ibdev(i));
     }
 
     /// A second pod netns.
@@ -371,6 +403,9 @@ impl LinkOps for Mirror<'_> {
     fn link_by_index(&self, ns: &Netns, ifindex: u32) -> Result<Option<Link>, NetError> {
         self.0.links.link_by_index(ns, ifindex)
     }
+    fn links_of_device(&self, ns: &Netns, device: &str) -> Result<Vec<Link>, NetError> {
+        self.0.links.links_of_device(ns, device)
+    }
     fn move_link(
         &self,
         from: &Netns,
@@ -430,6 +465,6 @@ impl LinkOps for Mirror<'_> {
         r
     }
     fn move_rdma_device(&self, ibdev: &str, from: &Netns, to: &Netns) -> Result<(), NetError> {
-        self.0.links.move_rdma_device(ibdev, from, to)
+        self.after(self.0.links.move_rdma_device(ibdev, from, to))
     }
 }

@@ -547,6 +547,20 @@ fn parses_links_and_addresses() {
     let ipoib: Vec<u8> = (0..20).collect();
     put_attr(&mut p, rtnl::IFLA_ADDRESS, &ipoib);
     let l = rtnl::parse_link(&p).unwrap();
+    assert_eq!(rtnl::parse_parent_device(&p), None);
+    let mut with_parent = p.clone();
+    put_attr(
+        &mut with_parent,
+        rtnl::IFLA_PARENT_DEV_NAME,
+        b"0000:18:00.1\0",
+    );
+    put_attr(&mut with_parent, 57, b"pci\0"); // IFLA_PARENT_DEV_BUS_NAME
+    assert_eq!(
+        rtnl::parse_parent_device(&with_parent).as_deref(),
+        Some("0000:18:00.1")
+    );
+    assert_eq!(rtnl::parse_link(&with_parent), Some(l.clone()));
+    assert_eq!(rtnl::parse_parent_device(&p[..10]), None);
     assert_eq!(l.ifindex, 12);
     assert_eq!(l.name, "net1");
     assert_eq!(l.mtu, 4092);

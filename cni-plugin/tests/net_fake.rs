@@ -2,7 +2,9 @@
 
 use std::net::IpAddr;
 
-use railvf_cni::net::fake::{FakeLinkSpec, FakeLinks, FakeOp, Inject, RdmaMode};
+use railvf_cni::net::fake::{
+    FakeLinkSpec, FakeLinks, FakeOp, Inject, IpoibNetns, KILLED, RdmaMode,
+};
 use railvf_cni::net::rtnl::moved_under_old_name;
 use railvf_cni::net::vf::{ETH_P_8021AD, ETH_P_8021Q};
 use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, VfSettings};
@@ -433,4 +435,124 @@ fn injected_failures_and_the_call_log() {
             .iter()
             .any(|c| c.op == FakeOp::MoveLink && c.args.contains("net1"))
     );
+}
+
+/// An InfiniBand VF's netdev (IPoIB's, MTU 2044 by default) and its RDMA device.
+fn ipoib_setup() -> (FakeLinks, u32) {
+    let (f, vf) = setup();
+    f.set_mtu(&Netns::Host, vf, 2044).unwrap();
+    f.set_device(&Netns::Host, vf, "0000:18:00.4");
+    f.add_rdma_device(&Netns::Host, "mlx5_15");
+    f.set_ipoib("mlx5_15", &Netns::Host, vf);
+    (f, vf)
+}
+
+#[test]
+fn moving_an_infiniband_rdma_device_recreates_its_netdev() {
+    for at in [IpoibNetns::Initial, IpoibNetns::RdmaDevice] {
+        let (f, vf) = ipoib_setup();
+        f.set_ipoib_netns(at);
+        // The netdev went into the pod first and was configured there.
+        let l = f.move_link(&Netns::Host, vf, &pod(), "net1").unwrap();
+        f.set_mtu(&pod(), l.ifindex, 4000).unwrap();
+        f.set_up(&pod(), l.ifindex, true).unwrap();
+        f.add_address(&pod(), l.ifindex, net("10.1.0.5/24"))
+            .unwrap();
+        f.add_route(&pod(), l.ifindex, net("10.2.0.0/16"), None)
+            .unwrap();
+        f.move_rdma_device("mlx5_15", &Netns::Host, &pod()).unwrap();
+        // net1 is gone with its routes; a new netdev of the same device appears, down, with
+        // IPoIB's default MTU, a new ifindex, hardware address and the kernel's name.
+        assert!(f.find("net1").is_empty(), "{at:?}");
+        assert!(f.routes(&pod()).is_empty(), "{at:?}");
+        let where_ = match at {
+            IpoibNetns::Initial => Netns::Host,
+            IpoibNetns::RdmaDevice => pod(),
+        };
+        let (ns, n) = f.ipoib_netdev("mlx5_15").unwrap();
+        assert_eq!(ns, where_, "{at:?}");
+        assert_eq!(n.name, "ib0", "{at:?}");
+        assert!(!n.up, "{at:?}");
+        assert_eq!(n.mtu, 2044, "{at:?}");
+        assert_ne!(n.ifindex, l.ifindex, "{at:?}");
+        assert_ne!(n.mac, l.mac, "{at:?}");
+        assert_eq!(
+            f.links_of_device(&where_, "0000:18:00.4").unwrap(),
+            vec![n.clone()],
+            "{at:?}"
+        );
+        // Back home: re-created again, in the host, under the lowest free ib<n> (the old
+        // netdev goes first), with an ifindex never used before.
+        f.add_link(&Netns::Host, "ib1");
+        if at == IpoibNetns::RdmaDevice {
+            f.add_link(&Netns::Host, "ib0");
+        }
+        f.move_rdma_device("mlx5_15", &pod(), &Netns::Host).unwrap();
+        let (ns, m) = f.ipoib_netdev("mlx5_15").unwrap();
+        assert_eq!(ns, Netns::Host, "{at:?}");
+        let want = match at {
+            IpoibNetns::Initial => "ib0",
+            IpoibNetns::RdmaDevice => "ib2",
+        };
+        assert_eq!(m.name, want, "{at:?}");
+        assert!(m.ifindex > n.ifindex, "{at:?}");
+        assert_eq!(f.host_links_of_device("0000:18:00.4"), vec![m], "{at:?}");
+    }
+}
+
+#[test]
+fn ethernet_netdevs_stay_when_their_rdma_device_moves() {
+    let (f, vf) = ipoib_setup();
+    f.forget_ipoib("mlx5_15");
+    let l = f.move_link(&Netns::Host, vf, &pod(), "net1").unwrap();
+    f.move_rdma_device("mlx5_15", &Netns::Host, &pod()).unwrap();
+    assert_eq!(f.link_by_name(&pod(), "net1").unwrap(), Some(l));
+    assert_eq!(f.ipoib_netdev("mlx5_15"), None);
+}
+
+#[test]
+fn a_dying_namespace_returns_an_infiniband_rdma_device_with_a_new_netdev() {
+    for at in [IpoibNetns::Initial, IpoibNetns::RdmaDevice] {
+        let (f, vf) = ipoib_setup();
+        f.set_ipoib_netns(at);
+        f.move_link(&Netns::Host, vf, &pod(), "net1").unwrap();
+        f.move_rdma_device("mlx5_15", &Netns::Host, &pod()).unwrap();
+        f.remove_netns(&pod());
+        assert_eq!(f.rdma_device_netns("mlx5_15"), Some(Netns::Host));
+        let (ns, l) = f.ipoib_netdev("mlx5_15").unwrap();
+        assert_eq!((ns, l.name.as_str()), (Netns::Host, "ib0"), "{at:?}");
+        assert!(f.find("net1").is_empty(), "{at:?}");
+    }
+}
+
+#[test]
+fn ipoib_that_fails_to_register_leaves_no_netdev() {
+    let (f, vf) = ipoib_setup();
+    f.set_ipoib_fails(true);
+    f.move_rdma_device("mlx5_15", &Netns::Host, &pod()).unwrap();
+    assert_eq!(f.ipoib_netdev("mlx5_15"), None);
+    assert!(f.link_by_index(&Netns::Host, vf).unwrap().is_none());
+}
+
+#[test]
+fn injected_kills_panic_before_or_after_the_effect() {
+    let (f, vf) = setup();
+    f.fail_once(FakeOp::MoveLink, Inject::Kill);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        f.move_link(&Netns::Host, vf, &pod(), "net1")
+    }));
+    let msg = r.unwrap_err();
+    assert!(msg.downcast_ref::<String>().unwrap().contains(KILLED));
+    assert!(
+        f.link_by_name(&pod(), "net1").unwrap().is_none(),
+        "not moved"
+    );
+    f.fail_once(FakeOp::MoveLink, Inject::KillAfterEffect);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        f.move_link(&Netns::Host, vf, &pod(), "net1")
+    }));
+    assert!(r.is_err());
+    assert!(f.link_by_name(&pod(), "net1").unwrap().is_some(), "moved");
+    // The fake still works after the panic.
+    f.move_link(&pod(), vf, &Netns::Host, "enp24s0v3").unwrap();
 }

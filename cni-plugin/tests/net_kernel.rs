@@ -588,6 +588,44 @@ fn vf_operations_on_a_veth_are_unsupported() {
 }
 
 #[test]
+fn links_of_device_finds_a_netdev_by_its_parent_device() {
+    if !require_root() {
+        return;
+    }
+    let rt = Rtnl::new();
+    // A netdev with a parent device (a NIC), as sysfs shows it: `<netdev>/device`.
+    let with_parent = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let dev = std::fs::read_link(e.path().join("device")).ok()?;
+            let dev = dev.file_name()?.to_string_lossy().into_owned();
+            Some((e.file_name().to_string_lossy().into_owned(), dev))
+        });
+    match with_parent {
+        Some((name, dev)) => {
+            let found = rt.links_of_device(&Netns::Host, &dev).unwrap();
+            assert!(
+                found.iter().any(|l| l.name == name),
+                "{name} (device {dev}) not in {found:?}"
+            );
+        }
+        None => eprintln!(
+            "no netdev with a parent device in this netns: only the empty answers are checked"
+        ),
+    }
+    // No link of a device that is not there, in the host or in a netns.
+    let ns = test_ns();
+    let veth = test_veth();
+    let idx = a_index(&veth, &rt);
+    rt.move_link(&Netns::Host, idx, &netns_of(&ns), "net1")
+        .unwrap();
+    for n in [Netns::Host, netns_of(&ns)] {
+        assert!(rt.links_of_device(&n, "0000:ff:1f.7").unwrap().is_empty());
+    }
+}
+
+#[test]
 fn rdma_move_says_what_is_missing() {
     if !require_root() {
         return;

@@ -26,8 +26,23 @@
 //!   veth does ([`NetError::Unsupported`]);
 //! * RDMA devices belong to a namespace; the subsystem can be absent, shared or exclusive
 //!   ([`RdmaMode`]);
-//! * deleting a namespace returns its physical links to the host (renamed `dev<ifindex>`
-//!   when their name is taken there) and its RDMA devices too, and destroys virtual ones.
+//! * a link may have a device ([`FakeLinks::set_device`], the kernel's parent device, e.g.
+//!   the VF's PCI address), which it keeps when it moves: [`LinkOps::links_of_device`]
+//!   answers from it;
+//! * an InfiniBand VF's netdev is IPoIB's, a client of its RDMA device
+//!   ([`FakeLinks::set_ipoib`]): moving the RDMA device to another namespace re-creates it,
+//!   as the kernel's `rdma_dev_change_netns()` does (`disable_device()` removes every
+//!   ib_client, IPoIB unregistering the netdev wherever it is; `enable_device_and_get()`
+//!   adds them back, IPoIB registering a new netdev): the netdev vanishes and a new one
+//!   appears with a new ifindex, the kernel's `ib<n>` name, its default MTU, down, without
+//!   addresses, with a new hardware address (the new queue pair's number is part of it)
+//!   and the same device. It appears in the host namespace, or, as since Linux 6.17
+//!   ([`IpoibNetns::RdmaDevice`]), in the RDMA device's. An Ethernet (RoCE) netdev is no
+//!   ib_client's and is left alone;
+//! * deleting a namespace returns its RDMA devices to the host first (re-creating their
+//!   IPoIB netdevs there, as above: the kernel's RDMA pernet exit runs before the one that
+//!   returns netdevs), then its physical links (renamed `dev<ifindex>` when their name is
+//!   taken there), and destroys virtual ones.
 //!
 //! Knobs: [`FakeLinks::fail`] / [`FakeLinks::fail_once`] / [`FakeLinks::fail_nth`] inject an
 //! error into one operation (before or after it takes effect); [`FakeLinks::calls`] records
@@ -49,6 +64,7 @@ use super::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
 pub enum FakeOp {
     LinkByName,
     LinkByIndex,
+    LinksOfDevice,
     MoveLink,
     Rename,
     SetMtu,
@@ -72,7 +88,15 @@ pub enum Inject {
     ErrnoAfterEffect(i32),
     /// Fail with [`NetError::Unsupported`].
     Unsupported,
+    /// The process is killed before the operation: the call panics (in a unit test, what a
+    /// SIGKILL leaves: no rollback runs; catch it with `std::panic::catch_unwind`).
+    Kill,
+    /// The process is killed just after the operation took effect.
+    KillAfterEffect,
 }
+
+/// The panic message of [`Inject::Kill`] and [`Inject::KillAfterEffect`].
+pub const KILLED: &str = "killed by an injected fault";
 
 /// The RDMA subsystem as the fake kernel has it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,6 +108,17 @@ pub enum RdmaMode {
     /// Exclusive netns mode: devices move with `move_rdma_device`.
     #[default]
     Exclusive,
+}
+
+/// Where IPoIB registers the netdev it re-creates when an RDMA device changes namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IpoibNetns {
+    /// The initial namespace (the host): kernels before commit f1208b05574f ("RDMA/ipoib:
+    /// Use parent rdma device net namespace", Linux 6.17, also in 6.16.y).
+    #[default]
+    Initial,
+    /// The RDMA device's namespace (that commit and after).
+    RdmaDevice,
 }
 
 /// What to create with [`FakeLinks::add_link_with`].
@@ -174,6 +209,10 @@ struct FLink {
     physical: bool,
     addrs: Vec<IpNet>,
     num_vfs: Option<u32>,
+    /// The RDMA device whose IPoIB netdev this is ([`FakeLinks::set_ipoib`]).
+    ipoib_of: Option<String>,
+    /// The parent device's name ([`FakeLinks::set_device`]).
+    device: Option<String>,
 }
 
 impl FLink {
@@ -210,6 +249,8 @@ impl FNs {
                 physical: false,
                 addrs: vec![],
                 num_vfs: None,
+                ipoib_of: None,
+                device: None,
             },
         );
         ns
@@ -232,11 +273,27 @@ struct Failure {
     how: Inject,
 }
 
+/// What IPoIB gives the netdev it registers for an RDMA device.
+#[derive(Clone, Debug)]
+struct IpoibDefaults {
+    mtu: u32,
+    min_mtu: u32,
+    max_mtu: u32,
+    device: Option<String>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     ns: HashMap<Netns, FNs>,
     vfs: BTreeMap<(u32, u32), FakeVf>,
     rdma: BTreeMap<String, Netns>,
+    /// RDMA devices with an InfiniBand port, whose netdev IPoIB re-creates when they move.
+    ipoib: BTreeMap<String, IpoibDefaults>,
+    ipoib_netns: IpoibNetns,
+    ipoib_fails: bool,
+    /// The highest ifindex a re-created netdev got: the kernel never hands one out twice in
+    /// a namespace, so neither does the fake.
+    last_new_ifindex: u32,
     rdma_mode: RdmaMode,
     failures: Vec<Failure>,
     calls: Vec<FakeCall>,
@@ -323,23 +380,30 @@ impl FakeLinks {
             .or_insert_with(FNs::with_lo);
     }
 
-    /// Deletes a namespace the way the kernel tears one down: physical links go back to
-    /// the host (renamed `dev<ifindex>` if their name is taken there), virtual ones vanish,
-    /// RDMA devices return to the host.
+    /// Deletes a namespace the way the kernel tears one down: RDMA devices return to the
+    /// host (their IPoIB netdevs are re-created there, see [`FakeLinks::set_ipoib`]), then
+    /// physical links go back to the host (renamed `dev<ifindex>` if their name is taken
+    /// there), and virtual ones vanish.
     pub fn remove_netns(&self, ns: &Netns) {
         if *ns == Netns::Host {
             return;
         }
         let mut st = self.lock();
         let Some(gone) = st.ns.remove(ns) else { return };
-        for rd in st.rdma.values_mut() {
+        let mut returning = Vec::new();
+        for (name, rd) in st.rdma.iter_mut() {
             if rd == ns {
                 *rd = Netns::Host;
+                returning.push(name.clone());
             }
+        }
+        for dev in &returning {
+            recreate_ipoib(&mut st, dev);
         }
         let host = st.ns.get_mut(&Netns::Host).expect("host netns");
         for (_, mut l) in gone.links {
-            if !l.physical {
+            // An IPoIB netdev of a returning RDMA device was unregistered with it.
+            if !l.physical || l.ipoib_of.as_ref().is_some_and(|d| returning.contains(d)) {
                 continue;
             }
             if host.by_name(&l.name).is_some() {
@@ -405,6 +469,8 @@ impl FakeLinks {
                 physical: spec.physical,
                 addrs: vec![],
                 num_vfs: spec.num_vfs,
+                ipoib_of: None,
+                device: None,
             },
         );
         if let Some(num) = spec.num_vfs {
@@ -418,6 +484,85 @@ impl FakeLinks {
     /// Registers an RDMA device in `ns`.
     pub fn add_rdma_device(&self, ns: &Netns, name: &str) {
         self.lock().rdma.insert(name.to_string(), ns.clone());
+    }
+
+    /// Gives the link `ifindex` of `ns` its parent device (a PCI address), as the kernel
+    /// reports it in `IFLA_PARENT_DEV_NAME` and sysfs in `<device>/net/`. Call before
+    /// [`FakeLinks::set_ipoib`]. Panics if there is no such link (a test bug).
+    pub fn set_device(&self, ns: &Netns, ifindex: u32, device: &str) {
+        let mut st = self.lock();
+        let l = st
+            .ns
+            .get_mut(ns)
+            .and_then(|n| n.links.get_mut(&ifindex))
+            .unwrap_or_else(|| panic!("FakeLinks::set_device: no link {ifindex} in {ns:?}"));
+        l.device = Some(device.to_string());
+    }
+
+    /// Where IPoIB registers the netdevs it re-creates (default [`IpoibNetns::Initial`]).
+    pub fn set_ipoib_netns(&self, at: IpoibNetns) {
+        self.lock().ipoib_netns = at;
+    }
+
+    /// `true`: IPoIB fails to register the netdevs it re-creates (the kernel logs "couldn't
+    /// register ipoib port"): a moving RDMA device's netdev vanishes and none appears.
+    pub fn set_ipoib_fails(&self, fails: bool) {
+        self.lock().ipoib_fails = fails;
+    }
+
+    /// The links of the host namespace whose device is `device`: what sysfs shows in
+    /// `<device>/net/`.
+    pub fn host_links_of_device(&self, device: &str) -> Vec<Link> {
+        self.lock().ns[&Netns::Host]
+            .links
+            .values()
+            .filter(|l| l.device.as_deref() == Some(device))
+            .map(FLink::view)
+            .collect()
+    }
+
+    /// Makes the link `ifindex` of `ns` the IPoIB netdev of the RDMA device `ibdev` (a VF
+    /// whose port's link layer is InfiniBand): moving `ibdev` to another namespace then
+    /// re-creates it in the host, with the MTU and MTU range it has now. Panics if there is
+    /// no such link (a test bug).
+    pub fn set_ipoib(&self, ibdev: &str, ns: &Netns, ifindex: u32) {
+        let mut st = self.lock();
+        let l = st
+            .ns
+            .get_mut(ns)
+            .and_then(|n| n.links.get_mut(&ifindex))
+            .unwrap_or_else(|| panic!("FakeLinks::set_ipoib: no link {ifindex} in {ns:?}"));
+        l.ipoib_of = Some(ibdev.to_string());
+        let defaults = IpoibDefaults {
+            mtu: l.mtu,
+            min_mtu: l.min_mtu,
+            max_mtu: l.max_mtu,
+            device: l.device.clone(),
+        };
+        st.ipoib.insert(ibdev.to_string(), defaults);
+    }
+
+    /// Makes `ibdev`'s port an Ethernet (RoCE) one: its netdev is left alone when it moves.
+    pub fn forget_ipoib(&self, ibdev: &str) {
+        let mut st = self.lock();
+        st.ipoib.remove(ibdev);
+        for n in st.ns.values_mut() {
+            for l in n.links.values_mut() {
+                if l.ipoib_of.as_deref() == Some(ibdev) {
+                    l.ipoib_of = None;
+                }
+            }
+        }
+    }
+
+    /// Where the IPoIB netdev of `ibdev` is, and what it is now.
+    pub fn ipoib_netdev(&self, ibdev: &str) -> Option<(Netns, Link)> {
+        self.lock().ns.iter().find_map(|(ns, n)| {
+            n.links
+                .values()
+                .find(|l| l.ipoib_of.as_deref() == Some(ibdev))
+                .map(|l| (ns.clone(), l.view()))
+        })
     }
 
     /// Sets the RDMA subsystem's mode (default [`RdmaMode::Exclusive`]).
@@ -548,6 +693,7 @@ impl FakeLinks {
                     what: "the injected feature",
                     detail: "injected by FakeLinks".into(),
                 },
+                Inject::Kill | Inject::KillAfterEffect => unreachable!("a kill panics"),
             }
         };
         let res = match &inject {
@@ -556,13 +702,18 @@ impl FakeLinks {
                 Ok(_) => Err(injected(how)),
                 Err(e) => Err(e),
             },
-            None => body(&mut st),
+            Some(Inject::Kill) => Err(kerr(format!("{what} ({KILLED})"), libc::EINTR)),
+            Some(Inject::KillAfterEffect) | None => body(&mut st),
         };
         st.calls.push(FakeCall {
             op,
             args,
             result: res.as_ref().map(|_| ()).map_err(|e| e.to_string()),
         });
+        if matches!(inject, Some(Inject::Kill | Inject::KillAfterEffect)) {
+            drop(st);
+            panic!("{KILLED}: {what}");
+        }
         res
     }
 }
@@ -594,6 +745,22 @@ impl LinkOps for FakeLinks {
             format!("{ns:?} {ifindex}"),
             &format!("look up link ifindex {ifindex} in {}", ns_desc(ns)),
             |st| Ok(ns_mut(st, ns)?.links.get(&ifindex).map(FLink::view)),
+        )
+    }
+
+    fn links_of_device(&self, ns: &Netns, device: &str) -> Result<Vec<Link>, NetError> {
+        self.run(
+            FakeOp::LinksOfDevice,
+            format!("{ns:?} {device}"),
+            &format!("list the links of device {device} in {}", ns_desc(ns)),
+            |st| {
+                Ok(ns_mut(st, ns)?
+                    .links
+                    .values()
+                    .filter(|l| l.device.as_deref() == Some(device))
+                    .map(FLink::view)
+                    .collect())
+            },
         )
     }
 
@@ -1006,17 +1173,81 @@ impl LinkOps for FakeLinks {
             ns_mut(st, from)?;
             ns_mut(st, to)?;
             match st.rdma.get_mut(ibdev) {
-                Some(at) if at == from => {
-                    *at = to.clone();
-                    Ok(())
+                Some(at) if at == from => *at = to.clone(),
+                _ => {
+                    return Err(NetError::NoSuchLink {
+                        what: format!("RDMA device {ibdev}"),
+                        ns: ns_desc(from),
+                    });
                 }
-                _ => Err(NetError::NoSuchLink {
-                    what: format!("RDMA device {ibdev}"),
-                    ns: ns_desc(from),
-                }),
             }
+            if from != to {
+                recreate_ipoib(st, ibdev);
+            }
+            Ok(())
         })
     }
+}
+
+/// IPoIB re-registering the netdev of `ibdev` after its RDMA device moved: the old netdev
+/// is unregistered wherever it is (its routes go with it), a new one appears in the host
+/// or in the RDMA device's namespace ([`IpoibNetns`]). Nothing happens for a device
+/// without an InfiniBand port.
+fn recreate_ipoib(st: &mut State, ibdev: &str) {
+    let Some(d) = st.ipoib.get(ibdev).cloned() else {
+        return;
+    };
+    let at = match st.ipoib_netns {
+        IpoibNetns::Initial => Netns::Host,
+        IpoibNetns::RdmaDevice => st.rdma.get(ibdev).cloned().unwrap_or(Netns::Host),
+    };
+    let mut highest = st.last_new_ifindex;
+    for n in st.ns.values_mut() {
+        highest = highest.max(n.links.keys().next_back().copied().unwrap_or(0));
+        let old: Vec<u32> = n
+            .links
+            .values()
+            .filter(|l| l.ipoib_of.as_deref() == Some(ibdev))
+            .map(|l| l.ifindex)
+            .collect();
+        for i in old {
+            n.links.remove(&i);
+            n.routes.retain(|r| r.oif != i);
+        }
+    }
+    if st.ipoib_fails {
+        return;
+    }
+    let ifindex = highest + 1;
+    st.last_new_ifindex = ifindex;
+    st.mac_counter += 1;
+    let c = st.mac_counter.to_be_bytes();
+    let mac = format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", c[0], c[1], c[2], c[3]);
+    let Some(target) = st.ns.get_mut(&at) else {
+        return;
+    };
+    // The kernel's "ib%d": the lowest number free in the namespace.
+    let name = (0..)
+        .map(|n| format!("ib{n}"))
+        .find(|n| target.by_name(n).is_none())
+        .expect("a free name");
+    target.links.insert(
+        ifindex,
+        FLink {
+            ifindex,
+            name,
+            mac,
+            mtu: d.mtu,
+            min_mtu: d.min_mtu,
+            max_mtu: d.max_mtu,
+            up: false,
+            physical: true,
+            addrs: vec![],
+            num_vfs: None,
+            ipoib_of: Some(ibdev.to_string()),
+            device: d.device,
+        },
+    );
 }
 
 fn check_vf(st: &mut State, pf_ifindex: u32, vf: u32, what: &str) -> Result<(), NetError> {

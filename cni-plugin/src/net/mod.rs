@@ -99,6 +99,11 @@ pub trait LinkOps {
     fn link_by_name(&self, ns: &Netns, name: &str) -> Result<Option<Link>, NetError>;
     /// The link with `ifindex` in `ns`, if any.
     fn link_by_index(&self, ns: &Netns, ifindex: u32) -> Result<Option<Link>, NetError>;
+    /// The links in `ns` whose parent device is `device` (its sysfs name: a VF's PCI
+    /// address), as the kernel reports it (`IFLA_PARENT_DEV_NAME`, Linux 5.14 and later;
+    /// an older kernel reports none). What sysfs's `<device>/net/` shows, for a namespace
+    /// whose sysfs railvf does not see (a pod's).
+    fn links_of_device(&self, ns: &Netns, device: &str) -> Result<Vec<Link>, NetError>;
     /// Moves the link `ifindex` from `from` into `to`, named `new_name` there, in one
     /// request where the kernel allows. The kernel may move it under its old name and then
     /// fail with EEXIST: callers look in both namespaces after an error.

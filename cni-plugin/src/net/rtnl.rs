@@ -62,6 +62,8 @@ pub const IFLA_ADDRESS: u16 = 1;
 pub const IFLA_IFNAME: u16 = 3;
 pub const IFLA_MTU: u16 = 4;
 pub const IFLA_NET_NS_FD: u16 = 28;
+/// The sysfs name of the netdev's parent device (Linux 5.14+), e.g. a PCI address.
+pub const IFLA_PARENT_DEV_NAME: u16 = 56;
 
 pub const IFA_ADDRESS: u16 = 1;
 pub const IFA_LOCAL: u16 = 2;
@@ -155,6 +157,15 @@ pub fn parse_link(payload: &[u8]) -> Option<Link> {
         }
     }
     Some(link)
+}
+
+/// The `IFLA_PARENT_DEV_NAME` of an `RTM_NEWLINK` payload: the name of the netdev's
+/// parent device (what `<device>/net/` lists it under in sysfs), if it has one and the
+/// kernel reports it.
+pub fn parse_parent_device(payload: &[u8]) -> Option<String> {
+    attrs(payload.get(16..)?)
+        .find(|(ty, _)| *ty == IFLA_PARENT_DEV_NAME)
+        .map(|(_, v)| get_str(v))
 }
 
 /// `aa:bb:…` in lower-case hex.
@@ -827,6 +838,21 @@ impl LinkOps for Rtnl {
             return Ok(None);
         }
         self.get_link(ns, ifindex, None)
+    }
+
+    /// One `RTM_GETLINK` dump of `ns`, kept where `IFLA_PARENT_DEV_NAME` is `device`.
+    fn links_of_device(&self, ns: &Netns, device: &str) -> Result<Vec<Link>, NetError> {
+        let mut m = Msg::new(RTM_GETLINK, NLM_F_DUMP);
+        m.header(&ifinfomsg(AF_UNSPEC, 0, 0, 0));
+        m.attr_u32(vf::IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        let what = || format!("list the links of device {device} in {}", ns_desc(ns));
+        let replies = self.route(ns, &m, &what)?.map_err(|e| kernel(what(), e))?;
+        Ok(replies
+            .iter()
+            .filter(|r| r.ty == RTM_NEWLINK)
+            .filter(|r| parse_parent_device(&r.payload).as_deref() == Some(device))
+            .filter_map(|r| parse_link(&r.payload))
+            .collect())
     }
 
     fn move_link(
