@@ -3,12 +3,15 @@
 //! Order: resolve the VF (host model) → per-VF lock → settle older attachments of this VF →
 //! pre-flight (driver, host ownership) → record state → GUID + rebind → VF settings → move +
 //! rename → MTU → up → IPAM → addresses and routes → readiness gate → RDMA device → result.
+//! With `rdmaIsolation` on an InfiniBand VF, the readiness gate and the RDMA device come
+//! before the move, and the netdev attached is the one IPoIB re-creates (in the host, or in
+//! the pod on Linux 6.17 and later) when the RDMA device moves (see [`attach`]).
 //! Any failure after the state is recorded rolls everything back (see [`crate::teardown`]).
 
 use std::net::IpAddr;
 use std::path::Path;
 
-use railvf_host::{Check, Vf};
+use railvf_host::{Check, LinkLayer, Vf};
 
 use crate::Ctx;
 use crate::error::{CniError, code};
@@ -26,6 +29,9 @@ use crate::vf::{self, VfId};
 
 /// How long ADD waits for a VF's netdev that is not (yet) in the host namespace.
 const HOST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long ADD waits for IPoIB's new netdev after moving an InfiniBand VF's RDMA device.
+const IPOIB_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(crate) fn net_err(what: impl std::fmt::Display, e: NetError) -> CniError {
     let hint = match &e {
@@ -196,7 +202,8 @@ fn locked(
         created_unix: state::now_unix(),
     };
     // Recorded before the first change, with everything teardown needs: from here on DEL
-    // can always converge. ADD does not rewrite it unless a GUID rebind changes the VF.
+    // can always converge. ADD rewrites it only when the netdev to move changes (a GUID
+    // rebind, IPoIB re-creating it when the RDMA device moves).
     ctx.state.save(&st)?;
     crate::faultpoint::hit("state-written");
     crate::log::step("state");
@@ -283,25 +290,65 @@ fn attach(
         crate::log::step("vf-settings");
     }
 
-    // Move, rename, MTU and up in one request: the VF is up from the moment it is in the
-    // pod (as sriov-cni leaves it), and the kernel's answer is checked once.
-    let moved = links
-        .move_found_link_up(&Netns::Host, &link, &ns, &st.ifname, conf.mtu)
-        .map_err(|e| {
-            let mtu = conf
-                .mtu
-                .map(|m| format!(" with MTU {m}"))
-                .unwrap_or_default();
+    // The RDMA device of an InfiniBand VF moves first. The kernel's `rdma_dev_change_netns()`
+    // (drivers/infiniband/core/device.c) runs `disable_device()`, which removes every
+    // ib_client, IPoIB among them: IPoIB unregisters the VF's netdev wherever it is, and
+    // `enable_device_and_get()` has it register a new one (new ifindex, kernel name `ibN`,
+    // default MTU, down): in the initial netns, or, since Linux 6.17 (commit f1208b05574f,
+    // also in 6.16.y), in the RDMA device's. Moved after the netdev, the RDMA device would
+    // take the pod's interface away; so it goes first, and that new netdev is the one
+    // attached. An Ethernet (RoCE) VF's mlx5e netdev is no ib_client's and stays as it is;
+    // it keeps the order below, as its RDMA port is ACTIVE only while the netdev is up:
+    // the gate must come after the netdev is up in the pod. Either way the gate runs
+    // before the RDMA device moves, as the host's sysfs stops showing the device once it has.
+    let rdma_first = st.rdma_device.is_some() && !is_ethernet(&function);
+    let mut in_pod = false;
+    if rdma_first {
+        gate(ctx, conf, st, function.clone())?;
+        move_rdma(ctx, st, &ns)?;
+        crate::faultpoint::hit("rdma-moved");
+        (link, in_pod) = recreated_netdev(ctx, st, &ns, &netns_path)?;
+        // What the teardown recognises the VF by in the pod: its MAC and ifindex are new.
+        if st.moving.as_ref() != Some(&host_link(&link)) {
+            st.moving = Some(host_link(&link));
+            ctx.state.save(st)?;
+        }
+        crate::faultpoint::hit("netdev-found");
+    }
+
+    let mtu_text = conf
+        .mtu
+        .map(|m| format!(" with MTU {m}"))
+        .unwrap_or_default();
+    let moved = if in_pod {
+        name_and_up_in_pod(links, &ns, &link, &st.ifname, conf.mtu).map_err(|e| {
             net_err(
                 format!(
-                    "moving {} into {} as {}{mtu} and up",
+                    "renaming {} in {} to {}{mtu_text} and up",
                     link.name,
                     netns_path.display(),
                     st.ifname
                 ),
                 e,
             )
-        })?;
+        })?
+    } else {
+        // Move, rename, MTU and up in one request: the VF is up from the moment it is in
+        // the pod (as sriov-cni leaves it), and the kernel's answer is checked once.
+        links
+            .move_found_link_up(&Netns::Host, &link, &ns, &st.ifname, conf.mtu)
+            .map_err(|e| {
+                net_err(
+                    format!(
+                        "moving {} into {} as {}{mtu_text} and up",
+                        link.name,
+                        netns_path.display(),
+                        st.ifname
+                    ),
+                    e,
+                )
+            })?
+    };
     st.pod_ifindex = Some(moved.ifindex);
     crate::faultpoint::hit("moved");
     crate::log::step("move");
@@ -326,28 +373,10 @@ fn attach(
         crate::log::step("ipam");
     }
 
-    crate::faultpoint::hit("readiness");
-    let exp = conf.readiness.expectations;
-    let ready = gate::wait(
-        root,
-        function,
-        &exp,
-        conf.readiness.timeout,
-        st.guid.as_ref().map(|g| g.target),
-    )
-    .map_err(|e: GateError| {
-        crate::log_warn!("{e}");
-        CniError::from(e)
-    })?;
-    crate::log_debug!("readiness: {:?}", ready.outcomes);
-    crate::log::step("readiness");
-
-    // After the gate: the host's sysfs stops showing the RDMA device once it moves.
-    if let Some(dev) = &st.rdma_device {
-        links
-            .move_rdma_device(dev, &Netns::Host, &ns)
-            .map_err(|e| net_err(format!("moving RDMA device {dev} into the pod netns"), e))?;
-        crate::log::step("rdma");
+    if !rdma_first {
+        gate(ctx, conf, st, function)?;
+        // After the gate: the host's sysfs stops showing the RDMA device once it moves.
+        move_rdma(ctx, st, &ns)?;
     }
     // The link as the move's answer showed it: nothing after the move changes its address
     // (GUID and VF MAC are set before it) or its MTU.
@@ -368,6 +397,129 @@ fn attach(
         result.ips.len()
     );
     Ok(result)
+}
+
+/// Whether the VF's port is Ethernet (RoCE), whose netdev an RDMA device move leaves alone.
+/// An unknown link layer counts as InfiniBand (the pre-flight has checked it is the one
+/// the config expects).
+fn is_ethernet(function: &railvf_host::PciFunction) -> bool {
+    function.link_layer() == Some(LinkLayer::Ethernet)
+}
+
+/// The readiness gate: ADD returns only when the VF is RDMA-ready.
+fn gate(
+    ctx: &Ctx<'_>,
+    conf: &NetConf,
+    st: &Attachment,
+    function: railvf_host::PciFunction,
+) -> Result<(), CniError> {
+    crate::faultpoint::hit("readiness");
+    let ready = gate::wait(
+        ctx.root(),
+        function,
+        &conf.readiness.expectations,
+        conf.readiness.timeout,
+        st.guid.as_ref().map(|g| g.target),
+    )
+    .map_err(|e: GateError| {
+        crate::log_warn!("{e}");
+        CniError::from(e)
+    })?;
+    crate::log_debug!("readiness: {:?}", ready.outcomes);
+    crate::log::step("readiness");
+    Ok(())
+}
+
+/// Moves the attachment's RDMA device (`rdmaIsolation`), if any, into the pod netns `ns`.
+fn move_rdma(ctx: &Ctx<'_>, st: &Attachment, ns: &Netns) -> Result<(), CniError> {
+    let Some(dev) = &st.rdma_device else {
+        return Ok(());
+    };
+    ctx.links
+        .move_rdma_device(dev, &Netns::Host, ns)
+        .map_err(|e| net_err(format!("moving RDMA device {dev} into the pod netns"), e))?;
+    crate::log::step("rdma");
+    Ok(())
+}
+
+/// The InfiniBand VF's netdev that IPoIB re-created when its RDMA device moved into `ns`
+/// (the pod's, at `netns`), and whether it is there: in the host it is found by PCI address
+/// through sysfs, in the pod by its parent device through netlink. The kernel registers it
+/// before it answers the move (all of `rdma_dev_change_netns()` runs under the device's
+/// locks); a short wait covers anything slower.
+fn recreated_netdev(
+    ctx: &Ctx<'_>,
+    st: &Attachment,
+    ns: &Netns,
+    netns: &Path,
+) -> Result<(Link, bool), CniError> {
+    let root = ctx.root();
+    let dev = st.rdma_device.as_deref().unwrap_or("?");
+    let deadline = std::time::Instant::now() + IPOIB_WAIT;
+    let (link, in_pod) = loop {
+        if let Some(l) = vf::find_in_host(root, ctx.links, &st.vf)? {
+            break (l, false);
+        }
+        let found = ctx
+            .links
+            .links_of_device(ns, &st.vf.to_string())
+            .map_err(|e| {
+                net_err(
+                    format!("looking for VF {}'s netdev in the pod netns", st.vf),
+                    e,
+                )
+            })?;
+        if let Some(l) = found.into_iter().next() {
+            break (l, true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CniError::new(
+                code::VF_NOT_IN_HOST,
+                format!(
+                    "after moving RDMA device {dev} of VF {} into {}, expected IPoIB to re-create the VF's netdev in the host network namespace or in that one; found none after {} ms ({}/net is empty, and no interface there has the VF as its device)",
+                    st.vf,
+                    netns.display(),
+                    IPOIB_WAIT.as_millis(),
+                    root.pci_device(&st.vf).display()
+                ),
+                "check dmesg for ib_ipoib errors and that ib_ipoib is loaded (lsmod); `ip -all netns exec ip -d link` shows where the netdev went (its parentdev is the VF). ADD rolled back what it could (see details); DEL finishes the rest",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    crate::log_info!(
+        "RDMA device {dev} moved into {}; IPoIB re-created the VF's netdev as {} (ifindex {}) in {}",
+        netns.display(),
+        link.name,
+        link.ifindex,
+        if in_pod {
+            "that netns"
+        } else {
+            "the host netns"
+        }
+    );
+    Ok((link, in_pod))
+}
+
+/// For a netdev already in the pod netns (IPoIB re-created it there): rename, MTU, up.
+fn name_and_up_in_pod(
+    links: &dyn crate::net::LinkOps,
+    ns: &Netns,
+    link: &Link,
+    ifname: &str,
+    mtu: Option<u32>,
+) -> Result<Link, NetError> {
+    let mut l = link.clone();
+    // A new netdev is down, and a down one can be renamed on every kernel.
+    links.rename(ns, l.ifindex, ifname)?;
+    l.name = ifname.to_string();
+    if let Some(m) = mtu {
+        links.set_mtu(ns, l.ifindex, m)?;
+        l.mtu = m;
+    }
+    links.set_up(ns, l.ifindex, true)?;
+    l.up = true;
+    Ok(l)
 }
 
 /// Adds IPAM's addresses and routes inside the pod netns. A route without a gateway takes

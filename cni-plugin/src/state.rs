@@ -193,7 +193,9 @@ pub struct Attachment {
     pub guid: Option<GuidChange>,
     #[serde(default)]
     pub vf_settings: Option<VfChange>,
-    /// Identity of the netdev when it is moved (after a GUID rebind, which may change it).
+    /// Identity of the netdev when it is moved (after a GUID rebind, which may change it; for
+    /// an InfiniBand VF with `rdmaIsolation`, the netdev IPoIB re-created when the RDMA
+    /// device moved, with its new ifindex and hardware address, in the host or the pod).
     #[serde(default)]
     pub moving: Option<HostLink>,
     /// Its ifindex in the pod netns once the move returned (in memory only: the state is

@@ -5,7 +5,8 @@
 //! (like netavark's teardown), collecting every problem. The VF is found wherever it is:
 //! in the pod netns under the pod name (or, after a half-done move, its host name), or back
 //! in the host — where the kernel puts it under the pod name or a `devN` name when the netns
-//! is destroyed — found there by PCI address through sysfs.
+//! is destroyed, or where IPoIB re-creates an InfiniBand VF's netdev under a kernel name
+//! (`ibN`) when its RDMA device comes home — found there by PCI address through sysfs.
 
 use std::path::Path;
 use std::time::Duration;
@@ -142,7 +143,13 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
         ipam_del(ctx, st, ns.as_ref(), &mut r);
     }
 
-    // 2. RDMA device back (when the netns is gone the kernel returns it by itself).
+    // 2. RDMA device back (when the netns is gone the kernel returns it by itself). For an
+    // InfiniBand VF this unregisters its netdev wherever it is (in the pod, or on the host
+    // after an ADD killed between its RDMA and netdev moves) and IPoIB registers a new one
+    // in the host (`rdma_dev_change_netns()`): step 3 then finds nothing in the pod, and
+    // step 5 finds the new one by PCI address and gives it its name back. That holds
+    // whatever state ADD or an earlier DEL left: the RDMA device already home answers
+    // "no such device" here, and the netdev is then wherever the kernel left it.
     if let (Some(dev), Some(ns)) = (&st.rdma_device, &ns) {
         match links.move_rdma_device(dev, ns, &Netns::Host) {
             Ok(()) => r.did(format!("RDMA device {dev} back to the host")),

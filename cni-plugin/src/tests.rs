@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::net::fake::{FakeOp, Inject, RdmaMode};
+use crate::net::fake::{FakeOp, Inject, IpoibNetns, RdmaMode};
 use crate::net::{IpNet, LinkOps, Netns};
 use crate::state::StateDir;
 use crate::testutil::{Bench, PF_NETDEV, conf, ibdev, vf_addr, vf_netdev};
@@ -704,6 +704,306 @@ fn rdma_isolation_moves_the_rdma_device_and_back() {
     assert!(e.msg.contains("mlx5_12"), "{e}");
     assert!(is_home(&b, 0));
     assert!(b.state_files().is_empty());
+}
+
+/// Both places a kernel's IPoIB puts the netdev it re-creates when the RDMA device moves.
+const IPOIB_NETNS: [IpoibNetns; 2] = [IpoibNetns::Initial, IpoibNetns::RdmaDevice];
+
+/// An InfiniBand bench whose VF 0 has a host MTU other than IPoIB's default, so that a
+/// re-created netdev (default MTU) is told apart from one whose MTU DEL restored.
+fn ib_bench(at: IpoibNetns) -> Bench {
+    let b = Bench::new(1);
+    b.links.set_ipoib_netns(at);
+    b.links
+        .set_mtu(&Netns::Host, b.vf_ifindex[0], 2044)
+        .unwrap();
+    b
+}
+
+/// VF 0 is home: its netdev on the host under its name with its MTU, its RDMA device in
+/// the host netns, no other netdev of it anywhere, no state.
+fn ib_home(b: &Bench, what: &str) {
+    assert_eq!(
+        b.links.ipoib_netdev(&ibdev(0)).map(|(ns, l)| (ns, l.name)),
+        Some((Netns::Host, vf_netdev(0))),
+        "{what}"
+    );
+    let l = b
+        .links
+        .link_by_name(&Netns::Host, &vf_netdev(0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.mtu, 2044, "{what}: MTU restored");
+    assert_eq!(
+        b.links.rdma_device_netns(&ibdev(0)),
+        Some(Netns::Host),
+        "{what}"
+    );
+    assert!(b.whereis("net1").is_empty(), "{what}");
+    assert!(b.state_files().is_empty(), "{what}: {:?}", b.state_files());
+}
+
+#[test]
+fn rdma_isolation_on_an_infiniband_vf_attaches_the_netdev_ipoib_recreates() {
+    for at in IPOIB_NETNS {
+        let b = ib_bench(at);
+        let ipam = with_ipam(&b);
+        let c = conf(0, &format!(r#""mtu":4000,"rdmaIsolation":true,{ipam}"#));
+        let out = b.run("ADD", "c1", Some(&b.pod), &c).unwrap().unwrap();
+        let r: Value = serde_json::from_str(&out).unwrap();
+        let pod = Netns::path(&b.pod);
+        let l = b
+            .links
+            .link_by_name(&pod, "net1")
+            .unwrap()
+            .unwrap_or_else(|| panic!("{at:?}: net1 is not in the pod"));
+        assert!(l.up, "{at:?}");
+        assert_eq!(l.mtu, 4000, "{at:?}");
+        assert_eq!(r["interfaces"][0]["mac"], l.mac, "{at:?}");
+        assert_eq!(r["interfaces"][0]["mtu"], 4000, "{at:?}");
+        assert!(
+            b.links
+                .addresses(&pod, l.ifindex)
+                .unwrap()
+                .contains(&IpNet {
+                    addr: "10.1.0.5".parse().unwrap(),
+                    prefix: 24
+                }),
+            "{at:?}"
+        );
+        assert!(
+            b.links
+                .routes(&pod)
+                .iter()
+                .any(|r| r.dst.prefix == 0 && r.oif == l.ifindex),
+            "{at:?}"
+        );
+        // net1 is the VF's netdev, the one IPoIB re-created, and there is no other.
+        assert_eq!(
+            b.links.ipoib_netdev(&ibdev(0)),
+            Some((pod.clone(), l.clone())),
+            "{at:?}"
+        );
+        assert_ne!(l.ifindex, b.vf_ifindex[0], "{at:?}: re-created");
+        assert!(
+            b.links
+                .host_links_of_device(&vf_addr(0).to_string())
+                .is_empty(),
+            "{at:?}"
+        );
+        assert_eq!(b.links.rdma_device_netns(&ibdev(0)), Some(pod), "{at:?}");
+        // CHECK agrees with the result.
+        let mut v: Value = serde_json::from_str(&c).unwrap();
+        v["prevResult"] = r;
+        b.run("CHECK", "c1", Some(&b.pod), &v.to_string()).unwrap();
+
+        b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+        ib_home(&b, &format!("{at:?}"));
+        assert_eq!(
+            ipam_log(&b),
+            vec!["ADD c1 net1", "CHECK c1 net1", "DEL c1 net1"]
+        );
+    }
+}
+
+#[test]
+fn del_of_an_isolated_infiniband_vf_after_its_netns_died_renames_the_recreated_netdev() {
+    for at in IPOIB_NETNS {
+        let b = ib_bench(at);
+        let c = conf(0, r#""rdmaIsolation":true"#);
+        let pod = b.netns("pod-gone");
+        b.run("ADD", "c1", Some(&pod), &c).unwrap();
+        // The kernel returns the RDMA device, and IPoIB re-creates the netdev in the host
+        // under a kernel name.
+        b.delete_netns(&pod);
+        assert_eq!(b.whereis("ib0"), vec![Netns::Host], "{at:?}");
+        b.run("DEL", "c1", None, &c).unwrap();
+        ib_home(&b, &format!("{at:?}"));
+        assert!(b.whereis("ib0").is_empty(), "{at:?}");
+    }
+}
+
+#[test]
+fn rollback_of_an_isolated_infiniband_vf_brings_the_netdev_and_rdma_device_home() {
+    for at in IPOIB_NETNS {
+        // A failure after both moves (the address): the RDMA device goes home first, and
+        // the netdev IPoIB re-creates in the host gets its name back.
+        let b = ib_bench(at);
+        let ipam = with_ipam(&b);
+        let c = conf(0, &format!(r#""rdmaIsolation":true,{ipam}"#));
+        b.links
+            .fail_once(FakeOp::AddAddress, Inject::Errno(libc::EINVAL));
+        let e = b.run("ADD", "c1", Some(&b.pod), &c).unwrap_err();
+        assert_eq!(e.code, 103, "{at:?}: {e}");
+        assert!(e.details.contains("rolled back"), "{at:?}: {e}");
+        ib_home(&b, &format!("{at:?} address"));
+        assert_eq!(ipam_log(&b), vec!["ADD c1 net1", "DEL c1 net1"], "{at:?}");
+
+        // A readiness timeout: the gate runs before either move (the host's sysfs stops
+        // showing the RDMA device once it moves), so nothing moved and IPAM never ran.
+        let b = ib_bench(at);
+        let ipam = with_ipam(&b);
+        b.set_port(0, "lid", "0x0");
+        let c = conf(
+            0,
+            &format!(r#""rdmaIsolation":true,{ipam},"readiness":{{"timeoutMs":100}}"#),
+        );
+        let e = b.run("ADD", "c1", Some(&b.pod), &c).unwrap_err();
+        assert_eq!(e.code, 11, "{at:?}: {e}");
+        assert!(e.details.contains("rolled back"), "{at:?}: {e}");
+        ib_home(&b, &format!("{at:?} readiness"));
+        assert_eq!(b.links.count(FakeOp::MoveLink), 0, "{at:?}");
+        assert!(ipam_log(&b).is_empty(), "{at:?}");
+    }
+}
+
+#[test]
+fn an_infiniband_netdev_ipoib_does_not_recreate_fails_add_clearly_and_rolls_back() {
+    let b = ib_bench(IpoibNetns::Initial);
+    let c = conf(0, r#""rdmaIsolation":true"#);
+    b.links.set_ipoib_fails(true);
+    let e = std::thread::scope(|s| {
+        // ib_ipoib registers netdevs again once ADD's move has failed to (as after a
+        // transient error), so the rollback finds one.
+        s.spawn(|| {
+            while b.links.count(FakeOp::MoveRdmaDevice) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            b.links.set_ipoib_fails(false);
+        });
+        b.run("ADD", "c1", Some(&b.pod), &c).unwrap_err()
+    });
+    assert_eq!(e.code, 102, "{e}");
+    assert!(
+        e.msg.contains("mlx5_12")
+            && e.msg.contains("0000:18:00.1")
+            && e.msg.contains("found none after 2000 ms"),
+        "{e}"
+    );
+    assert!(e.details.contains("ib_ipoib"), "{e}");
+    assert!(e.details.contains("rolled back"), "{e}");
+    ib_home(&b, "rollback");
+}
+
+/// Runs `verb` with `op`'s `nth` next call killing the process (`Inject::Kill*`).
+fn killed(b: &Bench, verb: &str, op: FakeOp, nth: usize, how: Inject, c: &str) {
+    b.links.fail_nth(op, nth, how);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        b.run(verb, "c1", Some(&b.pod), c)
+    }));
+    assert!(r.is_err(), "{verb} was not killed at {op:?}: {r:?}");
+    b.links.clear_failures();
+    // sysfs follows the kernel whatever becomes of the process.
+    b.sync_sysfs();
+}
+
+#[test]
+fn del_converges_after_add_of_an_isolated_infiniband_vf_is_killed_anywhere() {
+    // (what, operation, which call, before or after it takes effect)
+    let points = [
+        (
+            "after the RDMA move",
+            FakeOp::MoveRdmaDevice,
+            1,
+            Inject::KillAfterEffect,
+        ),
+        ("before the netdev move", FakeOp::MoveLink, 1, Inject::Kill),
+        (
+            "before the rename in the pod",
+            FakeOp::Rename,
+            1,
+            Inject::Kill,
+        ),
+        (
+            "after the netdev is up",
+            FakeOp::SetUp,
+            1,
+            Inject::KillAfterEffect,
+        ),
+        (
+            "after the address",
+            FakeOp::AddAddress,
+            1,
+            Inject::KillAfterEffect,
+        ),
+    ];
+    for at in IPOIB_NETNS {
+        for (what, op, nth, how) in points.iter().cloned() {
+            // Each kind of kernel renames in the pod or moves, not both.
+            let skip = match at {
+                IpoibNetns::Initial => op == FakeOp::Rename,
+                IpoibNetns::RdmaDevice => op == FakeOp::MoveLink,
+            };
+            if skip {
+                continue;
+            }
+            for then in ["DEL", "netns dies, DEL", "udev names it, DEL"] {
+                let what = format!("{at:?}, killed {what}, {then}");
+                let b = ib_bench(at);
+                let ipam = with_ipam(&b);
+                let c = conf(0, &format!(r#""rdmaIsolation":true,{ipam}"#));
+                killed(&b, "ADD", op, nth, how.clone(), &c);
+                assert_eq!(b.state_files().len(), 1, "{what}");
+                let netns = match then {
+                    "netns dies, DEL" => {
+                        b.delete_netns(&b.pod);
+                        None
+                    }
+                    "udev names it, DEL" => {
+                        // udev gives a netdev IPoIB re-created in the host its
+                        // persistent name, the one the state records.
+                        if let Some(l) = b
+                            .links
+                            .host_links_of_device(&vf_addr(0).to_string())
+                            .first()
+                            && l.name != vf_netdev(0)
+                        {
+                            b.links
+                                .rename(&Netns::Host, l.ifindex, &vf_netdev(0))
+                                .unwrap();
+                            b.sync_sysfs();
+                        }
+                        Some(b.pod.as_path())
+                    }
+                    _ => Some(b.pod.as_path()),
+                };
+                b.run("DEL", "c1", netns, &c)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                ib_home(&b, &what);
+                assert!(b.whereis("ib0").is_empty(), "{what}");
+                // And the VF attaches again.
+                if netns.is_some() {
+                    b.run("ADD", "c2", Some(&b.pod), &c)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    b.run("DEL", "c2", Some(&b.pod), &c).unwrap();
+                    ib_home(&b, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_del_of_an_isolated_infiniband_vf_killed_anywhere_is_finished_by_the_next() {
+    let points = [
+        (FakeOp::MoveRdmaDevice, Inject::KillAfterEffect),
+        (FakeOp::Rename, Inject::Kill),
+        (FakeOp::Rename, Inject::KillAfterEffect),
+        (FakeOp::SetMtu, Inject::Kill),
+    ];
+    for at in IPOIB_NETNS {
+        for (op, how) in points.iter().cloned() {
+            let what = format!("{at:?}, DEL killed at {op:?} ({how:?})");
+            let b = ib_bench(at);
+            let c = conf(0, r#""rdmaIsolation":true"#);
+            b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+            // The DEL's own calls from here on (the rename in the pod is ADD's).
+            killed(&b, "DEL", op, 1, how, &c);
+            b.run("DEL", "c1", Some(&b.pod), &c)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            ib_home(&b, &what);
+        }
+    }
 }
 
 #[test]

@@ -15,6 +15,10 @@ use reliability_support::*;
 /// kills from a helper thread that long after the step, i.e. during the readiness wait.
 /// `vf-settings` exists too but cannot be reached on the simulator: its PFs have no real
 /// netdev to apply VF settings through (an ADD with VF settings fails before it, code 100/103).
+/// Nor can `rdma-moved` and `netdev-found`, which only an InfiniBand VF with `rdmaIsolation`
+/// reaches (the simulator has no RDMA subsystem): the CNI unit tests kill ADD there, and
+/// around every other step of that order, through the fake kernel
+/// (`tests::del_converges_after_add_of_an_isolated_infiniband_vf_is_killed_anywhere`).
 const STEPS: &[(&str, Option<u64>)] = &[
     ("state-written", None),
     ("guid-set", None),
