@@ -193,8 +193,17 @@ pub(crate) fn unreadable(
         ));
     }
     let found = vf::find_in_host(root, ctx.links, &addr).map_err(|e| e.to_string())?;
+    // With `rdmaIsolation` the netdev can be on the host while the RDMA device is still in
+    // the pod (an InfiniBand VF's ADD killed between the two moves: udev may even have
+    // given the re-created netdev its old name): only an RDMA device the host's sysfs
+    // shows is home.
+    let rdma_device: Option<String> = salvage(&text, "rdmaDevice");
+    let rdma_home = rdma_device
+        .as_ref()
+        .is_none_or(|d| vf::rdma_device(root, &addr).as_ref() == Some(d));
     if let Some(l) = &found
         && host.as_ref().is_none_or(|h| h.name == l.name)
+        && rdma_home
     {
         return gone(&format!("VF {addr} is on the host as {}", l.name));
     }
@@ -259,7 +268,7 @@ pub(crate) fn unreadable(
         vf_settings: salvage(&text, "vfSettings"),
         moving: salvage(&text, "moving"),
         pod_ifindex: in_pod.as_ref().map(|l| l.ifindex),
-        rdma_device: salvage(&text, "rdmaDevice"),
+        rdma_device,
         ipam: false,
         ipam_called: false,
         netconf: String::new(),

@@ -1007,6 +1007,37 @@ fn a_del_of_an_isolated_infiniband_vf_killed_anywhere_is_finished_by_the_next() 
 }
 
 #[test]
+fn an_unreadable_state_does_not_leave_the_rdma_device_in_the_pod() {
+    // ADD killed between the moves; udev gave the re-created netdev its old name; the
+    // state file is cut after `rdmaDevice`. The netdev looks home, the RDMA device is not.
+    let b = ib_bench(IpoibNetns::Initial);
+    let c = conf(0, r#""rdmaIsolation":true"#);
+    killed(
+        &b,
+        "ADD",
+        FakeOp::MoveRdmaDevice,
+        1,
+        Inject::KillAfterEffect,
+        &c,
+    );
+    let l = b.links.host_links_of_device(&vf_addr(0).to_string())[0].clone();
+    b.links
+        .rename(&Netns::Host, l.ifindex, &vf_netdev(0))
+        .unwrap();
+    b.sync_sysfs();
+    let file = b.state_dir().join(&b.state_files()[0]);
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, &text[..text.find("\n  \"ipam\"").unwrap()]).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(b.links.rdma_device_netns(&ibdev(0)), Some(Netns::Host));
+    assert_eq!(
+        b.links.ipoib_netdev(&ibdev(0)).map(|(ns, l)| (ns, l.name)),
+        Some((Netns::Host, vf_netdev(0)))
+    );
+    assert!(b.state_files().is_empty());
+}
+
+#[test]
 fn rdma_isolation_on_a_roce_vf_moves_the_netdev_first_and_keeps_it() {
     let b = Bench::new(1);
     b.roce(0);
