@@ -295,7 +295,10 @@ pub fn allocate_container(
             devices.devices.len()
         )));
     }
-    let addrs = parse_ids(ids, devices, resource, "devices_ids")?;
+    let mut addrs = parse_ids(ids, devices, resource, "devices_ids")?;
+    // kubelet's order of IDs is random (a Go map): sorted, the same allocation always
+    // gives the same variables and device specs.
+    addrs.sort_unstable();
     for a in &addrs {
         let d = &devices.devices[a];
         if let crate::health::Health::Unhealthy(why) = &d.health {

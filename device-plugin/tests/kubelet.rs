@@ -303,6 +303,49 @@ async fn allocate_returns_devices_env_and_devinfo() {
     assert!(!e.dirs.kubelet.join("railvf-dgx_h200_vfs.sock").exists());
 }
 
+/// kubelet lists a container's IDs in a random order (a Go map): the answer is the same
+/// whatever the order, with everything in PCI address order.
+#[tokio::test]
+async fn allocate_answers_in_pci_order_whatever_the_order_of_the_ids() {
+    let mut e = start().await;
+    let mut client = registration(&mut e.kubelet, &e.plugin).await.client;
+    let vfs: Vec<_> = [
+        "0000:18:00.1",
+        "0000:4f:00.3",
+        "0000:9a:00.2",
+        "0000:dc:00.2",
+    ]
+    .iter()
+    .map(|a| e.sim.vf(a).unwrap())
+    .collect();
+    let sorted: Vec<String> = vfs.iter().map(|v| v.pci.to_string()).collect();
+    let mut answers = Vec::new();
+    for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
+        let ids: Vec<&str> = order.iter().map(|&i| sorted[i].as_str()).collect();
+        let r = client.allocate(alloc_req(&ids)).await.unwrap().into_inner();
+        answers.push(r.container_responses[0].clone());
+    }
+    let c = &answers[0];
+    assert_eq!(
+        c.envs.get("PCIDEVICE_NVIDIA_COM_DGX_H200_VFS"),
+        Some(&sorted.join(","))
+    );
+    let rdma: Vec<&str> = vfs.iter().map(|v| v.rdma_device.as_str()).collect();
+    assert_eq!(
+        c.envs.get("NCCL_IB_HCA"),
+        Some(&format!("={}", rdma.join(",")))
+    );
+    let paths: Vec<String> = c.devices.iter().map(|d| d.host_path.clone()).collect();
+    let mut want: Vec<String> = vfs
+        .iter()
+        .map(|v| format!("/dev/infiniband/uverbs{}", v.uverbs))
+        .collect();
+    want.push("/dev/infiniband/rdma_cm".into());
+    assert_eq!(paths, want);
+    assert_eq!(answers[1], answers[0], "reversed order");
+    assert_eq!(answers[2], answers[0], "shuffled order");
+}
+
 #[tokio::test]
 async fn health_changes_reach_the_open_stream() {
     let mut e = start().await;
