@@ -1,6 +1,6 @@
 //! `GetPreferredAllocation` (rail-aware) and `Allocate` (what a container gets).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use railvf_host::devinfo::{self, DeviceInfo};
@@ -22,24 +22,26 @@ pub enum AllocError {
     Internal(String),
 }
 
+/// An ID as messages and logs show it: its first 64 characters, quoted (a hostile ID is
+/// cut short: it goes into the gRPC status, a header, and into log lines).
+pub fn shown(id: &str) -> String {
+    let mut s: String = id.chars().take(64).collect();
+    if s.len() < id.len() {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
 fn parse_id(id: &str, devices: &DeviceSet, resource: &str) -> Result<PciAddr, AllocError> {
-    // The ID goes into the gRPC status (a header): a hostile one is cut short.
-    let shown = |id: &str| -> String {
-        let mut s: String = id.chars().take(64).collect();
-        if s.len() < id.len() {
-            s.push('…');
-        }
-        s
-    };
     let addr: PciAddr = id.parse().map_err(|e| {
         AllocError::InvalidArgument(format!(
-            "device ID {:?} is not a {resource} device: {e}",
+            "device ID {} is not a {resource} device: {e}",
             shown(id)
         ))
     })?;
     if !devices.devices.contains_key(&addr) {
         return Err(AllocError::InvalidArgument(format!(
-            "device ID {:?} is not a {resource} device on this node",
+            "device ID {} is not a {resource} device on this node",
             shown(id)
         )));
     }
@@ -59,7 +61,8 @@ fn parse_ids(
         let a = parse_id(id, devices, resource)?;
         if !seen.insert(a) {
             return Err(AllocError::InvalidArgument(format!(
-                "device ID {id:?} appears twice in {what}"
+                "device ID {} appears twice in {what}",
+                shown(id)
             )));
         }
         out.push(a);
@@ -67,43 +70,133 @@ fn parse_ids(
     Ok(out)
 }
 
+/// At most this many left-out IDs are named in a message or log line.
+const SHOWN_IDS: usize = 8;
+
+/// IDs left out of a request, for one message: how many, and the first few as shown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeftOut {
+    pub count: usize,
+    pub first: Vec<String>,
+}
+
+impl LeftOut {
+    fn push(&mut self, id: &str) {
+        self.count += 1;
+        if self.first.len() < SHOWN_IDS {
+            self.first.push(shown(id));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.first.join(", "))?;
+        if self.count > self.first.len() {
+            write!(f, " and {} more", self.count - self.first.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// The answer of [`preferred`] for one container, with what it did not take as given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Preferred {
+    /// The devices to allocate: the must-include IDs as given, then the picks.
+    pub ids: Vec<String>,
+    /// `available_deviceIDs` that are not devices of the resource on this node (malformed,
+    /// or gone since kubelet last read the list): left out.
+    pub unknown_available: LeftOut,
+    /// `must_include_deviceIDs` that are not devices of the resource: kept in the answer
+    /// as given (kubelet requires them; `Allocate` will refuse them).
+    pub unknown_must: LeftOut,
+    /// IDs listed more than once (in either list): taken once.
+    pub repeated: usize,
+}
+
 /// The preferred devices for one container: `must` first, then, one at a time, the
 /// candidate that (1) adds a rail not yet used, (2) sits on a NUMA node already used,
 /// (3) is on the PF with the fewest devices already chosen, then the fewest of its devices
 /// in use elsewhere, (4) has the lowest PCI address — so the answer is deterministic.
 /// The first free pick prefers the NUMA node offering the most distinct rails.
+///
+/// The call is advisory, and kubelet fails the pod's admission on any error: IDs this
+/// plugin does not have (kubelet's list is older than the plugin's) are left out of
+/// `available` or passed through from `must`, repeated IDs are taken once. Only what
+/// cannot be answered at all is refused: a size below 1, more must-include devices than
+/// the size, or a size larger than the devices there are to choose from.
 pub fn preferred(
     devices: &DeviceSet,
     resource: &str,
     available: &[String],
     must: &[String],
     size: i32,
-) -> Result<Vec<String>, AllocError> {
-    let available = parse_ids(available, devices, resource, "available_deviceIDs")?;
-    let must = parse_ids(must, devices, resource, "must_include_deviceIDs")?;
+) -> Result<Preferred, AllocError> {
     if size <= 0 {
         return Err(AllocError::InvalidArgument(format!(
             "allocation_size {size} must be at least 1"
         )));
     }
     let size = size as usize;
-    if size > available.len() {
-        return Err(AllocError::InvalidArgument(format!(
-            "allocation_size {size} is more than the {} available devices",
-            available.len()
-        )));
+    let mut out = Preferred::default();
+    let known = |id: &str| {
+        id.parse::<PciAddr>()
+            .ok()
+            .filter(|a| devices.devices.contains_key(a))
+    };
+    // Must-include IDs, once each, in the order given; the known ones also as addresses.
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut must_ids: Vec<&str> = Vec::with_capacity(must.len());
+    let mut must_known: BTreeSet<PciAddr> = BTreeSet::new();
+    for id in must {
+        if !seen.insert(id.as_str()) {
+            out.repeated += 1;
+            continue;
+        }
+        match known(id) {
+            // Another spelling of an address already listed.
+            Some(a) if !must_known.insert(a) => out.repeated += 1,
+            Some(_) => must_ids.push(id),
+            None => {
+                out.unknown_must.push(id);
+                must_ids.push(id);
+            }
+        }
     }
-    if must.len() > size {
+    if must_ids.len() > size {
         return Err(AllocError::InvalidArgument(format!(
             "{} must-include devices do not fit in allocation_size {size}",
-            must.len()
+            must_ids.len()
         )));
     }
-    let avail_set: BTreeSet<PciAddr> = available.iter().copied().collect();
-    if let Some(m) = must.iter().find(|m| !avail_set.contains(m)) {
-        return Err(AllocError::InvalidArgument(format!(
-            "must-include device {m} is not among available_deviceIDs"
-        )));
+    // Repeats found by address (thousands of IDs: no set of strings besides).
+    let mut avail_set: BTreeSet<PciAddr> = BTreeSet::new();
+    for id in available {
+        match known(id) {
+            Some(a) if !avail_set.insert(a) => out.repeated += 1,
+            Some(_) => {}
+            None => out.unknown_available.push(id),
+        }
+    }
+    let choosable = avail_set.difference(&must_known).count();
+    if size > must_ids.len() + choosable {
+        let mut m = format!(
+            "allocation_size {size} is more than the {} devices there are to choose from ({} available, {} must-include)",
+            must_ids.len() + choosable,
+            avail_set.len(),
+            must_ids.len()
+        );
+        if !out.unknown_available.is_empty() {
+            m.push_str(&format!(
+                "; {} available_deviceIDs are not {resource} devices on this node and were left out: {} (kubelet's device list is older than the plugin's; it gets the new one on ListAndWatch)",
+                out.unknown_available.count, out.unknown_available
+            ));
+        }
+        return Err(AllocError::InvalidArgument(m));
     }
     // Flatten what the ranking needs into vectors once: the pick loop below then runs on
     // plain indices (thousands of candidates, no map lookups per comparison).
@@ -126,8 +219,10 @@ pub fn preferred(
         /// checkpoint): Allocate would refuse it, so it is picked last.
         in_pod: bool,
     }
+    // Known must-include devices are candidates too (taken first below), even when kubelet
+    // did not also list them as available.
     let cands: Vec<Cand> = avail_set
-        .iter()
+        .union(&must_known)
         .map(|a| {
             let d = &devices.devices[a];
             Cand {
@@ -140,8 +235,8 @@ pub fn preferred(
         })
         .collect();
     let mut pf_free = vec![0usize; pf_total.len()];
-    for c in &cands {
-        pf_free[c.pf] += 1;
+    for a in &avail_set {
+        pf_free[pf_index[&devices.devices[a].pf]] += 1;
     }
     struct Picks {
         taken: Vec<bool>,
@@ -166,12 +261,15 @@ pub fn preferred(
         numas: BTreeSet::new(),
         chosen: Vec::with_capacity(size),
     };
-    for m in &must {
+    for m in &must_known {
         let i = cands
             .binary_search_by(|c| c.addr.cmp(m))
             .map_err(|_| AllocError::Internal(format!("{m} vanished")))?;
         p.take(i, &cands[i]);
     }
+    // The must-include IDs stand for themselves in the answer, as given.
+    let picks_from = p.chosen.len();
+    let wanted = size - (must_ids.len() - must_known.len());
     // With nothing chosen yet, start on the NUMA node with the most distinct rails free
     // (ties: more devices, then the lower node), so a small request can stay on one node.
     let seed_numa = if p.numas.is_empty() {
@@ -196,7 +294,7 @@ pub fn preferred(
     } else {
         None
     };
-    while p.chosen.len() < size {
+    while p.chosen.len() < wanted {
         let best = cands
             .iter()
             .enumerate()
@@ -225,7 +323,10 @@ pub fn preferred(
             .ok_or_else(|| AllocError::Internal("ran out of candidates".into()))?;
         p.take(best, &cands[best]);
     }
-    Ok(p.chosen.iter().map(ToString::to_string).collect())
+    out.ids = must_ids.iter().map(|s| s.to_string()).collect();
+    out.ids
+        .extend(p.chosen[picks_from..].iter().map(ToString::to_string));
+    Ok(out)
 }
 
 /// The env variable sriov-network-device-plugin sets: `PCIDEVICE_` + the full resource
@@ -430,29 +531,29 @@ mod tests {
     #[test]
     fn eight_vfs_cover_eight_rails() {
         let s = dgx(8);
-        let got = preferred(&s, "r", &ids(&s), &[], 8).unwrap();
+        let got = preferred(&s, "r", &ids(&s), &[], 8).unwrap().ids;
         assert_eq!(rails(&s, &got), (0..8).collect::<Vec<_>>());
         // Deterministic.
-        assert_eq!(got, preferred(&s, "r", &ids(&s), &[], 8).unwrap());
+        assert_eq!(got, preferred(&s, "r", &ids(&s), &[], 8).unwrap().ids);
     }
 
     #[test]
     fn a_vf_still_in_a_pod_is_picked_last() {
         let mut s = dgx(2);
-        let first = preferred(&s, "r", &ids(&s), &[], 1).unwrap();
+        let first = preferred(&s, "r", &ids(&s), &[], 1).unwrap().ids;
         let a: PciAddr = first[0].parse().unwrap();
         s.devices.get_mut(&a).unwrap().in_pod = true;
-        let got = preferred(&s, "r", &ids(&s), &[], 1).unwrap();
+        let got = preferred(&s, "r", &ids(&s), &[], 1).unwrap().ids;
         assert_ne!(got, first);
         // Still offered when nothing else is left.
-        let got = preferred(&s, "r", &[first[0].clone()], &[], 1).unwrap();
+        let got = preferred(&s, "r", &[first[0].clone()], &[], 1).unwrap().ids;
         assert_eq!(got, first);
     }
 
     #[test]
     fn four_vfs_stay_on_one_numa_node() {
         let s = dgx(8);
-        let got = preferred(&s, "r", &ids(&s), &[], 4).unwrap();
+        let got = preferred(&s, "r", &ids(&s), &[], 4).unwrap().ids;
         let numas: BTreeSet<u32> = got
             .iter()
             .map(|i| s.devices[&i.parse::<PciAddr>().unwrap()].numa.unwrap())
@@ -465,7 +566,7 @@ mod tests {
     fn must_include_is_honoured_and_steers_numa() {
         let s = dgx(8);
         let must = vec!["0000:dc:00.3".to_string()]; // rail 7, NUMA 1
-        let got = preferred(&s, "r", &ids(&s), &must, 4).unwrap();
+        let got = preferred(&s, "r", &ids(&s), &must, 4).unwrap().ids;
         assert!(got.contains(&must[0]));
         assert_eq!(rails(&s, &got), vec![4, 5, 6, 7]);
     }
@@ -486,7 +587,7 @@ mod tests {
             ]
             .contains(&i.as_str())
         });
-        let got = preferred(&s, "r", &avail, &[], 9).unwrap();
+        let got = preferred(&s, "r", &avail, &[], 9).unwrap().ids;
         let from_busy = got.iter().filter(|i| i.starts_with("0000:18:")).count();
         assert_eq!(from_busy, 1, "{got:?}");
         let mut r = rails(&s, &got);
@@ -495,17 +596,73 @@ mod tests {
     }
 
     #[test]
-    fn invalid_requests_are_refused() {
+    fn requests_that_cannot_be_answered_are_refused() {
         let s = dgx(2);
         let all = ids(&s);
-        assert!(preferred(&s, "r", &all, &[], 0).is_err());
-        assert!(preferred(&s, "r", &all, &[], 17).is_err());
-        assert!(preferred(&s, "r", &["0000:99:00.1".into()], &[], 1).is_err());
-        assert!(preferred(&s, "r", &["../../etc".into()], &[], 1).is_err());
-        assert!(preferred(&s, "r", &all[..2], &[all[3].clone()], 1).is_err());
-        assert!(preferred(&s, "r", &all, &all[..2], 1).is_err());
-        let dup = vec![all[0].clone(), all[0].clone()];
-        assert!(preferred(&s, "r", &dup, &[], 1).is_err());
+        for (avail, must, size) in [
+            (&all[..], &[][..], 0),
+            (&all[..], &[][..], -1),
+            (&all[..], &[][..], 17),
+            (&all[..2], &[][..], 3),
+            (&all[..], &all[..2], 1),
+            (&["0000:99:00.1".to_string()][..], &[][..], 1),
+            (&["../../etc".to_string()][..], &[][..], 1),
+            (&[][..], &[][..], 1),
+        ] {
+            let e = preferred(&s, "r", avail, must, size).unwrap_err();
+            assert!(
+                matches!(e, AllocError::InvalidArgument(_)),
+                "{avail:?} {must:?} {size}: {e}"
+            );
+        }
+        // A size the unknown IDs would have made up: the message says they were left out.
+        let mut avail = all[..2].to_vec();
+        avail.push("0000:99:00.1".into());
+        let e = preferred(&s, "r", &avail, &[], 3).unwrap_err().to_string();
+        assert!(
+            e.contains("more than the 2 devices") && e.contains("\"0000:99:00.1\""),
+            "{e}"
+        );
+    }
+
+    /// kubelet's list can be older than the plugin's (VFs removed, config reloaded), and
+    /// kubelet fails admission on any error here: what the plugin does not have is left
+    /// out of `available`, kept from `must`; repeats count once.
+    #[test]
+    fn stale_malformed_and_repeated_ids_are_left_out_not_refused() {
+        let s = dgx(2);
+        let all = ids(&s);
+        let huge = "x".repeat(1 << 16);
+        let mut avail = vec![
+            "0000:99:00.1".to_string(),
+            all[0].clone(),
+            "../../etc".into(),
+            all[0].clone(),
+            huge.clone(),
+        ];
+        avail.extend(all[1..4].iter().cloned());
+        let got = preferred(&s, "r", &avail, &[], 4).unwrap();
+        assert_eq!(got.ids.len(), 4);
+        assert!(got.ids.iter().all(|i| all[..4].contains(i)), "{got:?}");
+        assert_eq!(got.unknown_available.count, 3);
+        assert_eq!(got.repeated, 1);
+        // Hostile IDs are cut short for the logs.
+        assert!(got.unknown_available.to_string().len() < 300, "{got:?}");
+        assert!(got.unknown_available.to_string().contains("0000:99:00.1"));
+
+        // A must-include ID the plugin does not have (or that kubelet did not also list
+        // as available) is kept in the answer as given.
+        let must = vec!["0000:99:00.1".to_string(), all[9].clone()];
+        let got = preferred(&s, "r", &all[..4], &must, 3).unwrap();
+        assert_eq!(got.ids.len(), 3, "{got:?}");
+        assert_eq!(got.ids[..2], must[..]);
+        assert!(all[..4].contains(&got.ids[2]), "{got:?}");
+        assert_eq!(got.unknown_must.count, 1);
+        // Repeated must-include IDs count once toward the size.
+        let must = vec![all[0].clone(), all[0].clone()];
+        let got = preferred(&s, "r", &all, &must, 1).unwrap();
+        assert_eq!(got.ids, vec![all[0].clone()]);
+        assert_eq!(got.repeated, 1);
     }
 
     #[test]

@@ -272,16 +272,40 @@ impl PluginService {
         }
         let set = self.ctx.devices.borrow().clone();
         let mut container_responses = Vec::with_capacity(req.container_requests.len());
+        let name = &self.ctx.full_name;
         for c in &req.container_requests {
-            let ids = allocate::preferred(
+            let p = allocate::preferred(
                 &set,
-                &self.ctx.full_name,
+                name,
                 &c.available_device_i_ds,
                 &c.must_include_device_i_ds,
                 c.allocation_size,
             )
             .map_err(status)?;
-            container_responses.push(ContainerPreferredAllocationResponse { device_i_ds: ids });
+            if !p.unknown_available.is_empty() {
+                tracing::warn!(
+                    resource = %name,
+                    "GetPreferredAllocation: {} available_deviceIDs are not {name} devices on this node, left out of the choice: {} (kubelet's device list is older than the plugin's, after VFs were removed or the config reloaded; it gets the new list on ListAndWatch)",
+                    p.unknown_available.count,
+                    p.unknown_available
+                );
+            }
+            if !p.unknown_must.is_empty() {
+                tracing::warn!(
+                    resource = %name,
+                    "GetPreferredAllocation: {} must_include_deviceIDs are not {name} devices on this node: {}; kept in the answer as kubelet requires, but Allocate will refuse them",
+                    p.unknown_must.count,
+                    p.unknown_must
+                );
+            }
+            if p.repeated > 0 {
+                tracing::warn!(
+                    resource = %name,
+                    "GetPreferredAllocation: {} device IDs were listed more than once; each was taken once",
+                    p.repeated
+                );
+            }
+            container_responses.push(ContainerPreferredAllocationResponse { device_i_ds: p.ids });
             // kubelet offers only free devices: whatever it lists is not allocated.
             let free: Vec<railvf_host::PciAddr> = c
                 .available_device_i_ds

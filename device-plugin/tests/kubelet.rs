@@ -161,13 +161,39 @@ async fn preferred_allocation_is_rail_aware() {
     assert!(got.contains(&must[0]));
     assert!(got.iter().all(|i| numa[i] == 1), "{got:?}");
 
-    // Invalid sizes and IDs are refused with InvalidArgument; the plugin keeps serving.
+    // kubelet's list older than the plugin's (a VF gone, an ID from another resource), a
+    // repeated ID, a must-include ID kubelet did not also list as available: answered
+    // (kubelet fails the pod's admission on any error here), the unknown available IDs
+    // left out and said so in the log.
+    let mut stale = vec!["0000:29:00.1".to_string(), "0000:00:00.0".to_string()];
+    stale.extend(all[..3].iter().cloned());
+    stale.push(all[0].clone());
+    let r = client
+        .get_preferred_allocation(pref_req(&stale, &[], 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let got: BTreeSet<&String> = r.container_responses[0].device_i_ds.iter().collect();
+    assert_eq!(got, all[..3].iter().collect(), "{r:?}");
+    let must = vec![all[5].clone(), "0000:29:00.1".to_string()];
+    let r = client
+        .get_preferred_allocation(pref_req(&all[..3], &must, 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = &r.container_responses[0].device_i_ds;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[..2], must[..], "must-include IDs kept as given");
+    assert!(all[..3].contains(&got[2]), "{got:?}");
+    let log = wait_log(&mut e.plugin, "left out of the choice").await;
+    assert!(log.contains("0000:29:00.1"), "{log}");
+
+    // What cannot be answered is refused with InvalidArgument; the plugin keeps serving.
     for (avail, must, size) in [
         (all.clone(), vec![], 0),
         (all[..3].to_vec(), vec![], 4),
         (all.clone(), all[..3].to_vec(), 2),
         (vec!["0000:00:00.0".to_string()], vec![], 1),
-        (all[..3].to_vec(), vec![all[5].clone()], 2),
     ] {
         let err = client
             .get_preferred_allocation(pref_req(&avail, &must, size))

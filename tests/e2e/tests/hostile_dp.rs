@@ -60,17 +60,15 @@ async fn bad_grpc_requests_are_refused_and_the_plugin_keeps_serving() {
     let huge_id = "0".repeat(1 << 20);
     let mut refused = 0;
 
-    // GetPreferredAllocation: every one of these must be InvalidArgument.
+    // GetPreferredAllocation: every one of these must be InvalidArgument (nothing left to
+    // choose from once the IDs the plugin does not have are left out, or a size that
+    // cannot be met).
     let bad_pref: Vec<(&str, PreferredAllocationRequest)> = vec![
         ("allocation_size 0", pref(&all, &[], 0)),
         ("allocation_size -1", pref(&all, &[], -1)),
         ("allocation_size i32::MIN", pref(&all, &[], i32::MIN)),
         ("allocation_size i32::MAX", pref(&all, &[], i32::MAX)),
         ("allocation_size above available", pref(&all[..4], &[], 5)),
-        (
-            "must_include not in available",
-            pref(&all[..4], &[all[10].clone()], 2),
-        ),
         (
             "more must_include than allocation_size",
             pref(&all, &all[..3], 2),
@@ -82,10 +80,6 @@ async fn bad_grpc_requests_are_refused_and_the_plugin_keeps_serving() {
         (
             "non-ASCII 12-byte ID in available",
             pref(std::slice::from_ref(&non_ascii), &[], 1),
-        ),
-        (
-            "non-ASCII must_include",
-            pref(&all, std::slice::from_ref(&non_ascii), 1),
         ),
         ("1 MiB ID", pref(std::slice::from_ref(&huge_id), &[], 1)),
         (
@@ -104,7 +98,7 @@ async fn bad_grpc_requests_are_refused_and_the_plugin_keeps_serving() {
             "100000 available IDs, all unknown",
             pref(
                 &(0..100_000)
-                    .map(|i| format!("0000:{:02x}:{:02x}.{}", i % 256, (i / 256) % 32, i % 8))
+                    .map(|i| format!("0001:{:02x}:{:02x}.{}", i % 256, (i / 256) % 32, i % 8))
                     .collect::<Vec<_>>(),
                 &[],
                 1,
@@ -118,6 +112,83 @@ async fn bad_grpc_requests_are_refused_and_the_plugin_keeps_serving() {
         refused += 1;
         still_serving(&mut client, &mut plugin, &good).await;
     }
+
+    // GetPreferredAllocation is advisory and kubelet fails the pod's admission on any
+    // error: IDs the plugin does not have, hostile or not, are left out of the available
+    // ones (or kept from must-include, as given), repeats count once, and the rest is
+    // answered.
+    let mut hostile_and_good: Vec<String> = vec![
+        non_ascii.clone(),
+        huge_id.clone(),
+        "../../../etc/passwd".to_string(),
+        format!("{good}\u{0}"),
+        "0000:29:00.1".to_string(),
+    ];
+    hostile_and_good.extend(all[..4].iter().cloned());
+    hostile_and_good.extend(all[..4].iter().cloned());
+    let mut many_unknown: Vec<String> = (0..100_000)
+        .map(|i| format!("0001:{:02x}:{:02x}.{}", i % 256, (i / 256) % 32, i % 8))
+        .collect();
+    many_unknown.extend(all[..4].iter().cloned());
+    let answered: Vec<(&str, PreferredAllocationRequest, &[String])> = vec![
+        (
+            "must_include not in available",
+            pref(&all[..4], &[all[10].clone()], 2),
+            &all[10..11],
+        ),
+        (
+            "non-ASCII must_include",
+            pref(&all, std::slice::from_ref(&non_ascii), 1),
+            std::slice::from_ref(&non_ascii),
+        ),
+        (
+            "hostile, unknown and repeated IDs among 4 good ones",
+            pref(&hostile_and_good, &[], 3),
+            &[],
+        ),
+        (
+            "100000 unknown IDs and 4 good ones",
+            pref(&many_unknown, &[], 4),
+            &[],
+        ),
+    ];
+    let mut answered_n = 0;
+    for (what, req, must) in answered {
+        let avail = &req.container_requests[0].available_device_i_ds.clone();
+        let size = req.container_requests[0].allocation_size as usize;
+        let r = client
+            .get_preferred_allocation(req)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .into_inner();
+        let got = &r.container_responses[0].device_i_ds;
+        assert_eq!(got.len(), size, "{what}: {got:?}");
+        assert_eq!(
+            &got[..must.len()],
+            must,
+            "{what}: must-include kept as given"
+        );
+        for id in &got[must.len()..] {
+            assert!(
+                all.contains(id) && avail.contains(id),
+                "{what}: {id:?} is not a good available ID"
+            );
+        }
+        assert_eq!(
+            got.iter().collect::<std::collections::BTreeSet<_>>().len(),
+            size,
+            "{what}: repeated in the answer: {got:?}"
+        );
+        answered_n += 1;
+        still_serving(&mut client, &mut plugin, &good).await;
+    }
+    // The log names the left-out IDs cut short, never a 1 MiB line.
+    let log = plugin.log();
+    assert!(log.contains("left out of the choice"), "{log}");
+    assert!(
+        log.lines().all(|l| l.len() < 64 << 10),
+        "a log line carries a hostile ID whole"
+    );
 
     // Allocate: refused with InvalidArgument.
     let bad_alloc: Vec<(&str, AllocateRequest)> = vec![
@@ -220,6 +291,6 @@ async fn bad_grpc_requests_are_refused_and_the_plugin_keeps_serving() {
     assert_eq!(r.container_responses[0].device_i_ds.len(), 8);
     plugin.assert_running();
     summary(format!(
-        "hostile gRPC input: {refused} bad requests/connections refused (error status or closed), plugin still serving after each, 0 panics"
+        "hostile gRPC input: {refused} bad requests/connections refused (error status or closed), {answered_n} GetPreferredAllocation requests with IDs the plugin does not have answered without them, plugin still serving after each, 0 panics"
     ));
 }
