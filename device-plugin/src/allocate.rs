@@ -338,6 +338,11 @@ pub fn pci_env_name(full_resource: &str) -> String {
     )
 }
 
+/// The per-resource variable holding the VFs' RDMA device names: [`pci_env_name`] + `_RDMA`.
+pub fn rdma_env_name(full_resource: &str) -> String {
+    format!("{}_RDMA", pci_env_name(full_resource))
+}
+
 /// Path of the RDMA connection manager device, the same for every VF.
 pub const RDMA_CM: &str = "/dev/infiniband/rdma_cm";
 
@@ -467,12 +472,15 @@ pub fn allocate_container(
             .collect::<Vec<_>>()
             .join(","),
     );
-    // A leading `=` makes NCCL match whole names: without it `mlx5_1` (a storage PF the
-    // pod can see without RDMA isolation) would match `mlx5_12`, the pod's VF.
-    envs.insert(
-        "NCCL_IB_HCA".to_string(),
-        format!("={}", rdma_names.join(",")),
-    );
+    let rdma_names = rdma_names.join(",");
+    // With several resources kubelet keeps one value of NCCL_IB_HCA (the `ncclIbHca`
+    // default): each resource's own variable lets the container compose it.
+    if devices.nccl_ib_hca {
+        // A leading `=` makes NCCL match whole names: without it `mlx5_1` (a storage PF
+        // the pod can see without RDMA isolation) would match `mlx5_12`, the pod's VF.
+        envs.insert("NCCL_IB_HCA".to_string(), format!("={rdma_names}"));
+    }
+    envs.insert(rdma_env_name(resource), rdma_names);
     Ok(ContainerAlloc {
         envs,
         devices: dev_paths,
@@ -670,6 +678,10 @@ mod tests {
         assert_eq!(
             pci_env_name("nvidia.com/dgx_h200_vfs"),
             "PCIDEVICE_NVIDIA_COM_DGX_H200_VFS"
+        );
+        assert_eq!(
+            rdma_env_name("example.com/rails-numa1"),
+            "PCIDEVICE_EXAMPLE_COM_RAILS-NUMA1_RDMA"
         );
     }
 }

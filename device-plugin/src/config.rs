@@ -46,8 +46,12 @@ pub struct Config {
     pub resources: Vec<ResourceConfig>,
     /// railvf's addition: PF address → rail, overriding detection.
     pub rail_map: Option<RailMap>,
-    /// sriov-dp selectors in the file that railvf does not implement (warned about).
-    pub ignored: Vec<String>,
+    /// What the file asks for that railvf skips or that may not do what was meant
+    /// (sriov-dp selectors railvf does not implement, skipped resources, several
+    /// resources setting `NCCL_IB_HCA`): logged as warnings at start and at each reload.
+    pub warnings: Vec<String>,
+    /// What the file leaves to a default worth knowing (logged at start and at each reload).
+    pub notes: Vec<String>,
 }
 
 /// One advertised resource (`resourceList[]` entry).
@@ -59,6 +63,10 @@ pub struct ResourceConfig {
     /// A VF belongs to the resource when ANY selector matches it (sriov-dp's list form);
     /// within a selector, every non-empty field must match.
     pub selectors: Vec<Selector>,
+    /// railvf's `ncclIbHca`: whether `Allocate` sets `NCCL_IB_HCA`. Given, or by default
+    /// true when the config has one resource and false when it has several (kubelet keeps
+    /// one value of a variable two resources of a container set).
+    pub nccl_ib_hca: bool,
 }
 
 impl ResourceConfig {
@@ -435,6 +443,10 @@ struct RawResource {
     /// sriov-dp v3.0 put `isRdma` beside the selectors; it still applies to all of them.
     #[serde(default, alias = "IsRdma")]
     is_rdma: bool,
+    /// railvf's addition: set `NCCL_IB_HCA` in `Allocate` (default: only when the config
+    /// has one resource).
+    #[serde(default, alias = "NcclIbHca")]
+    nccl_ib_hca: Option<bool>,
     #[serde(default, alias = "Selectors")]
     selectors: Option<Selectors>,
 }
@@ -511,7 +523,8 @@ impl Config {
         Config {
             resources: vec![default_resource()],
             rail_map: None,
-            ignored: Vec::new(),
+            warnings: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -586,14 +599,15 @@ impl Config {
                 message: format!("JSON syntax error: {}", strip_position(&inner)),
             });
         }
-        let mut ignored = Vec::new();
+        let mut warnings = Vec::new();
+        let mut notes = Vec::new();
         let resources = match raw.resource_list {
             None => vec![default_resource()],
             Some(list) => {
                 let mut out = Vec::new();
                 for (i, (r, skip)) in list.0.into_iter().enumerate() {
                     if let Some(why) = skip {
-                        ignored.push(why);
+                        warnings.push(why);
                         continue;
                     }
                     let prefix = r
@@ -603,7 +617,7 @@ impl Config {
                     let mut selectors = Vec::new();
                     for (j, s) in raw_selectors.into_iter().enumerate() {
                         for n in s.ignored() {
-                            ignored.push(format!(
+                            warnings.push(format!(
                                 "resourceList[{i}].selectors[{j}].{n} is a sriov-network-device-plugin selector railvf does not implement: it is ignored, so it does not narrow the selection"
                             ));
                         }
@@ -616,20 +630,27 @@ impl Config {
                             ..Selector::default()
                         });
                     }
-                    out.push(ResourceConfig {
-                        prefix,
-                        name: r.resource_name.0,
-                        exclude_topology: r.exclude_topology,
-                        selectors,
-                    });
+                    out.push((
+                        ResourceConfig {
+                            prefix,
+                            name: r.resource_name.0,
+                            exclude_topology: r.exclude_topology,
+                            selectors,
+                            nccl_ib_hca: r.nccl_ib_hca.unwrap_or(true),
+                        },
+                        r.nccl_ib_hca.is_some(),
+                    ));
                 }
-                out
+                nccl_ib_hca_defaults(&mut out, &mut warnings, &mut notes);
+                out.into_iter().map(|(r, _)| r).collect()
             }
         };
+        env_name_clashes(&resources, &mut warnings);
         Ok(Config {
             resources,
             rail_map: raw.rail_map,
-            ignored,
+            warnings,
+            notes,
         })
     }
 
@@ -656,11 +677,72 @@ impl Config {
     }
 }
 
+/// `ncclIbHca` where the file does not give it: true with one resource, false with several
+/// (said once, naming them); several resources with `ncclIbHca: true` are warned about.
+/// `resources` pairs each resource with whether its file entry gave `ncclIbHca`.
+fn nccl_ib_hca_defaults(
+    resources: &mut [(ResourceConfig, bool)],
+    warnings: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    if resources.len() < 2 {
+        return;
+    }
+    let mut defaulted = Vec::new();
+    for (r, given) in resources.iter_mut() {
+        if !*given {
+            r.nccl_ib_hca = false;
+            defaulted.push(r.full_name());
+        }
+    }
+    if !defaulted.is_empty() {
+        notes.push(format!(
+            "the config has {} resources, so NCCL_IB_HCA is not set by {} (ncclIbHca defaults to false with several resources: kubelet keeps only one value of a variable that two resources of one container set, and NCCL would use one resource's devices only); containers get PCIDEVICE_<R>_RDMA of each resource to compose NCCL_IB_HCA from; set \"ncclIbHca\": true on a resource to have it set NCCL_IB_HCA",
+            resources.len(),
+            defaulted.join(", ")
+        ));
+    }
+    let setting: Vec<String> = resources
+        .iter()
+        .filter(|(r, _)| r.nccl_ib_hca)
+        .map(|(r, _)| r.full_name())
+        .collect();
+    if setting.len() > 1 {
+        warnings.push(format!(
+            "ncclIbHca is true for {}: a container asking for more than one of them gets the NCCL_IB_HCA of only one (kubelet keeps one value of a variable several resources set, chosen at random), and NCCL uses that resource's devices only; set ncclIbHca on one resource only, or compose NCCL_IB_HCA in the container from PCIDEVICE_<R>_RDMA",
+            setting.join(", ")
+        ));
+    }
+}
+
+/// Two resources whose variables have the same name (`a.b` and `a_b`, or `x` and
+/// `x_rdma`): a container asking for both gets only one of the values.
+fn env_name_clashes(resources: &[ResourceConfig], warnings: &mut Vec<String>) {
+    let mut by_name: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for r in resources {
+        let full = r.full_name();
+        let pci = crate::allocate::pci_env_name(&full);
+        let rdma = crate::allocate::rdma_env_name(&full);
+        for v in [pci, rdma] {
+            by_name.entry(v).or_default().push(full.clone());
+        }
+    }
+    for (var, names) in by_name {
+        if names.len() > 1 {
+            warnings.push(format!(
+                "resources {} each set the variable {var}: a container asking for more than one of them gets only one of the values; rename one of the resources",
+                names.join(", ")
+            ));
+        }
+    }
+}
+
 fn default_resource() -> ResourceConfig {
     ResourceConfig {
         prefix: DEFAULT_PREFIX.into(),
         name: DEFAULT_RESOURCE.into(),
         exclude_topology: false,
+        nccl_ib_hca: true,
         selectors: vec![Selector {
             is_rdma: true,
             compute_only: true,
@@ -744,8 +826,8 @@ mod tests {
         let c =
             parse(r#"{"resourceList":[{"resourceName":"a","selectors":{"needVhostNet":true}}]}"#)
                 .unwrap();
-        assert_eq!(c.ignored.len(), 1);
-        assert!(c.ignored[0].contains("needVhostNet"), "{:?}", c.ignored);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("needVhostNet"), "{:?}", c.warnings);
     }
 
     #[test]
@@ -755,7 +837,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.resources.len(), 1);
-        assert!(c.ignored[0].contains("accelerator"));
+        assert!(c.warnings[0].contains("accelerator"));
         // All of them: nothing to advertise is an error, as an empty resourceList is.
         let e = parse(r#"{"resourceList":[{"resourceName":"b","deviceType":"accelerator"}]}"#)
             .unwrap_err()
@@ -765,6 +847,79 @@ mod tests {
             e.contains("would advertise nothing") && e.contains("nvidia.com/b"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn nccl_ib_hca_defaults_to_one_resource_only() {
+        // One resource (or the default one): set.
+        assert!(Config::default_config().resources[0].nccl_ib_hca);
+        let c = parse(r#"{"resourceList":[{"resourceName":"a"}]}"#).unwrap();
+        assert!(c.resources[0].nccl_ib_hca);
+        assert!(c.notes.is_empty() && c.warnings.is_empty());
+        let c = parse(r#"{"resourceList":[{"resourceName":"a","ncclIbHca":false}]}"#).unwrap();
+        assert!(!c.resources[0].nccl_ib_hca);
+        // Several: not set unless given, said once naming the defaulted ones.
+        let c = parse(
+            r#"{"resourceList":[{"resourceName":"a"},{"resourceName":"b","NcclIbHca":true},{"resourceName":"c"}]}"#,
+        )
+        .unwrap();
+        let set: Vec<bool> = c.resources.iter().map(|r| r.nccl_ib_hca).collect();
+        assert_eq!(set, [false, true, false]);
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        assert!(
+            c.notes[0].contains("not set by nvidia.com/a, nvidia.com/c (")
+                && c.notes[0].contains("PCIDEVICE_<R>_RDMA"),
+            "{:?}",
+            c.notes
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // A skipped resource does not count.
+        let c = parse(
+            r#"{"resourceList":[{"resourceName":"a"},{"resourceName":"b","deviceType":"accelerator"}]}"#,
+        )
+        .unwrap();
+        assert!(c.resources[0].nccl_ib_hca && c.notes.is_empty());
+    }
+
+    #[test]
+    fn several_resources_setting_nccl_ib_hca_are_warned_about() {
+        let c = parse(
+            r#"{"resourceList":[{"resourceName":"a","ncclIbHca":true},{"resourceName":"b","ncclIbHca":true}]}"#,
+        )
+        .unwrap();
+        assert!(c.resources.iter().all(|r| r.nccl_ib_hca));
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("ncclIbHca is true for nvidia.com/a, nvidia.com/b")
+                && c.warnings[0].contains("only one"),
+            "{:?}",
+            c.warnings
+        );
+        let e = parse(r#"{"resourceList":[{"resourceName":"a","ncclIbHca":"yes"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("resourceList[0].ncclIbHca") && e.contains("boolean"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn resources_whose_variables_share_a_name_are_warned_about() {
+        let c = parse(
+            r#"{"resourceList":[{"resourceName":"x","ncclIbHca":false},{"resourceName":"x_rdma","ncclIbHca":false},{"resourceName":"a.b","ncclIbHca":false},{"resourceName":"a_b","ncclIbHca":false}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        let all = c.warnings.join("\n");
+        for w in [
+            "nvidia.com/x, nvidia.com/x_rdma each set the variable PCIDEVICE_NVIDIA_COM_X_RDMA",
+            "nvidia.com/a.b, nvidia.com/a_b each set the variable PCIDEVICE_NVIDIA_COM_A_B:",
+            "PCIDEVICE_NVIDIA_COM_A_B_RDMA",
+        ] {
+            assert!(all.contains(w), "{all}");
+        }
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct DeviceSet {
     /// The resource's `excludeTopology`: kubelet gets no NUMA node (it is part of the set
     /// so that a config reload that flips it re-sends the list).
     pub exclude_topology: bool,
+    /// The resource's `ncclIbHca`: `Allocate` sets `NCCL_IB_HCA` (part of the set so that
+    /// a config reload that flips it applies to the next `Allocate`).
+    pub nccl_ib_hca: bool,
 }
 
 /// VFs of a resource that `Allocate` handed out and that the plugin has not seen free
@@ -909,6 +912,7 @@ impl Monitor {
             let set = DeviceSet {
                 devices,
                 exclude_topology: res.cfg.exclude_topology,
+                nccl_ib_hca: res.cfg.nccl_ib_hca,
             };
             res.tx.send_if_modified(|cur| {
                 if **cur == set {

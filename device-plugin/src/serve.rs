@@ -319,8 +319,11 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     init_logging(&args)?;
     let root = HostRoot::new(&args.host_root)?;
     let (mut source, config, origin) = ConfigSource::load(args.config.as_deref())?;
-    for w in &config.ignored {
+    for w in &config.warnings {
         tracing::warn!("config: {w}");
+    }
+    for n in &config.notes {
+        tracing::info!("config: {n}");
     }
     let kubelet_dir = args.kubelet_dir(&root);
     let devinfo_dir = args.devinfo_dir(&root);
@@ -452,8 +455,11 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
                             tracing::error!(config = %source.path().display(), "config rejected, keeping the previous configuration: {why}");
                         }
                         Reload::Apply(new) => {
-                            for w in &new.ignored {
+                            for w in &new.warnings {
                                 tracing::warn!("config: {w}");
+                            }
+                            for n in &new.notes {
+                                tracing::info!("config: {n}");
                             }
                             if new == current {
                                 tracing::info!(config = %source.path().display(), "config file changed; resources unchanged");

@@ -403,6 +403,7 @@ mod tests {
         Arc::new(DeviceSet {
             devices,
             exclude_topology,
+            nccl_ib_hca: true,
         })
     }
 

@@ -30,7 +30,7 @@ fn the_seed_config_loads_unchanged() {
     assert_eq!(s.devices, vec![0x101c]);
     assert_eq!(s.pf_names[0].raw, "mlx-*");
     assert!(s.is_rdma);
-    assert!(c.ignored.is_empty());
+    assert!(c.warnings.is_empty());
 }
 
 #[test]
@@ -228,6 +228,84 @@ async fn two_resources_register_side_by_side() {
     let mut s0 = list_and_watch(&mut regs[1].client).await;
     let l0 = wait_list(&mut s0, "32 devices", |l| l.len() == 32).await;
     assert!(l0.iter().all(|d| numa_of(d) == Some(0)));
+}
+
+/// With two resources, a container asking for both would get one resource's
+/// `NCCL_IB_HCA` (kubelet keeps one value of a duplicated variable): by default neither
+/// sets it, each sets its own `PCIDEVICE_<R>_RDMA`, and the log says so once. A reload
+/// that gives one resource `ncclIbHca: true` applies to its next Allocate.
+#[tokio::test]
+async fn two_resources_set_their_own_rdma_variable_and_not_nccl_ib_hca() {
+    let sim = SimOptions::dgx_h200().no_links().build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let config = tmp.path().join("config.json");
+    let text = std::fs::read_to_string(file("two-resources.json")).unwrap();
+    std::fs::write(&config, &text).unwrap();
+    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let mut plugin = start_plugin(sim.root(), &dirs, Some(&config), &[]);
+    let mut regs = [
+        registration(&mut kubelet, &plugin).await,
+        registration(&mut kubelet, &plugin).await,
+    ];
+    regs.sort_by(|a, b| a.request.resource_name.cmp(&b.request.resource_name));
+    let (numa1, numa0) = (
+        sim.vf("0000:9a:00.1").unwrap(),
+        sim.vf("0000:18:00.1").unwrap(),
+    );
+    let mut allocate = async |i: usize, id: &str| {
+        let mut s = list_and_watch(&mut regs[i].client).await;
+        wait_list(&mut s, "the VF listed", |l| l.iter().any(|d| d.id == id)).await;
+        regs[i]
+            .client
+            .allocate(alloc_req(&[id]))
+            .await
+            .unwrap()
+            .into_inner()
+            .container_responses[0]
+            .envs
+            .clone()
+    };
+    let e1 = allocate(0, &numa1.pci.to_string()).await;
+    let e0 = allocate(1, &numa0.pci.to_string()).await;
+    assert_eq!(
+        e1.get("PCIDEVICE_EXAMPLE_COM_RAILS_NUMA1_RDMA"),
+        Some(&numa1.rdma_device)
+    );
+    assert_eq!(
+        e0.get("PCIDEVICE_NVIDIA_COM_RAILS_NUMA0_RDMA"),
+        Some(&numa0.rdma_device)
+    );
+    assert!(!e0.contains_key("NCCL_IB_HCA") && !e1.contains_key("NCCL_IB_HCA"));
+    assert_eq!(e0.len(), 2, "{e0:?}");
+    let log = plugin.log();
+    let notes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("NCCL_IB_HCA is not set by"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{log}");
+    assert!(
+        notes[0].contains("nvidia.com/rails_numa0, example.com/rails_numa1")
+            && notes[0].contains("\"level\":\"INFO\""),
+        "{}",
+        notes[0]
+    );
+
+    // ncclIbHca on one of them, by a reload.
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["resourceList"][0]["ncclIbHca"] = true.into();
+    let new = tmp.path().join("config.json.new");
+    std::fs::write(&new, v.to_string()).unwrap();
+    std::fs::rename(&new, &config).unwrap();
+    wait_log(&mut plugin, "config reloaded").await;
+    let e0 = allocate(1, &numa0.pci.to_string()).await;
+    assert_eq!(
+        e0.get("NCCL_IB_HCA"),
+        Some(&format!("={}", numa0.rdma_device))
+    );
+    assert!(e0.contains_key("PCIDEVICE_NVIDIA_COM_RAILS_NUMA0_RDMA"));
+    let e1 = allocate(0, &numa1.pci.to_string()).await;
+    assert!(!e1.contains_key("NCCL_IB_HCA"), "{e1:?}");
 }
 
 /// The ConfigMap shipped in `deploy/` selects all 64 compute VFs of the DGX H200.

@@ -229,7 +229,12 @@ async fn allocate_returns_devices_env_and_devinfo() {
         c.envs.get("NCCL_IB_HCA"),
         Some(&format!("={},{}", a.rdma_device, b.rdma_device))
     );
-    assert_eq!(c.envs.len(), 2, "{:?}", c.envs);
+    // The resource's own variable, without the `=`, for an entrypoint to compose from.
+    assert_eq!(
+        c.envs.get("PCIDEVICE_NVIDIA_COM_DGX_H200_VFS_RDMA"),
+        Some(&format!("{},{}", a.rdma_device, b.rdma_device))
+    );
+    assert_eq!(c.envs.len(), 3, "{:?}", c.envs);
     let spec = |p: String| DeviceSpec {
         container_path: p.clone(),
         host_path: p,
