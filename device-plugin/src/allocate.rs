@@ -3,8 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
-use railvf_host::devinfo::{self, DeviceInfo};
+use railvf_host::devinfo::dp_file;
 use railvf_host::{HostRoot, PciAddr};
+
+use crate::devinfo;
 
 use crate::health;
 use crate::pool::DeviceSet;
@@ -357,28 +359,13 @@ pub struct ContainerAlloc {
 }
 
 /// Reads what a VF exposes right now: its RDMA device and uverbs node.
-fn rdma_of(root: &HostRoot, addr: &PciAddr) -> (Option<String>, Option<String>) {
+pub(crate) fn rdma_of(root: &HostRoot, addr: &PciAddr) -> (Option<String>, Option<String>) {
     let dir = root.pci_device(addr);
     let fd = health::open_function_dir(&dir);
     (
         health::first_entry(fd.as_ref(), &dir, "infiniband"),
         health::first_entry(fd.as_ref(), &dir, "infiniband_verbs"),
     )
-}
-
-/// Writes `path` atomically (temp file + rename) so Multus never reads half a file;
-/// a file that already holds these bytes (the VF was allocated before) is left alone.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if std::fs::read(path).is_ok_and(|old| old == bytes) {
-        return Ok(());
-    }
-    let tmp = path.with_extension("json.tmp");
-    // Created at start, but /var/run is the admin's (and Multus cleans it): make sure.
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Answers one container request. `max` is the most devices a container may ask for.
@@ -436,11 +423,7 @@ pub fn allocate_container(
             )));
         }
         dev_paths.push(dev);
-        infos.push(DeviceInfo::pci(
-            *a,
-            Some(&rdma),
-            Some(devices.devices[a].pf),
-        ));
+        infos.push((*a, devinfo::vf_info(*a, Some(&rdma), devices.devices[a].pf)));
         rdma_names.push(rdma);
     }
     if root.join(RDMA_CM).exists() {
@@ -452,10 +435,9 @@ pub fn allocate_container(
         );
     }
     let mut files = Vec::with_capacity(infos.len());
-    for info in &infos {
-        let path = devinfo::dp_file(devinfo_dir, resource, &info.pci.pci_address);
-        let json = serde_json::to_vec(info).map_err(|e| AllocError::Internal(e.to_string()))?;
-        write_atomic(&path, &json).map_err(|e| {
+    for (a, json) in &infos {
+        let path = dp_file(devinfo_dir, resource, a);
+        devinfo::write_atomic(&path, json).map_err(|e| {
             AllocError::Internal(format!(
                 "cannot write device-info file {}: {e}",
                 path.display()

@@ -4,6 +4,7 @@
 
 pub mod allocate;
 pub mod config;
+pub mod devinfo;
 pub mod events;
 pub mod health;
 pub mod http;

@@ -18,12 +18,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError, ResourceConfig};
+use crate::devinfo::{DevinfoFiles, DevinfoSync};
 use crate::events::EVENTS_DIR;
 use crate::kubelet::{ResourceTask, watch_dir};
 use crate::metrics::Metrics;
 use crate::pool::{Monitor, MonitorCommand, Node, ResourceHandle, ScanError};
 use crate::reload::{ConfigSource, Reload};
-use crate::service::{DevinfoFiles, ResourceCtx};
+use crate::service::ResourceCtx;
 use crate::status::StatusBoard;
 
 /// Why the daemon cannot start or stopped abnormally.
@@ -179,6 +180,8 @@ struct Running {
     ctx: Arc<ResourceCtx>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Keeps the resource's device-info files in step with its devices.
+    devinfo: JoinHandle<()>,
 }
 
 /// The resources being served, by full name.
@@ -215,6 +218,15 @@ impl Resources {
             .add_resource(&name, handle.devices.clone(), handle.allocations.clone());
         sh.status.update(&name, |_| {});
         let (stop, stop_rx) = watch::channel(false);
+        let devinfo = tokio::spawn(
+            DevinfoSync::new(
+                name.clone(),
+                sh.devinfo_dir.clone(),
+                sh.root.clone(),
+                sh.devinfo_files.clone(),
+            )
+            .run(handle.devices.clone(), stop_rx.clone()),
+        );
         let task = tokio::spawn(
             ResourceTask {
                 dir: sh.kubelet_dir.clone(),
@@ -236,6 +248,7 @@ impl Resources {
                 ctx,
                 stop,
                 task,
+                devinfo,
             },
         );
     }
@@ -250,6 +263,14 @@ impl Resources {
         {
             tracing::warn!(resource = %name, "the resource's server did not stop in time; abandoning it");
             r.task.abort();
+        }
+        // Its device-info writes end before the files are removed at exit.
+        if tokio::time::timeout(Duration::from_secs(3), &mut r.devinfo)
+            .await
+            .is_err()
+        {
+            tracing::warn!(resource = %name, "the resource's device-info writer did not stop in time; abandoning it");
+            r.devinfo.abort();
         }
         self.shared.status.remove(name);
         self.shared.metrics.remove_resource(name);

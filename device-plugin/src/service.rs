@@ -1,9 +1,8 @@
 //! The `DevicePlugin` gRPC service of one resource.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use railvf_host::HostRoot;
@@ -21,35 +20,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::allocate::{self, AllocError};
+use crate::devinfo::DevinfoFiles;
 use crate::metrics::{Metrics, result_label};
 use crate::pool::{Allocations, DeviceSet};
-
-/// Device-info files written by this process, removed when it stops.
-#[derive(Debug, Default)]
-pub struct DevinfoFiles {
-    files: Mutex<BTreeSet<PathBuf>>,
-}
-
-impl DevinfoFiles {
-    pub fn record(&self, files: impl IntoIterator<Item = PathBuf>) {
-        let mut f = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        f.extend(files);
-    }
-
-    /// Removes every file recorded; returns how many were removed.
-    pub fn remove_all(&self) -> usize {
-        let mut f = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        let mut n = 0;
-        for path in std::mem::take(&mut *f) {
-            match std::fs::remove_file(&path) {
-                Ok(()) => n += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!("cannot remove device-info file {}: {e}", path.display()),
-            }
-        }
-        n
-    }
-}
 
 /// What every service instance of a resource shares.
 pub struct ResourceCtx {

@@ -377,6 +377,185 @@ async fn allocate_answers_in_pci_order_whatever_the_order_of_the_ids() {
     assert_eq!(answers[2], answers[0], "shuffled order");
 }
 
+/// The device-info files in `dir`: file name → JSON.
+fn devinfo_files(dir: &std::path::Path) -> BTreeMap<String, serde_json::Value> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let body = std::fs::read(e.path()).unwrap_or_default();
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the device-info files satisfy `pred`; returns them.
+async fn wait_devinfo(
+    e: &mut Env,
+    what: &str,
+    pred: impl Fn(&BTreeMap<String, serde_json::Value>) -> bool,
+) -> BTreeMap<String, serde_json::Value> {
+    let deadline = std::time::Instant::now() + GUARD;
+    loop {
+        let files = devinfo_files(&e.dirs.devinfo);
+        if pred(&files) {
+            return files;
+        }
+        e.plugin.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no device-info files with {what} within {GUARD:?}: {:?}\nlog:\n{}",
+            files.keys(),
+            e.plugin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn devinfo_name(pci: &str) -> String {
+    format!("nvidia.com-dgx_h200_vfs-{pci}-device.json")
+}
+
+/// kubelet calls Allocate once per container and replays its checkpoint after that: after
+/// a node reboot (/var/run is a tmpfs) or a plugin restart, a re-created pod sandbox finds
+/// its device-info only if the plugin writes every advertised VF's file when it starts,
+/// as sriov-network-device-plugin does. The files follow the device list, and go when the
+/// plugin stops.
+#[tokio::test]
+async fn device_info_files_are_written_at_start_and_follow_the_device_list() {
+    let mut e = start().await;
+    let _ = registration(&mut e.kubelet, &e.plugin).await;
+    let vfs = e.sim.vfs();
+    let files = wait_devinfo(&mut e, "64 files", |f| f.len() == 64).await;
+    for v in &vfs {
+        assert_eq!(
+            files.get(&devinfo_name(&v.pci.to_string())),
+            Some(
+                &serde_json::json!({"type": "pci", "version": "1.1.0", "pci": {
+                    "pci-address": v.pci.to_string(),
+                    "rdma-device": v.rdma_device,
+                    "pf-pci-address": v.pf.to_string(),
+                }})
+            ),
+            "{}",
+            v.pci
+        );
+    }
+    // VFs removed under a PF: their files go; back: written again.
+    e.sim.set_num_vfs("0000:dc:00.0", 4).unwrap();
+    let files = wait_devinfo(&mut e, "60 files", |f| f.len() == 60).await;
+    assert!(files.contains_key(&devinfo_name("0000:dc:00.4")));
+    assert!(!files.contains_key(&devinfo_name("0000:dc:00.5")));
+    e.sim.set_num_vfs("0000:dc:00.0", 8).unwrap();
+    wait_devinfo(&mut e, "64 files again", |f| f.len() == 64).await;
+    let log = e.plugin.log();
+    assert!(
+        log.contains("device-info files of the advertised VFs brought up to date"),
+        "{log}"
+    );
+
+    // Stopped, the plugin removes them; started again (a reboot emptied /var/run as well),
+    // it writes them again without any Allocate.
+    assert!(e.plugin.terminate().success());
+    assert!(devinfo_files(&e.dirs.devinfo).is_empty());
+    e.plugin = start_plugin(e.sim.root(), &e.dirs, None, &[]);
+    let _ = registration(&mut e.kubelet, &e.plugin).await;
+    wait_devinfo(&mut e, "64 files after a restart", |f| {
+        f.len() == 64 && f.values().all(|j| j["pci"]["rdma-device"].is_string())
+    })
+    .await;
+
+    // Killed with a VF allocated and in a pod with RDMA isolation (its RDMA device out of
+    // the host's sight): the file Allocate wrote stays as it is. Another VF in a pod whose
+    // file is gone gets one without `rdma-device` (its RDMA device name is out of sight).
+    let (kept, lost) = (&vfs[9], &vfs[17]);
+    let kept_id = kept.pci.to_string();
+    let mut client = client_of(&mut e).await;
+    client.allocate(alloc_req(&[&kept_id])).await.unwrap();
+    let allocated = std::fs::read(e.dirs.devinfo.join(devinfo_name(&kept_id))).unwrap();
+    e.plugin.kill9();
+    for v in [kept, lost] {
+        for sub in ["net", "infiniband", "infiniband_verbs"] {
+            std::fs::remove_dir_all(v.sysfs_dir.join(sub)).unwrap();
+        }
+    }
+    std::fs::remove_file(e.dirs.devinfo.join(devinfo_name(&lost.pci.to_string()))).unwrap();
+    e.plugin = start_plugin(e.sim.root(), &e.dirs, None, &[]);
+    let _ = registration(&mut e.kubelet, &e.plugin).await;
+    let lost_name = devinfo_name(&lost.pci.to_string());
+    let files = wait_devinfo(&mut e, "the in-pod VF's file", |f| {
+        f.contains_key(&lost_name)
+    })
+    .await;
+    assert_eq!(
+        files[&lost_name],
+        serde_json::json!({"type": "pci", "version": "1.1.0", "pci": {
+            "pci-address": lost.pci.to_string(),
+            "pf-pci-address": lost.pf.to_string(),
+        }})
+    );
+    assert_eq!(
+        std::fs::read(e.dirs.devinfo.join(devinfo_name(&kept_id))).unwrap(),
+        allocated,
+        "the file Allocate wrote is left as it is"
+    );
+    assert_eq!(files.len(), 64);
+}
+
+/// A client of the plugin's socket (as kubelet dials it).
+async fn client_of(
+    e: &mut Env,
+) -> railvf_proto::v1beta1::device_plugin_client::DevicePluginClient<tonic::transport::Channel> {
+    let sock = e.dirs.kubelet.join(SOCKET);
+    railvf_proto::v1beta1::device_plugin_client::DevicePluginClient::new(
+        railvf_proto::connect_unix(&sock).await.unwrap(),
+    )
+}
+
+/// A device-info file that cannot be written at start (here a directory in its place)
+/// does not stop the plugin: it says which file and why, and serves; Allocate of that VF
+/// is refused naming the file, as before.
+#[tokio::test]
+async fn a_device_info_file_that_cannot_be_written_at_start_is_warned_about() {
+    let sim = sim();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let blocked = dirs.devinfo.join(devinfo_name("0000:40:00.2"));
+    std::fs::create_dir_all(&blocked).unwrap();
+    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let mut plugin = start_plugin(sim.root(), &dirs, None, &[]);
+    let mut client = registration(&mut kubelet, &plugin).await.client;
+    let log = wait_log(&mut plugin, "cannot write device-info file").await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot write device-info file"))
+        .unwrap();
+    assert!(
+        line.contains(&*blocked.to_string_lossy())
+            && line.contains("\"level\":\"WARN\"")
+            && line.contains("directory"),
+        "{line}"
+    );
+    // The others were written; the plugin serves.
+    assert_eq!(devinfo_files(&dirs.devinfo).len(), 64);
+    client
+        .allocate(alloc_req(&["0000:40:00.3"]))
+        .await
+        .expect("another VF");
+    let err = client
+        .allocate(alloc_req(&["0000:40:00.2"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err}");
+    assert!(err.message().contains(&*blocked.to_string_lossy()), "{err}");
+    plugin.assert_running();
+}
+
 #[tokio::test]
 async fn health_changes_reach_the_open_stream() {
     let mut e = start().await;

@@ -167,6 +167,36 @@ async fn a_swapped_configmap_changes_resources_without_a_restart() {
     })
     .await;
     wait_log(&mut plugin, "config reloaded").await;
+    // Device-info files follow: the removed resource's go, the new and changed ones' come.
+    let mut want: Vec<String> = Vec::new();
+    for (name, pfs) in [
+        ("keep", &["0000:18:00.0"][..]),
+        ("change", &["0000:40:00.0", "0000:4f:00.0"][..]),
+        ("new", &["0000:9a:00.0"][..]),
+    ] {
+        for pf in pfs {
+            for vf in pf_vfs(&sim, pf) {
+                want.push(format!("nvidia.com-{name}-{vf}-device.json"));
+            }
+        }
+    }
+    want.sort();
+    let deadline = std::time::Instant::now() + GUARD;
+    loop {
+        let mut have: Vec<String> = std::fs::read_dir(&dirs.devinfo)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        have.sort();
+        if have == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "device-info files after the reload: {have:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let text = http_get(addr, "/metrics").await.1;
     assert!(
         !text.contains("nvidia.com/drop"),

@@ -61,7 +61,16 @@ async fn sigkill_and_restart_while_vfs_are_in_pods_keeps_ids_health_and_allocati
             })
             .unwrap_or_default()
     };
-    let devinfo_before = devinfo(&dirs);
+    // Every advertised VF has its file (written at start); the 8 allocated ones are
+    // followed across the restarts.
+    let deadline = std::time::Instant::now() + dp::GUARD;
+    let mut devinfo_before = devinfo(&dirs);
+    while devinfo_before.len() < 64 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        devinfo_before = devinfo(&dirs);
+    }
+    assert_eq!(devinfo_before.len(), 64, "{:?}", devinfo_before.keys());
+    devinfo_before.retain(|f, _| ids.iter().any(|id| f.contains(id.as_str())));
     assert_eq!(devinfo_before.len(), 8, "{devinfo_before:?}");
     let cni = cni_for(&sim, tmp.path());
     let pods: Vec<TestNetns> = (0..8).map(|_| TestNetns::new().unwrap()).collect();
@@ -105,6 +114,7 @@ async fn sigkill_and_restart_while_vfs_are_in_pods_keeps_ids_health_and_allocati
         for (f, body) in &devinfo_before {
             assert_eq!(now.get(f), Some(body), "round {round}: {f} kept as written");
         }
+        assert_eq!(now.len(), 64, "round {round}: {:?}", now.keys());
         assert_eq!(cni.state_files().len(), 8);
         // Allocations go on (kubelet keeps its own record of which VFs are in use).
         let free = sim.vfs()[1].pci.to_string();
