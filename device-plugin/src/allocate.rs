@@ -34,6 +34,35 @@ pub fn shown(id: &str) -> String {
     format!("{s:?}")
 }
 
+/// How many IDs a log line lists before it says how many more there are.
+const LOGGED_IDS: usize = 64;
+
+/// A list of IDs for a log line, comma-separated: kubelet's IDs as they are, a hostile one
+/// cut short as [`shown`] cuts it, at most [`LOGGED_IDS`] of them (a request can hold
+/// millions, and the log must not grow by megabytes per call).
+pub fn logged_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    let mut n = 0usize;
+    for id in ids {
+        n += 1;
+        if n > LOGGED_IDS {
+            continue;
+        }
+        if n > 1 {
+            out.push(',');
+        }
+        if id.len() <= 64 && id.chars().all(|c| c.is_ascii_graphic() && c != ',') {
+            out.push_str(id);
+        } else {
+            out.push_str(&shown(id));
+        }
+    }
+    if n > LOGGED_IDS {
+        out.push_str(&format!(" and {} more", n - LOGGED_IDS));
+    }
+    out
+}
+
 fn parse_id(id: &str, devices: &DeviceSet, resource: &str) -> Result<PciAddr, AllocError> {
     let addr: PciAddr = id.parse().map_err(|e| {
         AllocError::InvalidArgument(format!(
@@ -653,6 +682,28 @@ mod tests {
         let got = preferred(&s, "r", &all, &must, 1).unwrap();
         assert_eq!(got.ids, vec![all[0].clone()]);
         assert_eq!(got.repeated, 1);
+    }
+
+    #[test]
+    fn logged_ids_are_cut_short_and_counted() {
+        assert_eq!(
+            logged_ids(["0000:18:00.1", "0000:40:00.1"]),
+            "0000:18:00.1,0000:40:00.1"
+        );
+        let long = "x".repeat(1 << 20);
+        let line = logged_ids([long.as_str(), "a,b", "0000:18:00.1"]);
+        assert!(line.len() < 200, "{}", line.len());
+        assert!(
+            line.contains("…") && line.contains("\"a,b\"") && line.ends_with(",0000:18:00.1"),
+            "{line}"
+        );
+        let many: Vec<String> = (0..100_000).map(|i| format!("id{i}")).collect();
+        let line = logged_ids(many.iter().map(String::as_str));
+        assert!(
+            line.ends_with("id63 and 99936 more"),
+            "{}",
+            &line[line.len() - 40..]
+        );
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl DevicePlugin for PluginService {
                     resource = %name,
                     sizes = ?sizes,
                     available,
-                    devices = %chosen.join(","),
+                    devices = %allocate::logged_ids(chosen.iter().copied()),
                     duration_ms = ms(started),
                     "GetPreferredAllocation"
                 );
@@ -206,14 +206,14 @@ impl DevicePlugin for PluginService {
         match &r {
             Ok(_) => tracing::info!(
                 resource = %name,
-                devices = %ids.join(","),
+                devices = %allocate::logged_ids(ids.iter().copied()),
                 containers = req.container_requests.len(),
                 duration_ms = ms(started),
                 "Allocate"
             ),
             Err(e) => tracing::warn!(
                 resource = %name,
-                devices = %ids.join(","),
+                devices = %allocate::logged_ids(ids.iter().copied()),
                 containers = req.container_requests.len(),
                 code = ?e.code(),
                 duration_ms = ms(started),
