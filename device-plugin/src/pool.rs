@@ -656,12 +656,30 @@ impl Monitor {
         for (n, cfg) in config.resources.iter().enumerate() {
             let rt = match old.remove(&cfg.full_name()) {
                 Some((i, mut rt)) => {
-                    if rt.cfg == *cfg && !rails_changed {
+                    // `ncclIbHca` changes what Allocate answers, not which VFs the resource
+                    // has; its default also flips when another resource is added or
+                    // removed, which must not take this one's VFs away.
+                    let mut same = rt.cfg.clone();
+                    same.nccl_ib_hca = cfg.nccl_ib_hca;
+                    if same == *cfg && !rails_changed {
                         keep.insert(i, n);
-                    } else {
-                        rt.cfg = cfg.clone();
-                        rt.exp = expectations(cfg);
                     }
+                    if rt.cfg.nccl_ib_hca != cfg.nccl_ib_hca {
+                        let name = cfg.full_name();
+                        if cfg.nccl_ib_hca {
+                            tracing::warn!(
+                                resource = %name,
+                                "{name} sets NCCL_IB_HCA for containers allocated from now on (ncclIbHca is true)"
+                            );
+                        } else {
+                            tracing::warn!(
+                                resource = %name,
+                                "{name} no longer sets NCCL_IB_HCA for containers allocated from now on, only PCIDEVICE_<R>_RDMA (ncclIbHca is false; when the config does not give it, it is true only while the config has one resource); set \"ncclIbHca\": true on it to keep NCCL_IB_HCA"
+                            );
+                        }
+                    }
+                    rt.cfg = cfg.clone();
+                    rt.exp = expectations(cfg);
                     rt.dirty = true;
                     rt
                 }

@@ -295,3 +295,37 @@ async fn a_plain_config_file_is_reloaded_in_place() {
         "no re-registration"
     );
 }
+
+/// Adding a resource flips the default `ncclIbHca` of the one already there (true with one
+/// resource, false with several); that must not count as a change of that resource, which
+/// keeps its VFs although the new one, listed first, selects them too.
+#[tokio::test]
+async fn adding_a_resource_does_not_take_the_vfs_of_one_whose_nccl_default_flips() {
+    let sim = SimOptions::dgx_h200().no_links().build().expect("sim");
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let path: PathBuf = tmp.path().join("etc/config.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, config(&[resource("a", &["0000:18:00.0"])])).unwrap();
+    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let mut plugin = start_plugin(sim.root(), &dirs, Some(Path::new(&path)), &[]);
+    let mut client = registration(&mut kubelet, &plugin).await.client;
+    let mut s = list_and_watch(&mut client).await;
+    wait_list(&mut s, "a's 8 devices", |l| l.len() == 8).await;
+
+    std::fs::write(
+        &path,
+        config(&[
+            resource("b", &["0000:18:00.0"]),
+            resource("a", &["0000:18:00.0"]),
+        ]),
+    )
+    .unwrap();
+    let mut b = registration(&mut kubelet, &plugin).await;
+    assert_eq!(b.request.resource_name, "nvidia.com/b");
+    wait_log(&mut plugin, "config reloaded").await;
+    // b's first list is the current one: every VF stayed with a.
+    let mut bs = list_and_watch(&mut b.client).await;
+    let first = bs.message().await.unwrap().unwrap();
+    assert!(first.devices.is_empty(), "b took {:?}", first.devices);
+}
