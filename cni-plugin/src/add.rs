@@ -476,7 +476,7 @@ fn recreated_netdev(
             return Err(CniError::new(
                 code::VF_NOT_IN_HOST,
                 format!(
-                    "after moving RDMA device {dev} of VF {} into {}, expected IPoIB to re-create the VF's netdev in the host network namespace or in that one; found none after {} ms ({}/net is empty, and no interface there has the VF as its device)",
+                    "after moving RDMA device {dev} of VF {} into {}, expected IPoIB to re-create the VF's netdev in the host network namespace or in that one; found none after {} ms ({}/net is empty, and no interface there has the VF as its parent device, as far as this kernel reports parent devices)",
                     st.vf,
                     netns.display(),
                     IPOIB_WAIT.as_millis(),

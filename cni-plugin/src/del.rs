@@ -2,7 +2,7 @@
 //! without ADD, DEL after a failed or killed ADD, netns already gone); fails only when
 //! something real is left undone, and then keeps the state file so the next DEL retries.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
@@ -210,7 +210,10 @@ pub(crate) fn unreadable(
     let v = vf::resolve(root, addr).map_err(|e| e.to_string())?;
     // The pod's interface CNI_IFNAME in CNI_NETNS is this attachment's (the runtime's
     // contract); with no netns left, the kernel has returned the VF to the host.
-    let ns = netns.filter(|p| p.exists());
+    // DEL may come without CNI_NETNS (the spec allows it): the file's own record of the
+    // pod's netns still reaches what is left there (an RDMA device with rdmaIsolation).
+    let salvaged_netns: Option<PathBuf> = salvage(&text, "netns");
+    let ns = netns.or(salvaged_netns.as_deref()).filter(|p| p.exists());
     let in_pod = ns.and_then(|p| {
         ctx.links
             .link_by_name(&crate::net::Netns::path(p), ifname)

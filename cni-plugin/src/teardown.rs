@@ -284,10 +284,24 @@ fn restore_host(links: &dyn LinkOps, l: &Link, host: &HostLink, r: &mut Report) 
         match links.rename(&ns, l.ifindex, &host.name) {
             Ok(()) => r.did(format!("{} renamed back to {}", l.name, host.name)),
             Err(e) => {
-                r.fail(format!(
-                    "renaming {} back to {}: {e} (is another interface called {} now?)",
-                    l.name, host.name, host.name
-                ));
+                // Two InfiniBand VFs coming home at once can each get the kernel name the
+                // other needs back (IPoIB registers a re-created netdev under the lowest
+                // free `ib%d`), and each DEL would wait for the other for good. Ours steps
+                // aside under a name of its own, freeing the one the other one needs; the
+                // next DEL renames it from there.
+                let aside = format!("rv{}", l.ifindex);
+                let taken = matches!(&e, NetError::Kernel { source, .. } if source.raw_os_error() == Some(libc::EEXIST));
+                if taken && l.name != aside && links.rename(&ns, l.ifindex, &aside).is_ok() {
+                    r.fail(format!(
+                        "renaming {} back to {}: {e}: another interface is called {} now (another VF coming home at the same time?); {} is called {aside} meanwhile, which frees its name for that one; the next DEL renames it",
+                        l.name, host.name, host.name, l.name
+                    ));
+                } else {
+                    r.fail(format!(
+                        "renaming {} back to {}: {e} (is another interface called {} now?)",
+                        l.name, host.name, host.name
+                    ));
+                }
                 return;
             }
         }

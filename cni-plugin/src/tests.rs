@@ -1352,3 +1352,76 @@ exit 0"#,
     assert_eq!(r["routes"][0]["table"], 101);
     assert_eq!(r["routes"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn two_infiniband_vfs_coming_home_with_each_others_kernel_names_both_converge() {
+    let b = Bench::new(2);
+    // Hosts booted with net.ifnames=0 keep the kernel's names.
+    b.links
+        .rename(&Netns::Host, b.vf_ifindex[0], "ib0")
+        .unwrap();
+    b.links
+        .rename(&Netns::Host, b.vf_ifindex[1], "ib1")
+        .unwrap();
+    b.sync_sysfs();
+    let pod_b = b.netns("pod-b");
+    let c0 = conf(0, r#""rdmaIsolation":true"#);
+    let c1 = conf(1, r#""rdmaIsolation":true"#);
+    let m = crate::testutil::Mirror(&b);
+    b.run_with(&m, "ADD", "a", "net1", Some(&b.pod), &c0)
+        .unwrap();
+    b.run_with(&m, "ADD", "b", "net1", Some(&pod_b), &c1)
+        .unwrap();
+    // Two DELs at once (different VFs, different locks): B's RDMA device comes home a
+    // moment before A's, so IPoIB names B's new netdev ib0 and A's ib1.
+    b.links
+        .move_rdma_device(&ibdev(1), &Netns::path(&pod_b), &Netns::Host)
+        .unwrap();
+    b.links
+        .move_rdma_device(&ibdev(0), &Netns::path(&b.pod), &Netns::Host)
+        .unwrap();
+    b.sync_sysfs();
+    let mut done = (false, false);
+    for _ in 0..3 {
+        done.0 |= b
+            .run_with(&m, "DEL", "a", "net1", Some(&b.pod), &c0)
+            .is_ok();
+        done.1 |= b
+            .run_with(&m, "DEL", "b", "net1", Some(&pod_b), &c1)
+            .is_ok();
+    }
+    assert_eq!(done, (true, true));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+    b.sync_sysfs();
+    let home = |i: u32| -> Vec<String> {
+        fs::read_dir(b.vf_dir(i).join("net"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        (home(0), home(1)),
+        (vec!["ib0".to_string()], vec!["ib1".to_string()])
+    );
+}
+
+#[test]
+fn del_of_an_unreadable_state_without_cni_netns_brings_the_rdma_device_home() {
+    let b = ib_bench(IpoibNetns::Initial);
+    let c = conf(0, r#""rdmaIsolation":true"#);
+    killed(
+        &b,
+        "ADD",
+        FakeOp::MoveRdmaDevice,
+        1,
+        Inject::KillAfterEffect,
+        &c,
+    );
+    let file = b.state_dir().join(&b.state_files()[0]);
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, &text[..text.find("\n  \"ipam\"").unwrap()]).unwrap();
+    // The spec lets DEL come without CNI_NETNS.
+    b.run("DEL", "c1", None, &c).unwrap();
+    assert_eq!(b.links.rdma_device_netns(&ibdev(0)), Some(Netns::Host));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
