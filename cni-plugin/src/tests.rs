@@ -1006,28 +1006,34 @@ fn a_del_of_an_isolated_infiniband_vf_killed_anywhere_is_finished_by_the_next() 
     }
 }
 
+/// An InfiniBand ADD with `rdmaIsolation` killed just after its RDMA device moved, whose
+/// state file was then cut after `rdmaDevice` (before `ipam`).
+fn killed_between_the_moves_with_a_cut_state(b: &Bench, c: &str) {
+    killed(
+        b,
+        "ADD",
+        FakeOp::MoveRdmaDevice,
+        1,
+        Inject::KillAfterEffect,
+        c,
+    );
+    let file = b.state_dir().join(&b.state_files()[0]);
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, &text[..text.find("\n  \"ipam\"").unwrap()]).unwrap();
+}
+
 #[test]
 fn an_unreadable_state_does_not_leave_the_rdma_device_in_the_pod() {
     // ADD killed between the moves; udev gave the re-created netdev its old name; the
     // state file is cut after `rdmaDevice`. The netdev looks home, the RDMA device is not.
     let b = ib_bench(IpoibNetns::Initial);
     let c = conf(0, r#""rdmaIsolation":true"#);
-    killed(
-        &b,
-        "ADD",
-        FakeOp::MoveRdmaDevice,
-        1,
-        Inject::KillAfterEffect,
-        &c,
-    );
+    killed_between_the_moves_with_a_cut_state(&b, &c);
     let l = b.links.host_links_of_device(&vf_addr(0).to_string())[0].clone();
     b.links
         .rename(&Netns::Host, l.ifindex, &vf_netdev(0))
         .unwrap();
     b.sync_sysfs();
-    let file = b.state_dir().join(&b.state_files()[0]);
-    let text = fs::read_to_string(&file).unwrap();
-    fs::write(&file, &text[..text.find("\n  \"ipam\"").unwrap()]).unwrap();
     b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
     assert_eq!(b.links.rdma_device_netns(&ibdev(0)), Some(Netns::Host));
     assert_eq!(
@@ -1409,17 +1415,7 @@ fn two_infiniband_vfs_coming_home_with_each_others_kernel_names_both_converge() 
 fn del_of_an_unreadable_state_without_cni_netns_brings_the_rdma_device_home() {
     let b = ib_bench(IpoibNetns::Initial);
     let c = conf(0, r#""rdmaIsolation":true"#);
-    killed(
-        &b,
-        "ADD",
-        FakeOp::MoveRdmaDevice,
-        1,
-        Inject::KillAfterEffect,
-        &c,
-    );
-    let file = b.state_dir().join(&b.state_files()[0]);
-    let text = fs::read_to_string(&file).unwrap();
-    fs::write(&file, &text[..text.find("\n  \"ipam\"").unwrap()]).unwrap();
+    killed_between_the_moves_with_a_cut_state(&b, &c);
     // The spec lets DEL come without CNI_NETNS.
     b.run("DEL", "c1", None, &c).unwrap();
     assert_eq!(b.links.rdma_device_netns(&ibdev(0)), Some(Netns::Host));
