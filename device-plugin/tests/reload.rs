@@ -264,19 +264,44 @@ async fn a_swapped_configmap_changes_resources_without_a_restart() {
     plugin.assert_running();
 }
 
+/// A plugin started on a plain config file (not a ConfigMap) with one resource, `a`, of
+/// the first PF's VFs.
+/// (Fields drop in order: the plugin stops before its files go.)
+struct FileConfig {
+    plugin: Plugin,
+    kubelet: FakeKubelet,
+    path: PathBuf,
+    _tmp: tempfile::TempDir,
+    _sim: railvf_sim::SimNode,
+}
+
+impl FileConfig {
+    async fn start() -> Self {
+        let sim = SimOptions::dgx_h200().no_links().build().expect("sim");
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(tmp.path());
+        let path: PathBuf = tmp.path().join("etc/config.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, config(&[resource("a", &["0000:18:00.0"])])).unwrap();
+        let kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+        let plugin = start_plugin(sim.root(), &dirs, Some(Path::new(&path)), &[]);
+        FileConfig {
+            plugin,
+            kubelet,
+            path,
+            _tmp: tmp,
+            _sim: sim,
+        }
+    }
+}
+
 /// A plain config file (not a ConfigMap) edited in place is reloaded; excludeTopology
 /// flipping re-sends the list without NUMA nodes on the open stream.
 #[tokio::test]
 async fn a_plain_config_file_is_reloaded_in_place() {
-    let sim = SimOptions::dgx_h200().no_links().build().expect("sim");
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs = Dirs::new(tmp.path());
-    let path: PathBuf = tmp.path().join("etc/config.json");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, config(&[resource("a", &["0000:18:00.0"])])).unwrap();
-    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = start_plugin(sim.root(), &dirs, Some(Path::new(&path)), &[]);
-    let mut client = registration(&mut kubelet, &plugin).await.client;
+    let mut t = FileConfig::start().await;
+    let (path, plugin, kubelet) = (&t.path, &mut t.plugin, &mut t.kubelet);
+    let mut client = registration(kubelet, plugin).await.client;
     let mut s = list_and_watch(&mut client).await;
     wait_list(&mut s, "8 devices with NUMA", |l| {
         l.len() == 8 && l.iter().all(|d| numa_of(d) == Some(0))
@@ -284,12 +309,12 @@ async fn a_plain_config_file_is_reloaded_in_place() {
     .await;
     let mut r = resource("a", &["0000:18:00.0"]);
     r["excludeTopology"] = true.into();
-    std::fs::write(&path, config(&[r])).unwrap();
+    std::fs::write(path, config(&[r])).unwrap();
     wait_list(&mut s, "8 devices without NUMA", |l| {
         l.len() == 8 && l.iter().all(|d| d.topology.is_none())
     })
     .await;
-    wait_log(&mut plugin, "config reloaded").await;
+    wait_log(plugin, "config reloaded").await;
     assert!(
         kubelet.try_next_registration().is_none(),
         "no re-registration"
@@ -301,29 +326,23 @@ async fn a_plain_config_file_is_reloaded_in_place() {
 /// keeps its VFs although the new one, listed first, selects them too.
 #[tokio::test]
 async fn adding_a_resource_does_not_take_the_vfs_of_one_whose_nccl_default_flips() {
-    let sim = SimOptions::dgx_h200().no_links().build().expect("sim");
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs = Dirs::new(tmp.path());
-    let path: PathBuf = tmp.path().join("etc/config.json");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, config(&[resource("a", &["0000:18:00.0"])])).unwrap();
-    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = start_plugin(sim.root(), &dirs, Some(Path::new(&path)), &[]);
-    let mut client = registration(&mut kubelet, &plugin).await.client;
+    let mut t = FileConfig::start().await;
+    let (path, plugin, kubelet) = (&t.path, &mut t.plugin, &mut t.kubelet);
+    let mut client = registration(kubelet, plugin).await.client;
     let mut s = list_and_watch(&mut client).await;
     wait_list(&mut s, "a's 8 devices", |l| l.len() == 8).await;
 
     std::fs::write(
-        &path,
+        path,
         config(&[
             resource("b", &["0000:18:00.0"]),
             resource("a", &["0000:18:00.0"]),
         ]),
     )
     .unwrap();
-    let mut b = registration(&mut kubelet, &plugin).await;
+    let mut b = registration(kubelet, plugin).await;
     assert_eq!(b.request.resource_name, "nvidia.com/b");
-    wait_log(&mut plugin, "config reloaded").await;
+    wait_log(plugin, "config reloaded").await;
     // b's first list is the current one: every VF stayed with a.
     let mut bs = list_and_watch(&mut b.client).await;
     let first = bs.message().await.unwrap().unwrap();
