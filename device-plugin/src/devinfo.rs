@@ -98,6 +98,9 @@ pub fn vf_info(addr: PciAddr, rdma: Option<&str>, pf: PciAddr) -> Vec<u8> {
     serde_json::to_vec(&DeviceInfo::pci(addr, rdma, Some(pf))).unwrap_or_default()
 }
 
+/// How often the files are checked when the device list does not change.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the sync knows of a VF's file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Known {
@@ -126,6 +129,9 @@ pub struct DevinfoSync {
     pub root: HostRoot,
     pub files: Arc<DevinfoFiles>,
     known: BTreeMap<PciAddr, Known>,
+    /// The failures last warned about (how many, the first file): the same ones are not
+    /// warned about again at every pass.
+    warned: Option<(usize, PathBuf)>,
 }
 
 impl DevinfoSync {
@@ -136,6 +142,7 @@ impl DevinfoSync {
             root,
             files,
             known: BTreeMap::new(),
+            warned: None,
         }
     }
 
@@ -146,10 +153,14 @@ impl DevinfoSync {
         let mut report = SyncReport::default();
         for (addr, d) in &set.devices {
             let known = self.known.get(addr);
-            if known == Some(&Known::WithRdma) || (d.in_pod && known.is_some()) {
+            let path = devinfo::dp_file(&self.dir, &self.resource, addr);
+            // Written already, and still there: another instance stopping during a
+            // rollout, or an admin cleaning /var/run, may have removed it since.
+            if (known == Some(&Known::WithRdma) || (d.in_pod && known.is_some()))
+                && std::fs::symlink_metadata(&path).is_ok()
+            {
                 continue;
             }
-            let path = devinfo::dp_file(&self.dir, &self.resource, addr);
             let (bytes, next) = if d.in_pod {
                 if std::fs::symlink_metadata(&path).is_ok() {
                     self.known.insert(*addr, Known::Kept);
@@ -199,7 +210,9 @@ impl DevinfoSync {
         self.sync(&empty).removed
     }
 
-    fn log(&self, r: &SyncReport) {
+    /// Logs what a pass did; returns whether it warned. Failures are warned about when
+    /// they change, not at every pass (with a read-only directory every pass fails alike).
+    fn log(&mut self, r: &SyncReport) -> bool {
         if r.written > 0 || r.removed > 0 {
             tracing::info!(
                 resource = %self.resource,
@@ -209,19 +222,34 @@ impl DevinfoSync {
                 "device-info files of the advertised VFs brought up to date"
             );
         }
-        if let Some((path, e)) = r.failed.first() {
-            let others = match r.failed.len() {
-                1 => String::new(),
-                n => format!(" (and {} more files in {})", n - 1, self.dir.display()),
-            };
-            tracing::warn!(
-                resource = %self.resource,
-                failed = r.failed.len(),
-                "cannot write device-info file {}: {e}{others}; Multus finds no device-info for these VFs (a pod sandbox re-created after a reboot gets none) until the device list changes or Allocate writes them again, which refuses if it cannot: check that {} is writable and that nothing else holds the file's name",
-                path.display(),
-                self.dir.display()
-            );
+        let Some((path, e)) = r.failed.first() else {
+            if self.warned.take().is_some() {
+                tracing::info!(
+                    resource = %self.resource,
+                    dir = %self.dir.display(),
+                    "device-info files can be written again"
+                );
+            }
+            return false;
+        };
+        let now = (r.failed.len(), path.clone());
+        if self.warned.as_ref() == Some(&now) {
+            return false;
         }
+        self.warned = Some(now);
+        let others = match r.failed.len() {
+            1 => String::new(),
+            n => format!(" (and {} more files in {})", n - 1, self.dir.display()),
+        };
+        tracing::warn!(
+            resource = %self.resource,
+            failed = r.failed.len(),
+            "cannot write device-info file {}: {e}{others}; Multus finds no device-info for these VFs (a pod sandbox re-created after a reboot gets none) until they can be written (tried again at every change of the device list and every {} s) or Allocate writes them, which refuses if it cannot: check that {} is writable and that nothing else holds the file's name",
+            path.display(),
+            RESYNC.as_secs(),
+            self.dir.display()
+        );
+        true
     }
 
     /// Syncs at once and then at every change of the resource's devices, until `stop`.
@@ -234,6 +262,7 @@ impl DevinfoSync {
         mut devices: watch::Receiver<Arc<DeviceSet>>,
         mut stop: watch::Receiver<bool>,
     ) {
+        let resource = self.resource.clone();
         loop {
             let set = devices.borrow_and_update().clone();
             let done = tokio::task::spawn_blocking(move || {
@@ -245,7 +274,10 @@ impl DevinfoSync {
             self = match done {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::error!("the device-info writer failed: {e}");
+                    tracing::error!(
+                        resource = %resource,
+                        "the device-info writer of {resource} stopped: {e}; its files no longer follow the device list (Allocate still writes the files of the VFs it hands out): restart the plugin"
+                    );
                     return;
                 }
             };
@@ -253,6 +285,8 @@ impl DevinfoSync {
                 biased;
                 r = devices.changed() => if r.is_err() { break },
                 _ = stop.wait_for(|s| *s) => return,
+                // Also now and then: a file removed behind the plugin's back comes back.
+                _ = tokio::time::sleep(RESYNC) => {}
             }
         }
         let _ = tokio::task::spawn_blocking(move || {
@@ -384,7 +418,31 @@ mod tests {
         assert_eq!(r.failed[0].0, blocked);
         // No temporary file left behind.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // Warned about once, not at every pass that fails alike.
+        assert!(s.log(&r));
+        let again = s.sync(&one);
+        assert_eq!(again.failed.len(), 1);
+        assert!(!s.log(&again));
         std::fs::remove_dir(&blocked).unwrap();
+        let r = s.sync(&one);
+        assert_eq!(r.written, 1);
+        assert!(!s.log(&r) && s.warned.is_none());
+    }
+
+    #[test]
+    fn a_file_removed_behind_the_plugins_back_is_written_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(tmp.path()).unwrap();
+        let dir = tmp.path().join("devinfo");
+        with_rdma(tmp.path(), "0000:18:00.1", 12);
+        let mut s = DevinfoSync::new("nvidia.com/x".into(), dir.clone(), root, Arc::default());
+        let one = set(&[entry("0000:18:00.1", false)]);
         assert_eq!(s.sync(&one).written, 1);
+        // Another instance stopping during a rollout removes the files it wrote, which
+        // are the same names.
+        let file = dir.join("nvidia.com-x-0000:18:00.1-device.json");
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(s.sync(&one).written, 1);
+        assert_eq!(read(&file)["pci"]["rdma-device"], "mlx5_12");
     }
 }
