@@ -128,8 +128,8 @@ fn return_home(ctx: &Ctx<'_>, st: &Attachment, errors: &mut Vec<String>) -> Resu
 }
 
 /// DEL (or GC) of an attachment whose state file cannot be parsed. The VF is the one the
-/// file is named after (else `deviceID`); its interface is `ifname` in `netns`, or it is
-/// already back in the host. What the file still holds (the host name, MTU, GUID to
+/// file is named after (else `deviceID`); its interface is `ifname` in `netns` (else in the
+/// netns the file still names), or it is already back in the host. What the file still holds (the host name, MTU, GUID to
 /// restore) is salvaged; what it does not is said in the log. The file is removed once the
 /// VF is in the host namespace, or belongs to another attachment now; otherwise it is kept
 /// and the error names what was found.

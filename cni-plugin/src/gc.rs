@@ -3,7 +3,7 @@
 //! GC is forwarded to the IPAM plugin when it speaks 1.1.0.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::Ctx;
 use crate::del;
@@ -132,7 +132,6 @@ fn unreadable(
         return Ok(());
     }
     let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
-    let netns: Option<PathBuf> = del::salvage(&text, "netns");
     match del::salvage::<String>(&text, "network") {
         Some(n) if n != network => return Ok(()),
         Some(_) => {}
@@ -151,5 +150,6 @@ fn unreadable(
     crate::log_info!(
         "GC: tearing down stale attachment {cid}/{ifname} (VF {vf}, unreadable state)"
     );
-    del::unreadable(ctx, conf, cid, ifname, netns.as_deref(), path, why)
+    // No CNI_NETNS in GC: DEL's convergence takes the netns the file still names.
+    del::unreadable(ctx, conf, cid, ifname, None, path, why)
 }
