@@ -35,7 +35,7 @@ const IPOIB_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(crate) fn net_err(what: impl std::fmt::Display, e: NetError) -> CniError {
     let hint = match &e {
-        NetError::Kernel { source, .. } if source.raw_os_error() == Some(17) => {
+        e if e.errno() == Some(libc::EEXIST) => {
             "an interface with that name already exists in the pod netns: use another CNI_IFNAME (Multus: the interface name in the network selection annotation)"
         }
         NetError::Unsupported { .. } => {
@@ -557,7 +557,7 @@ pub(crate) fn apply_ipam(
         match links.add_route_with(ns, idx, r.dst, gw, &r.attrs) {
             Ok(()) => {}
             // The same route is there already (IPAM listed it twice): what was asked holds.
-            Err(NetError::Kernel { source, .. }) if source.raw_os_error() == Some(17) => {}
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
             Err(e) => {
                 return Err(net_err(
                     format!(

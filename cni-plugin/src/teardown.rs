@@ -290,8 +290,10 @@ fn restore_host(links: &dyn LinkOps, l: &Link, host: &HostLink, r: &mut Report) 
                 // aside under a name of its own, freeing the one the other one needs; the
                 // next DEL renames it from there.
                 let aside = format!("rv{}", l.ifindex);
-                let taken = matches!(&e, NetError::Kernel { source, .. } if source.raw_os_error() == Some(libc::EEXIST));
-                if taken && l.name != aside && links.rename(&ns, l.ifindex, &aside).is_ok() {
+                if e.errno() == Some(libc::EEXIST)
+                    && l.name != aside
+                    && links.rename(&ns, l.ifindex, &aside).is_ok()
+                {
                     r.fail(format!(
                         "renaming {} back to {}: {e}: another interface is called {} now (another VF coming home at the same time?); {} is called {aside} meanwhile, which frees its name for that one; the next DEL renames it",
                         l.name, host.name, host.name, l.name

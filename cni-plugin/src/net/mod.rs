@@ -81,6 +81,16 @@ pub enum NetError {
     },
 }
 
+impl NetError {
+    /// The errno of a kernel error, to tell `EEXIST` and the like apart.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetError::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
 /// A route's optional attributes (CNI 1.1 result: `table`, `priority`, `scope`, `mtu`,
 /// `advmss`); `None` leaves the kernel's default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
