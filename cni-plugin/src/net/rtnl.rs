@@ -21,7 +21,8 @@
 //!   name is taken in the target the kernel moves the link under its old name and answers
 //!   `EEXIST`: that error says so ([`moved_under_old_name`] is true for it). When both names
 //!   are taken nothing moves (also `EEXIST`, without that marker).
-//! * `add_address` of an address the link already has succeeds (`EEXIST` is swallowed);
+//! * `add_address` of an address the link already has, with the same prefix, succeeds
+//!   (`EEXIST` is swallowed); the same address under another prefix is an error;
 //!   IPv4 addresses get their broadcast address, as `ip addr add … brd +`.
 //! * `addresses` lists both families, including the IPv6 link-local address the kernel adds
 //!   when a link goes up.
@@ -622,17 +623,32 @@ impl Rtnl {
         }
     }
 
-    /// Every link in `ns`.
-    pub fn links(&self, ns: &Netns) -> Result<Vec<Link>, NetError> {
+    /// One `RTM_GETLINK` dump of `ns` (a link dump cannot be filtered by index): the
+    /// `RTM_NEWLINK` payloads, with what `ext_mask` asks for.
+    fn dump_links(
+        &self,
+        ns: &Netns,
+        ext_mask: u32,
+        what: &dyn Fn() -> String,
+    ) -> Result<Vec<Vec<u8>>, NetError> {
         let mut m = Msg::new(RTM_GETLINK, NLM_F_DUMP);
         m.header(&ifinfomsg(AF_UNSPEC, 0, 0, 0));
-        m.attr_u32(vf::IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
-        let what = || format!("list links in {}", ns_desc(ns));
-        let replies = self.route(ns, &m, &what)?.map_err(|e| kernel(what(), e))?;
+        m.attr_u32(vf::IFLA_EXT_MASK, ext_mask);
+        let replies = self.route(ns, &m, what)?.map_err(|e| kernel(what(), e))?;
         Ok(replies
-            .iter()
+            .into_iter()
             .filter(|r| r.ty == RTM_NEWLINK)
-            .filter_map(|r| parse_link(&r.payload))
+            .map(|r| r.payload)
+            .collect())
+    }
+
+    /// Every link in `ns`.
+    pub fn links(&self, ns: &Netns) -> Result<Vec<Link>, NetError> {
+        let what = || format!("list links in {}", ns_desc(ns));
+        Ok(self
+            .dump_links(ns, RTEXT_FILTER_SKIP_STATS, &what)?
+            .iter()
+            .filter_map(|p| parse_link(p))
             .collect())
     }
 
@@ -702,24 +718,17 @@ impl Rtnl {
     /// [`Rtnl::pf_vfs`] read from a dump of every host link (a link dump cannot be
     /// filtered by index); `None` when the PF is not in it.
     pub fn pf_vfs_from_dump(&self, pf_ifindex: u32) -> Result<Option<PfVfs>, NetError> {
-        let host = Netns::Host;
-        let mut m = Msg::new(RTM_GETLINK, NLM_F_DUMP);
-        m.header(&ifinfomsg(AF_UNSPEC, 0, 0, 0));
-        m.attr_u32(vf::IFLA_EXT_MASK, RTEXT_FILTER_VF | RTEXT_FILTER_SKIP_STATS);
         let what =
             || format!("read the VFs of PF ifindex {pf_ifindex} from a dump of the host links");
-        let replies = self
-            .route(&host, &m, &what)?
-            .map_err(|e| kernel(what(), e))?;
-        Ok(replies
+        Ok(self
+            .dump_links(
+                &Netns::Host,
+                RTEXT_FILTER_VF | RTEXT_FILTER_SKIP_STATS,
+                &what,
+            )?
             .iter()
-            .filter(|r| r.ty == RTM_NEWLINK && r.payload.len() >= 16)
-            // struct ifinfomsg: family, pad, type (u16), then ifi_index (i32) at offset 4.
-            .find(|r| {
-                u32::from_ne_bytes([r.payload[4], r.payload[5], r.payload[6], r.payload[7]])
-                    == pf_ifindex
-            })
-            .map(|r| vf::decode_pf_vfs(&r.payload[16..])))
+            .find(|p| parse_link(p).is_some_and(|l| l.ifindex == pf_ifindex))
+            .map(|p| vf::decode_pf_vfs(&p[16..])))
     }
 
     /// Everything the PF reports about VF `vf`, GUIDs included.
@@ -842,16 +851,12 @@ impl LinkOps for Rtnl {
 
     /// One `RTM_GETLINK` dump of `ns`, kept where `IFLA_PARENT_DEV_NAME` is `device`.
     fn links_of_device(&self, ns: &Netns, device: &str) -> Result<Vec<Link>, NetError> {
-        let mut m = Msg::new(RTM_GETLINK, NLM_F_DUMP);
-        m.header(&ifinfomsg(AF_UNSPEC, 0, 0, 0));
-        m.attr_u32(vf::IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
         let what = || format!("list the links of device {device} in {}", ns_desc(ns));
-        let replies = self.route(ns, &m, &what)?.map_err(|e| kernel(what(), e))?;
-        Ok(replies
+        Ok(self
+            .dump_links(ns, RTEXT_FILTER_SKIP_STATS, &what)?
             .iter()
-            .filter(|r| r.ty == RTM_NEWLINK)
-            .filter(|r| parse_parent_device(&r.payload).as_deref() == Some(device))
-            .filter_map(|r| parse_link(&r.payload))
+            .filter(|p| parse_parent_device(p).as_deref() == Some(device))
+            .filter_map(|p| parse_link(p))
             .collect())
     }
 
