@@ -334,18 +334,23 @@ impl Resources {
     }
 }
 
-/// Runs the daemon until SIGTERM/SIGINT.
-pub fn run(args: ServeArgs) -> Result<(), ServeError> {
-    let started = Instant::now();
-    init_logging(&args)?;
-    let root = HostRoot::new(&args.host_root)?;
-    let (mut source, config, origin) = ConfigSource::load(args.config.as_deref())?;
+/// What a loaded config's check found: warnings, and notes on defaults worth knowing.
+fn log_findings(config: &Config) {
     for w in &config.warnings {
         tracing::warn!("config: {w}");
     }
     for n in &config.notes {
         tracing::info!("config: {n}");
     }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(args: ServeArgs) -> Result<(), ServeError> {
+    let started = Instant::now();
+    init_logging(&args)?;
+    let root = HostRoot::new(&args.host_root)?;
+    let (mut source, config, origin) = ConfigSource::load(args.config.as_deref())?;
+    log_findings(&config);
     let kubelet_dir = args.kubelet_dir(&root);
     let devinfo_dir = args.devinfo_dir(&root);
     let events_dir = args.events_dir(&root);
@@ -476,12 +481,7 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
                             tracing::error!(config = %source.path().display(), "config rejected, keeping the previous configuration: {why}");
                         }
                         Reload::Apply(new) => {
-                            for w in &new.warnings {
-                                tracing::warn!("config: {w}");
-                            }
-                            for n in &new.notes {
-                                tracing::info!("config: {n}");
-                            }
+                            log_findings(&new);
                             if new == current {
                                 tracing::info!(config = %source.path().display(), "config file changed; resources unchanged");
                             } else {
