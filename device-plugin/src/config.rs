@@ -605,6 +605,9 @@ impl Config {
             None => vec![default_resource()],
             Some(list) => {
                 let mut out = Vec::new();
+                // `ncclIbHca` not given: true with one resource, false with several.
+                let several = list.0.iter().filter(|(_, skip)| skip.is_none()).count() > 1;
+                let mut defaulted = Vec::new();
                 for (i, (r, skip)) in list.0.into_iter().enumerate() {
                     if let Some(why) = skip {
                         warnings.push(why);
@@ -630,19 +633,20 @@ impl Config {
                             ..Selector::default()
                         });
                     }
-                    out.push((
-                        ResourceConfig {
-                            prefix,
-                            name: r.resource_name.0,
-                            exclude_topology: r.exclude_topology,
-                            selectors,
-                            nccl_ib_hca: r.nccl_ib_hca.unwrap_or(true),
-                        },
-                        r.nccl_ib_hca.is_some(),
-                    ));
+                    let rc = ResourceConfig {
+                        prefix,
+                        name: r.resource_name.0,
+                        exclude_topology: r.exclude_topology,
+                        selectors,
+                        nccl_ib_hca: r.nccl_ib_hca.unwrap_or(!several),
+                    };
+                    if r.nccl_ib_hca.is_none() && several {
+                        defaulted.push(rc.full_name());
+                    }
+                    out.push(rc);
                 }
-                nccl_ib_hca_defaults(&mut out, &mut warnings, &mut notes);
-                out.into_iter().map(|(r, _)| r).collect()
+                nccl_ib_hca_findings(&out, &defaulted, &mut warnings, &mut notes);
+                out
             }
         };
         env_name_clashes(&resources, &mut warnings);
@@ -677,24 +681,14 @@ impl Config {
     }
 }
 
-/// `ncclIbHca` where the file does not give it: true with one resource, false with several
-/// (said once, naming them); several resources with `ncclIbHca: true` are warned about.
-/// `resources` pairs each resource with whether its file entry gave `ncclIbHca`.
-fn nccl_ib_hca_defaults(
-    resources: &mut [(ResourceConfig, bool)],
+/// What to say about `ncclIbHca`: the resources it defaulted to false for (several
+/// resources, none given), said once; several resources with it true are warned about.
+fn nccl_ib_hca_findings(
+    resources: &[ResourceConfig],
+    defaulted: &[String],
     warnings: &mut Vec<String>,
     notes: &mut Vec<String>,
 ) {
-    if resources.len() < 2 {
-        return;
-    }
-    let mut defaulted = Vec::new();
-    for (r, given) in resources.iter_mut() {
-        if !*given {
-            r.nccl_ib_hca = false;
-            defaulted.push(r.full_name());
-        }
-    }
     if !defaulted.is_empty() {
         notes.push(format!(
             "the config has {} resources, so NCCL_IB_HCA is not set by {} (ncclIbHca defaults to false with several resources: kubelet keeps only one value of a variable that two resources of one container set, and NCCL would use one resource's devices only); containers get PCIDEVICE_<R>_RDMA of each resource to compose NCCL_IB_HCA from; set \"ncclIbHca\": true on a resource to have it set NCCL_IB_HCA",
@@ -704,8 +698,8 @@ fn nccl_ib_hca_defaults(
     }
     let setting: Vec<String> = resources
         .iter()
-        .filter(|(r, _)| r.nccl_ib_hca)
-        .map(|(r, _)| r.full_name())
+        .filter(|r| r.nccl_ib_hca)
+        .map(ResourceConfig::full_name)
         .collect();
     if setting.len() > 1 {
         warnings.push(format!(
