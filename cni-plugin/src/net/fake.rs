@@ -300,6 +300,17 @@ struct State {
     mac_counter: u32,
 }
 
+impl State {
+    /// The link `ifindex` of `ns`, for a test's set-up call `who`; panics when there is
+    /// none (a test bug).
+    fn link_mut(&mut self, ns: &Netns, ifindex: u32, who: &str) -> &mut FLink {
+        self.ns
+            .get_mut(ns)
+            .and_then(|n| n.links.get_mut(&ifindex))
+            .unwrap_or_else(|| panic!("FakeLinks::{who}: no link {ifindex} in {ns:?}"))
+    }
+}
+
 /// The in-memory kernel. `Sync`; every method takes `&self`.
 #[derive(Debug)]
 pub struct FakeLinks {
@@ -491,11 +502,7 @@ impl FakeLinks {
     /// [`FakeLinks::set_ipoib`]. Panics if there is no such link (a test bug).
     pub fn set_device(&self, ns: &Netns, ifindex: u32, device: &str) {
         let mut st = self.lock();
-        let l = st
-            .ns
-            .get_mut(ns)
-            .and_then(|n| n.links.get_mut(&ifindex))
-            .unwrap_or_else(|| panic!("FakeLinks::set_device: no link {ifindex} in {ns:?}"));
+        let l = st.link_mut(ns, ifindex, "set_device");
         l.device = Some(device.to_string());
     }
 
@@ -527,11 +534,7 @@ impl FakeLinks {
     /// no such link (a test bug).
     pub fn set_ipoib(&self, ibdev: &str, ns: &Netns, ifindex: u32) {
         let mut st = self.lock();
-        let l = st
-            .ns
-            .get_mut(ns)
-            .and_then(|n| n.links.get_mut(&ifindex))
-            .unwrap_or_else(|| panic!("FakeLinks::set_ipoib: no link {ifindex} in {ns:?}"));
+        let l = st.link_mut(ns, ifindex, "set_ipoib");
         l.ipoib_of = Some(ibdev.to_string());
         let defaults = IpoibDefaults {
             mtu: l.mtu,
