@@ -61,6 +61,7 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<String, CniError> {
             "Multus adds deviceID from the device plugin's allocation when the NetworkAttachmentDefinition has the k8s.v1.cni.cncf.io/resourceName annotation and the pod requests that resource",
         )
     })?;
+    conf.require_ib_kubernetes()?;
     if let Err(why) = ctx.links.check_netns(netns) {
         return Err(CniError::new(
             code::INVALID_ENV,

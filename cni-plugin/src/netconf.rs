@@ -46,6 +46,26 @@ pub struct AttachmentKey {
     pub ifname: String,
 }
 
+/// The ib-kubernetes hand-off, as ib-sriov-cni reads it. ib-kubernetes picks a GUID for
+/// each pod network, adds it to the partition key (pkey) in the subnet manager, then writes
+/// into the pod's network annotation what Multus passes on: the GUID (as
+/// `runtimeConfig.infinibandGUID` when the config declares that capability, else as
+/// `args.cni.guid`) and `args.cni["mellanox.infiniband.app"] = "configured"`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IbKubernetes {
+    /// `ibKubernetesEnabled`.
+    pub enabled: bool,
+    /// `args.cni["mellanox.infiniband.app"]`, as given.
+    pub status: Option<String>,
+    /// Whether the GUID came from ib-kubernetes (`runtimeConfig.infinibandGUID` or
+    /// `args.cni.guid`), not from the config's own `guid`.
+    pub guid_given: bool,
+}
+
+/// The value ib-kubernetes writes into `args.cni["mellanox.infiniband.app"]` once the
+/// pod's GUID is in its partition.
+pub const IB_KUBERNETES_CONFIGURED: &str = "configured";
+
 /// A validated network configuration.
 #[derive(Clone, Debug)]
 pub struct NetConf {
@@ -55,8 +75,11 @@ pub struct NetConf {
     pub name: Option<String>,
     /// The VF, from `runtimeConfig.deviceID`, `deviceID` or `pciBusID` (they must agree).
     pub device: Option<PciAddr>,
-    /// `runtimeConfig.infinibandGUID`, else `guid`.
+    /// `runtimeConfig.infinibandGUID`, else `args.cni.guid`, else `guid`.
     pub guid: Option<Guid>,
+    /// `ibKubernetesEnabled`: ADD goes on only once ib-kubernetes has configured the pod
+    /// (see [`NetConf::require_ib_kubernetes`]).
+    pub ib_kubernetes: IbKubernetes,
     pub mtu: Option<u32>,
     /// VF settings applied through the PF (`mac`, `vlan*`, `spoofchk`, `trust`, rates, `link_state`).
     pub vf: VfSettings,
@@ -103,12 +126,37 @@ impl NetConf {
         let rc = rc.unwrap_or(&empty);
 
         let device = device(&m, rc)?;
-        let guid = match string(rc, "runtimeConfig.infinibandGUID", "infinibandGUID")? {
+        // `args` carries data for any plugin, to be ignored when not understood (CNI
+        // conventions): only the two keys of ib-kubernetes are read, and only from objects.
+        let cni_args = m
+            .get("args")
+            .and_then(Value::as_object)
+            .and_then(|a| a.get("cni"))
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let ib_guid = match string(rc, "runtimeConfig.infinibandGUID", "infinibandGUID")? {
             Some(g) => Some(parse_guid("runtimeConfig.infinibandGUID", g)?),
+            None => match string(cni_args, "args.cni.guid", "guid")? {
+                Some(g) => Some(parse_guid("args.cni.guid", g)?),
+                None => None,
+            },
+        };
+        let guid = match ib_guid {
+            Some(g) => Some(g),
             None => match string(&m, "guid", "guid")? {
                 Some(g) => Some(parse_guid("guid", g)?),
                 None => None,
             },
+        };
+        let ib_kubernetes = IbKubernetes {
+            enabled: boolean(&m, "ibKubernetesEnabled")?.unwrap_or(false),
+            status: string(
+                cni_args,
+                "args.cni.mellanox.infiniband.app",
+                "mellanox.infiniband.app",
+            )?
+            .map(str::to_string),
+            guid_given: ib_guid.is_some(),
         };
         let mac = match string(rc, "runtimeConfig.mac", "mac")? {
             Some(s) => Some(parse_mac("runtimeConfig.mac", s)?),
@@ -228,6 +276,7 @@ impl NetConf {
             name: string(&m, "name", "name")?.map(str::to_string),
             device,
             guid,
+            ib_kubernetes,
             mtu,
             vf: VfSettings {
                 mac,
@@ -257,6 +306,37 @@ impl NetConf {
                 "every CNI network config needs a \"name\" (Multus uses the NetworkAttachmentDefinition's name)",
             )
         })
+    }
+
+    /// With `ibKubernetesEnabled`, ADD must not attach the VF before ib-kubernetes has put
+    /// the pod's GUID into its partition: the pod would come up outside the pkey it asked
+    /// for. Refused as ib-sriov-cni refuses it, before anything changes.
+    pub fn require_ib_kubernetes(&self) -> Result<(), CniError> {
+        let ibk = &self.ib_kubernetes;
+        if !ibk.enabled {
+            return Ok(());
+        }
+        if ibk.status.as_deref() != Some(IB_KUBERNETES_CONFIGURED) {
+            let found = match &ibk.status {
+                Some(s) => format!("{:?}", s.chars().take(80).collect::<String>()),
+                None => "nothing".to_string(),
+            };
+            return Err(CniError::new(
+                code::TRY_AGAIN,
+                format!(
+                    "\"ibKubernetesEnabled\" is true but ib-kubernetes has not configured this pod's network yet: expected args.cni[\"mellanox.infiniband.app\"] = \"{IB_KUBERNETES_CONFIGURED}\", found {found}"
+                ),
+                "ib-kubernetes marks the pod once its GUID is in the partition key (pkey); check that ib-kubernetes runs and what it logs for this pod (kubelet retries the sandbox). If this network does not use ib-kubernetes, remove \"ibKubernetesEnabled\"",
+            ));
+        }
+        if !ibk.guid_given {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "\"ibKubernetesEnabled\" is true and ib-kubernetes configured the pod, but its GUID did not reach railvf: expected runtimeConfig.infinibandGUID or args.cni.guid, found neither",
+                "ib-kubernetes writes the GUID into the pod's network annotation beside its mark: check that annotation (infiniband-guid or cni-args.guid), and that the network config declares \"capabilities\": {\"infinibandGUID\": true} if ib-kubernetes passes it as infiniband-guid",
+            ));
+        }
+        Ok(())
     }
 
     /// Whether any VF setting goes through the PF.
@@ -678,6 +758,88 @@ mod tests {
         ] {
             let c = parse(&format!(r#"{{"cniVersion":"1.1.0","railPolicy":"{p}"}}"#)).unwrap();
             assert_eq!(c.rail_policy, want);
+        }
+    }
+
+    #[test]
+    fn ib_kubernetes_guid_and_status_are_read_from_cni_args() {
+        // ib-sriov-cni's order: runtimeConfig, then args.cni.guid; the config's own `guid`
+        // last.
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","guid":"11:22:33:44:55:66:77:88","ibKubernetesEnabled":true,
+                "args":{"cni":{"guid":"02:00:00:00:00:00:00:07","mellanox.infiniband.app":"configured","pkey":"0x8001","ips":["10.0.0.5/24"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.guid.unwrap().0, 0x0200000000000007);
+        assert!(c.ib_kubernetes.enabled && c.ib_kubernetes.guid_given);
+        assert_eq!(c.ib_kubernetes.status.as_deref(), Some("configured"));
+        c.require_ib_kubernetes().unwrap();
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","runtimeConfig":{"infinibandGUID":"02:00:00:00:00:00:00:01"},
+                "args":{"cni":{"guid":"02:00:00:00:00:00:00:07"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.guid.unwrap().0, 0x0200000000000001);
+        c.require_ib_kubernetes().unwrap();
+        // Not enabled: nothing is required, and the config's own guid counts.
+        let c = parse(r#"{"cniVersion":"1.0.0","guid":"11:22:33:44:55:66:77:88"}"#).unwrap();
+        assert!(!c.ib_kubernetes.guid_given);
+        c.require_ib_kubernetes().unwrap();
+        // `args` that are not objects belong to someone else: ignored.
+        let c = parse(r#"{"cniVersion":"1.0.0","args":"x"}"#).unwrap();
+        assert_eq!(c.ib_kubernetes, IbKubernetes::default());
+        let c = parse(r#"{"cniVersion":"1.0.0","args":{"cni":[1]}}"#).unwrap();
+        assert_eq!(c.ib_kubernetes, IbKubernetes::default());
+    }
+
+    #[test]
+    fn ib_kubernetes_enabled_refuses_until_the_pod_is_configured_with_a_guid() {
+        let refused = |input: &str| {
+            parse(input)
+                .unwrap()
+                .require_ib_kubernetes()
+                .expect_err(input)
+        };
+        // Not marked yet: try again later (kubelet retries the sandbox).
+        let e = refused(
+            r#"{"cniVersion":"1.0.0","ibKubernetesEnabled":true,"runtimeConfig":{"infinibandGUID":"02:00:00:00:00:00:00:01"}}"#,
+        );
+        assert_eq!(e.code, code::TRY_AGAIN, "{e}");
+        assert!(e.msg.contains("found nothing"), "{e}");
+        let e = refused(
+            r#"{"cniVersion":"1.0.0","ibKubernetesEnabled":true,"args":{"cni":{"guid":"02:00:00:00:00:00:00:01","mellanox.infiniband.app":"pending"}}}"#,
+        );
+        assert_eq!(e.code, code::TRY_AGAIN, "{e}");
+        assert!(e.msg.contains(r#"found "pending""#), "{e}");
+        // Marked, but the GUID did not come through (the NAD lacks the capability); the
+        // config's own guid does not stand in for ib-kubernetes's.
+        let e = refused(
+            r#"{"cniVersion":"1.0.0","ibKubernetesEnabled":true,"guid":"11:22:33:44:55:66:77:88","args":{"cni":{"mellanox.infiniband.app":"configured"}}}"#,
+        );
+        assert_eq!(e.code, code::INVALID_CONFIG, "{e}");
+        assert!(e.details.contains("\"infinibandGUID\": true"), "{e}");
+        // Bad values of the keys railvf reads.
+        for (input, needle) in [
+            (
+                r#"{"cniVersion":"1.0.0","args":{"cni":{"guid":"zz"}}}"#,
+                "args.cni.guid",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","args":{"cni":{"guid":7}}}"#,
+                "args.cni.guid",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","args":{"cni":{"mellanox.infiniband.app":true}}}"#,
+                "mellanox.infiniband.app",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","ibKubernetesEnabled":"yes"}"#,
+                "ibKubernetesEnabled",
+            ),
+        ] {
+            let e = parse(input).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{input}: {e}");
+            assert!(e.msg.contains(needle), "{input}: {e}");
         }
     }
 

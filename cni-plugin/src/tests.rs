@@ -405,6 +405,40 @@ fn guid_through_ofed_files_with_rebind_and_restore() {
 }
 
 #[test]
+fn ib_kubernetes_networks_wait_for_ib_kubernetes_then_take_its_guid_from_cni_args() {
+    let b = Bench::new(1);
+    b.fake_driver();
+    let before = fs::read_to_string(b.sriov_file(0, "node")).unwrap();
+    // Before ib-kubernetes has put the pod's GUID into its partition: try again later,
+    // and nothing is touched.
+    let early = conf(
+        0,
+        r#""ibKubernetesEnabled":true,"args":{"cni":{"guid":"02:00:00:00:00:00:cc:03"}}"#,
+    );
+    let e = b.run("ADD", "c1", Some(&b.pod), &early).unwrap_err();
+    assert_eq!(e.code, crate::error::code::TRY_AGAIN, "{e}");
+    assert!(e.msg.contains("mellanox.infiniband.app"), "{e}");
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+    assert_eq!(b.links.count(FakeOp::MoveLink), 0);
+    assert_eq!(fs::read_to_string(b.sriov_file(0, "node")).unwrap(), before);
+
+    // Configured: the GUID ib-kubernetes passed in args.cni is the one set.
+    let ready = conf(
+        0,
+        r#""ibKubernetesEnabled":true,"args":{"cni":{"guid":"02:00:00:00:00:00:cc:03","mellanox.infiniband.app":"configured","pkey":"0x8001"}}"#,
+    );
+    b.run("ADD", "c1", Some(&b.pod), &ready).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "node")).unwrap(),
+        "02:00:00:00:00:00:cc:03\n"
+    );
+    b.run("DEL", "c1", Some(&b.pod), &ready).unwrap();
+    assert_eq!(fs::read_to_string(b.sriov_file(0, "node")).unwrap(), before);
+    assert!(is_home(&b, 0));
+}
+
+#[test]
 fn guid_through_netlink_when_there_are_no_ofed_files() {
     let b = Bench::new(1);
     fs::remove_dir_all(b.sriov_file(0, "node").parent().unwrap()).unwrap();
