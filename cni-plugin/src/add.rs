@@ -18,7 +18,7 @@ use crate::error::{CniError, code};
 use crate::gate::{self, GateError};
 use crate::guid;
 use crate::ipam::{Call, Plugin};
-use crate::net::{Link, NetError, Netns};
+use crate::net::{Link, NetError, Netns, PodLink};
 use crate::netconf::NetConf;
 use crate::result::{CniResult, Interface};
 use crate::state::{
@@ -334,10 +334,16 @@ fn attach(
             )
         })?
     } else {
-        // Move, rename, MTU and up in one request: the VF is up from the moment it is in
-        // the pod (as sriov-cni leaves it), and the kernel's answer is checked once.
+        // Move, rename, MAC, MTU and up in one request: the VF is up from the moment it is
+        // in the pod (as sriov-cni leaves it), and the kernel's answer is checked once.
+        // The config's MAC goes on the netdev too, as sriov-cni puts it there: an Ethernet
+        // netdev (6-byte address) only; an IPoIB one's address is its QP and GID.
+        let set = PodLink {
+            mtu: conf.mtu,
+            mac: conf.vf.mac.filter(|_| link.mac.len() == 17),
+        };
         links
-            .move_found_link_up(&Netns::Host, &link, &ns, &st.ifname, conf.mtu)
+            .move_found_link_up(&Netns::Host, &link, &ns, &st.ifname, set)
             .map_err(|e| {
                 net_err(
                     format!(

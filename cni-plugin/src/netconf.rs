@@ -484,17 +484,7 @@ fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], CniError> {
             &Value::String(s.to_string()),
         )
     };
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut mac = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
+    let mac = crate::net::parse_mac(s).ok_or_else(bad)?;
     // Multicast addresses cannot be a station address.
     if mac[0] & 1 == 1 {
         return Err(bad());

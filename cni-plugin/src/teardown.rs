@@ -16,9 +16,9 @@ use railvf_host::Guid;
 use crate::Ctx;
 use crate::guid;
 use crate::ipam::{Call, Plugin};
-use crate::net::{Link, LinkOps, NetError, Netns, VfSettings};
+use crate::net::{Link, LinkOps, NetError, Netns, VfSettings, parse_mac};
 use crate::netconf::NetConf;
-use crate::state::{Attachment, HostLink};
+use crate::state::Attachment;
 use crate::vf::{self, VfId};
 
 /// How long to wait for the VF netdev to show up in the host namespace (the kernel returns
@@ -238,7 +238,7 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
             None => vf::wait_in_host(root, links, &st.vf, wait),
         };
         match found {
-            Ok(Some(l)) => restore_host(links, &l, &st.host, &mut r),
+            Ok(Some(l)) => restore_host(links, &l, st, &mut r),
             Ok(None) => r.fail(format!(
                 "VF {} has no netdev in the host namespace after {} ms (expected {} back from {}); it may still be in the pod netns or another one",
                 st.vf,
@@ -276,8 +276,9 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
     r
 }
 
-fn restore_host(links: &dyn LinkOps, l: &Link, host: &HostLink, r: &mut Report) {
+fn restore_host(links: &dyn LinkOps, l: &Link, st: &Attachment, r: &mut Report) {
     let ns = Netns::Host;
+    let host = &st.host;
     if l.name != host.name {
         // The kernel refuses to rename an interface that is up.
         let _ = links.set_up(&ns, l.ifindex, false);
@@ -306,6 +307,20 @@ fn restore_host(links: &dyn LinkOps, l: &Link, host: &HostLink, r: &mut Report) 
                 }
                 return;
             }
+        }
+    }
+    // ADD gave the netdev the config's MAC when it set the VF's (sriov-cni restores it too).
+    let mac_set = st
+        .vf_settings
+        .as_ref()
+        .is_some_and(|v| v.previous.mac.is_some());
+    if mac_set
+        && !mac_eq(&l.mac, &host.mac)
+        && let Some(mac) = parse_mac(&host.mac)
+    {
+        match links.set_mac(&ns, l.ifindex, mac) {
+            Ok(()) => r.did(format!("MAC {} restored", host.mac)),
+            Err(e) => r.fail(format!("restoring MAC {} on {}: {e}", host.mac, host.name)),
         }
     }
     if host.mtu != 0 && l.mtu != host.mtu {

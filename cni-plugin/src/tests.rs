@@ -463,9 +463,21 @@ fn vf_settings_are_applied_through_the_pf_and_restored() {
         1,
         r#""mac":"02:aa:bb:cc:dd:01","vlan":100,"vlanQoS":2,"spoofchk":"off","trust":"on","min_tx_rate":5,"max_tx_rate":500,"link_state":"enable","readiness":{"linkLayer":"InfiniBand"}"#,
     );
-    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let host_mac = b
+        .links
+        .link_by_name(&Netns::Host, &vf_netdev(1))
+        .unwrap()
+        .unwrap()
+        .mac;
+    let out = b.run("ADD", "c1", Some(&b.pod), &c).unwrap().unwrap();
     let now = b.links.vf(b.pf_ifindex, 1).unwrap().settings;
     assert_eq!(now.mac, Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 1]));
+    // The netdev itself has the MAC too (as sriov-cni sets it), and the result says so.
+    let pod = Netns::path(&b.pod);
+    let net1 = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
+    assert_eq!(net1.mac, "02:aa:bb:cc:dd:01");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["interfaces"][0]["mac"], "02:aa:bb:cc:dd:01");
     assert_eq!(now.vlan, Some((100, 2, 0x8100)));
     assert_eq!(now.spoofchk, Some(false));
     assert_eq!(now.trust, Some(true));
@@ -474,6 +486,12 @@ fn vf_settings_are_applied_through_the_pf_and_restored() {
     b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
     assert_eq!(b.links.vf(b.pf_ifindex, 1).unwrap().settings, before);
     assert!(is_home(&b, 1));
+    let home = b
+        .links
+        .link_by_name(&Netns::Host, &vf_netdev(1))
+        .unwrap()
+        .unwrap();
+    assert_eq!(home.mac, host_mac, "the netdev's own MAC restored");
     let _ = PF_NETDEV;
 }
 

@@ -421,6 +421,9 @@ impl LinkOps for Mirror<'_> {
     fn set_mtu(&self, ns: &Netns, ifindex: u32, mtu: u32) -> Result<(), NetError> {
         self.0.links.set_mtu(ns, ifindex, mtu)
     }
+    fn set_mac(&self, ns: &Netns, ifindex: u32, mac: [u8; 6]) -> Result<(), NetError> {
+        self.0.links.set_mac(ns, ifindex, mac)
+    }
     fn set_up(&self, ns: &Netns, ifindex: u32, up: bool) -> Result<(), NetError> {
         self.0.links.set_up(ns, ifindex, up)
     }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use railvf_cni::net::netns::{self, Msg, NlSocket, nest_begin, nest_end, put_attr};
 use railvf_cni::net::rtnl::{self, Rtnl, moved_under_old_name};
 use railvf_cni::net::vf;
-use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
+use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, PodLink, RouteAttrs, VfSettings};
 use railvf_host::Guid;
 use railvf_sim::{TestNetns, TestVeth, require_root};
 
@@ -117,7 +117,7 @@ fn one_request_moves_renames_sets_mtu_and_brings_up() {
     assert!(!before.up, "a new veth starts down");
 
     let moved = rt
-        .move_found_link_up(&host, &before, &netns_of(&ns), "net1", Some(1400))
+        .move_found_link_up(&host, &before, &netns_of(&ns), "net1", mtu(1400))
         .unwrap();
     assert_eq!(
         (moved.name.as_str(), moved.mtu, moved.up, moved.mac.as_str()),
@@ -137,7 +137,7 @@ fn one_request_moves_renames_sets_mtu_and_brings_up() {
         .move_found_link(&netns_of(&ns), &moved, &host, &veth.a)
         .unwrap();
     let again = rt
-        .move_found_link_up(&host, &back, &netns_of(&ns), "net1", None)
+        .move_found_link_up(&host, &back, &netns_of(&ns), "net1", PodLink::default())
         .unwrap();
     assert_eq!((again.mtu, again.up), (1400, true));
     let back = rt
@@ -148,7 +148,7 @@ fn one_request_moves_renames_sets_mtu_and_brings_up() {
     // (the move comes first) but not renamed it (the name comes after the MTU), and it
     // is down. The teardown looks for it under both names.
     let err = rt
-        .move_found_link_up(&host, &back, &netns_of(&ns), "net1", Some(70_000))
+        .move_found_link_up(&host, &back, &netns_of(&ns), "net1", mtu(70_000))
         .unwrap_err();
     println!("move with MTU 70000: {err}");
     assert!(err.to_string().contains("MTU 70000"), "{err}");
@@ -158,6 +158,80 @@ fn one_request_moves_renames_sets_mtu_and_brings_up() {
         .expect("moved under its old name");
     assert!(!there.up);
     assert!(rt.link_by_name(&netns_of(&ns), "net1").unwrap().is_none());
+}
+
+fn mtu(mtu: u32) -> PodLink {
+    PodLink {
+        mtu: Some(mtu),
+        mac: None,
+    }
+}
+
+#[test]
+fn the_move_request_sets_the_mac_before_up_and_set_mac_changes_it_back() {
+    if !require_root() {
+        return;
+    }
+    let ns = test_ns();
+    let veth = test_veth();
+    let rt = Rtnl::new();
+    let host = Netns::Host;
+    let before = rt.link_by_name(&host, &veth.a).unwrap().unwrap();
+    let set = PodLink {
+        mtu: Some(1400),
+        mac: Some([0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01]),
+    };
+    let moved = rt
+        .move_found_link_up(&host, &before, &netns_of(&ns), "net1", set)
+        .unwrap();
+    assert_eq!(
+        (moved.name.as_str(), moved.mac.as_str(), moved.up),
+        ("net1", "02:aa:bb:cc:dd:01", true)
+    );
+    // Checked from outside.
+    let shown: serde_json::Value =
+        serde_json::from_str(&ip(&["-n", ns.name(), "-j", "link", "show", "net1"])).unwrap();
+    assert_eq!(shown[0]["address"], "02:aa:bb:cc:dd:01", "{shown}");
+
+    // What DEL's teardown does on the host: the MAC it had before.
+    let back = rt
+        .move_found_link(&netns_of(&ns), &moved, &host, &veth.a)
+        .unwrap();
+    let old = railvf_cni::net::parse_mac(&before.mac).unwrap();
+    rt.set_mac(&host, back.ifindex, old).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&ip(&["-j", "link", "show", &veth.a])).unwrap();
+    assert_eq!(shown[0]["address"], before.mac.as_str(), "{shown}");
+    // A multicast address is the kernel's to refuse, named in the error.
+    let err = rt
+        .set_mac(&host, back.ifindex, [0x01, 0, 0, 0, 0, 1])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("set MAC 01:00:00:00:00:01"),
+        "{err}"
+    );
+
+    // Moved under its old name with the new MAC, then refused the rename (EEXIST): still
+    // recognised as the link that moved, by the MAC the request gave it.
+    ip(&[
+        "-n",
+        ns.name(),
+        "link",
+        "add",
+        "net1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other1",
+    ]);
+    let again = rt.link_by_name(&host, &veth.a).unwrap().unwrap();
+    let err = rt
+        .move_found_link_up(&host, &again, &netns_of(&ns), "net1", set)
+        .unwrap_err();
+    assert!(moved_under_old_name(&err), "{err}");
+    let there = rt.link_by_name(&netns_of(&ns), &veth.a).unwrap().unwrap();
+    assert_eq!(there.mac, "02:aa:bb:cc:dd:01");
 }
 
 #[test]

@@ -68,6 +68,7 @@ pub enum FakeOp {
     MoveLink,
     Rename,
     SetMtu,
+    SetMac,
     SetUp,
     AddAddress,
     Addresses,
@@ -897,6 +898,32 @@ impl LinkOps for FakeLinks {
                     return Err(kerr(format!("{what} (kernel: {why})"), libc::EINVAL));
                 }
                 l.mtu = mtu;
+                Ok(())
+            },
+        )
+    }
+
+    fn set_mac(&self, ns: &Netns, ifindex: u32, mac: [u8; 6]) -> Result<(), NetError> {
+        let text = super::format_mac(&mac);
+        let what = format!(
+            "set MAC {text} on link ifindex {ifindex} in {}",
+            ns_desc(ns)
+        );
+        self.run(
+            FakeOp::SetMac,
+            format!("{ns:?} {ifindex} {text}"),
+            &what,
+            |st| {
+                let l = link_mut(st, ns, ifindex)?;
+                // The kernel's eth_mac_addr(): the address must fit the device's length
+                // (IPoIB's is 20 bytes) and be a valid unicast one.
+                if l.mac.len() != text.len() {
+                    return Err(kerr(format!("{what} (kernel: wrong length)"), libc::EINVAL));
+                }
+                if mac[0] & 1 == 1 || mac == [0; 6] {
+                    return Err(kerr(what.clone(), libc::EADDRNOTAVAIL));
+                }
+                l.mac = text.clone();
                 Ok(())
             },
         )

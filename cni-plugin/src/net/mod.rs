@@ -40,6 +40,40 @@ pub struct Link {
     pub up: bool,
 }
 
+/// What ADD sets on the VF's netdev as it moves it into the pod, before bringing it up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodLink {
+    /// The config's `mtu`.
+    pub mtu: Option<u32>,
+    /// The netdev's own (effective) MAC: the VF's admin MAC, set through the PF, is not
+    /// what every driver's netdev takes on at once, so sriov-cni sets both, and so does
+    /// railvf. Ethernet netdevs only.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// `aa:bb:…`, as links show their hardware address.
+pub fn format_mac(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// An Ethernet MAC written `aa:bb:cc:dd:ee:ff` (or with `-`) as bytes; `None` for
+/// anything else (an IPoIB address is 20 bytes).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for b in &mut mac {
+        // Two hex digits: `from_str_radix` alone would take "+f".
+        let p = parts
+            .next()
+            .filter(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_hexdigit()))?;
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// An address with its prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IpNet {
@@ -135,21 +169,25 @@ pub trait LinkOps {
     ) -> Result<Link, NetError> {
         self.move_link(from, link.ifindex, to, new_name)
     }
-    /// [`LinkOps::move_found_link`], then, in `to`, the MTU (when given) and the link up:
-    /// what ADD does with a VF. The kernel implementation sends one request (a SETLINK
-    /// applies the netns move, the MTU, the name and the flags, in that order). After an
-    /// error the link may be in either namespace, under either name, and down: callers
-    /// look in both, as after [`LinkOps::move_link`].
+    /// [`LinkOps::move_found_link`], then, in `to`, the MAC and MTU (when given) and the
+    /// link up: what ADD does with a VF. The kernel implementation sends one request (a
+    /// SETLINK applies the netns move, the address, the MTU, the name and the flags, in that
+    /// order). After an error the link may be in either namespace, under either name, and
+    /// down: callers look in both, as after [`LinkOps::move_link`].
     fn move_found_link_up(
         &self,
         from: &Netns,
         link: &Link,
         to: &Netns,
         new_name: &str,
-        mtu: Option<u32>,
+        set: PodLink,
     ) -> Result<Link, NetError> {
         let mut moved = self.move_found_link(from, link, to, new_name)?;
-        if let Some(m) = mtu {
+        if let Some(mac) = set.mac {
+            self.set_mac(to, moved.ifindex, mac)?;
+            moved.mac = format_mac(&mac);
+        }
+        if let Some(m) = set.mtu {
             self.set_mtu(to, moved.ifindex, m)?;
             moved.mtu = m;
         }
@@ -159,6 +197,8 @@ pub trait LinkOps {
     }
     fn rename(&self, ns: &Netns, ifindex: u32, name: &str) -> Result<(), NetError>;
     fn set_mtu(&self, ns: &Netns, ifindex: u32, mtu: u32) -> Result<(), NetError>;
+    /// Sets the link's own hardware address (an Ethernet MAC).
+    fn set_mac(&self, ns: &Netns, ifindex: u32, mac: [u8; 6]) -> Result<(), NetError>;
     fn set_up(&self, ns: &Netns, ifindex: u32, up: bool) -> Result<(), NetError>;
     fn add_address(&self, ns: &Netns, ifindex: u32, addr: IpNet) -> Result<(), NetError>;
     fn addresses(&self, ns: &Netns, ifindex: u32) -> Result<Vec<IpNet>, NetError>;

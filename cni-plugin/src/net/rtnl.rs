@@ -50,7 +50,7 @@ use super::netns::{
 };
 use super::rdma::{self, NetnsMode};
 use super::vf::{self, PfVfs, RTEXT_FILTER_SKIP_STATS, RTEXT_FILTER_VF, VfInfo};
-use super::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
+use super::{IpNet, Link, LinkOps, NetError, Netns, PodLink, RouteAttrs, VfSettings, format_mac};
 
 pub const RTM_NEWLINK: u16 = 16;
 pub const RTM_GETLINK: u16 = 18;
@@ -170,13 +170,6 @@ pub fn parse_parent_device(payload: &[u8]) -> Option<String> {
 }
 
 /// `aa:bb:…` in lower-case hex.
-pub fn format_mac(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Decodes an `RTM_NEWADDR` payload into `(ifindex, address)`.
 pub fn parse_addr(payload: &[u8]) -> Option<(u32, IpNet)> {
     if payload.len() < 8 {
@@ -490,13 +483,19 @@ impl Rtnl {
         old: &Link,
         to: &Netns,
         new_name: &str,
-        mtu: Option<u32>,
+        set: PodLink,
         up: bool,
     ) -> Result<Link, NetError> {
         let ifindex = old.ifindex;
+        let new_mac = set.mac.map(|m| format_mac(&m));
+        // The link is ours when it shows the MAC it had, or the one this request gives it.
+        let our_mac = |l: &Link| l.mac == old.mac || new_mac.as_ref() == Some(&l.mac);
         let what = || {
             let mut also = Vec::new();
-            if let Some(m) = mtu {
+            if let Some(m) = &new_mac {
+                also.push(format!("MAC {m}"));
+            }
+            if let Some(m) = set.mtu {
                 also.push(format!("MTU {m}"));
             }
             if up {
@@ -520,7 +519,10 @@ impl Rtnl {
         m.header(&ifinfomsg(AF_UNSPEC, ifindex, flags, change))
             .attr_u32(IFLA_NET_NS_FD, fd as u32)
             .attr_str(IFLA_IFNAME, new_name);
-        if let Some(mtu) = mtu {
+        if let Some(mac) = &set.mac {
+            m.attr(IFLA_ADDRESS, mac);
+        }
+        if let Some(mtu) = set.mtu {
             m.attr_u32(IFLA_MTU, mtu);
         }
         match self.route(from, &m, &what)? {
@@ -528,7 +530,7 @@ impl Rtnl {
                 // The kernel keeps the ifindex when it is free in the target; check it first
                 // (immune to a rename racing us), then fall back to the name.
                 if let Some(l) = self.link_by_index(to, ifindex)?
-                    && (l.name == new_name || l.mac == old.mac)
+                    && (l.name == new_name || our_mac(&l))
                 {
                     return Ok(l);
                 }
@@ -559,7 +561,7 @@ impl Rtnl {
                     ));
                 }
                 match self.link_by_name(to, &old.name)? {
-                    Some(l) if l.mac == old.mac => Err(moved_error(
+                    Some(l) if our_mac(&l) => Err(moved_error(
                         &old.name, ifindex, from, to, new_name, l.ifindex,
                     )),
                     _ => Err(kernel(
@@ -880,7 +882,7 @@ impl LinkOps for Rtnl {
         to: &Netns,
         new_name: &str,
     ) -> Result<Link, NetError> {
-        self.move_configured(from, old, to, new_name, None, false)
+        self.move_configured(from, old, to, new_name, PodLink::default(), false)
     }
 
     fn move_found_link_up(
@@ -889,9 +891,9 @@ impl LinkOps for Rtnl {
         link: &Link,
         to: &Netns,
         new_name: &str,
-        mtu: Option<u32>,
+        set: PodLink,
     ) -> Result<Link, NetError> {
-        self.move_configured(from, link, to, new_name, mtu, true)
+        self.move_configured(from, link, to, new_name, set, true)
     }
 
     fn rename(&self, ns: &Netns, ifindex: u32, name: &str) -> Result<(), NetError> {
@@ -939,6 +941,30 @@ impl LinkOps for Rtnl {
             },
             &what,
             &|_| None,
+        )
+    }
+
+    fn set_mac(&self, ns: &Netns, ifindex: u32, mac: [u8; 6]) -> Result<(), NetError> {
+        let what = || {
+            format!(
+                "set MAC {} on link {} in {}",
+                format_mac(&mac),
+                self.describe(ns, ifindex),
+                ns_desc(ns)
+            )
+        };
+        self.set_link(
+            ns,
+            ifindex,
+            (0, 0),
+            &|m| {
+                m.attr(IFLA_ADDRESS, &mac);
+            },
+            &what,
+            &|errno| {
+                (errno == libc::EBUSY)
+                    .then(|| "this driver changes the MAC only while the link is down".to_string())
+            },
         )
     }
 
