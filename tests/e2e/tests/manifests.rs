@@ -1,7 +1,7 @@
 //! Offline checks of `deploy/`: every YAML document parses, the kinds are the expected ones,
 //! the DaemonSet runs the image the Containerfile and README build, mounts the host paths the
 //! plugin needs (read-only where it only reads), installs the CNI binary into /opt/cni/bin
-//! atomically, and the resource name agrees everywhere it is spelled: the ConfigMap (loaded by
+//! atomically (its script read as kubelet expands it: `$$` becomes `$`), and the resource name agrees everywhere it is spelled: the ConfigMap (loaded by
 //! the device plugin's own config parser), every NetworkAttachmentDefinition's
 //! `k8s.v1.cni.cncf.io/resourceName`, the example pod's request and its network count. The NAD
 //! configs load with the CNI's own parser and carry valid IPAM.
@@ -320,6 +320,79 @@ fn check_host_mounts(d: &Deploy) -> Result<(), String> {
     Ok(())
 }
 
+/// What kubelet makes of a string of a container's `command` or `args` before it runs it
+/// (Kubernetes' `third_party/forked/golang/expansion`): `$(NAME)` of a variable in `env`
+/// becomes its value, any other `$(…)` stays as written, and `$$` becomes `$`.
+fn kubelet_expand(s: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some((name, r)) = after.strip_prefix('(').and_then(|a| a.split_once(')')) {
+            match env.get(name) {
+                Some(v) => out.push_str(v),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = r;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A container's `command` and `args` as kubelet runs them, one string each.
+fn run_as(c: &Value) -> Vec<(String, String)> {
+    let env: BTreeMap<String, String> = c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+        .collect();
+    ["command", "args"]
+        .iter()
+        .flat_map(|k| c[*k].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .map(|s| (s.to_string(), kubelet_expand(s, &env)))
+        .collect()
+}
+
+/// Every container's command line is run as written: kubelet turns `$$` into `$`, so a
+/// shell script's `$$` (its PID) would silently become a literal `$`.
+fn check_kubelet_expansion(d: &Deploy) -> Result<(), String> {
+    for doc in d.of_kind("DaemonSet").into_iter().chain(d.of_kind("Pod")) {
+        let spec = if doc.kind() == "Pod" {
+            &doc.value["spec"]
+        } else {
+            pod_spec(doc)
+        };
+        for list in ["initContainers", "containers"] {
+            for c in spec[list].as_array().into_iter().flatten() {
+                for (raw, _) in run_as(c) {
+                    if raw.contains("$$") {
+                        return Err(format!(
+                            "{}: {list} {}: kubelet reduces `$$` to `$` in command and args, so it does not run {raw:?} as written",
+                            doc.at(),
+                            c["name"]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_cni_install(d: &Deploy) -> Result<(), String> {
     let ds = d.one("DaemonSet")?;
     let spec = pod_spec(ds);
@@ -332,10 +405,11 @@ fn check_cni_install(d: &Deploy) -> Result<(), String> {
     if read_only {
         return Err(format!("{INSTALLER} mounts /opt/cni/bin read-only"));
     }
-    let script: String = arr(&init["command"], "install-cni command")?
-        .iter()
-        .chain(init["args"].as_array().into_iter().flatten())
-        .filter_map(Value::as_str)
+    arr(&init["command"], "install-cni command")?;
+    // The script as kubelet runs it.
+    let script: String = run_as(init)
+        .into_iter()
+        .map(|(_, run)| run)
         .collect::<Vec<_>>()
         .join("\n");
     // Copy to a temporary name in the same directory, then rename onto <dir>/railvf.
@@ -351,12 +425,20 @@ fn check_cni_install(d: &Deploy) -> Result<(), String> {
     if cp > mv {
         return Err(format!("{INSTALLER} renames before it copies"));
     }
-    let tmp_in_dir = lines
+    let tmp = lines
         .iter()
-        .any(|l| l.starts_with("tmp=") && l.contains(&format!("{dir}/.railvf")));
-    if !tmp_in_dir || !lines[cp].ends_with("\"$tmp\"") {
+        .find(|l| l.starts_with("tmp="))
+        .ok_or_else(|| format!("{INSTALLER} sets no temporary name (tmp=…)"))?;
+    if !tmp.contains(&format!("{dir}/.railvf")) || !lines[cp].ends_with("\"$tmp\"") {
         return Err(format!(
             "{INSTALLER} must copy to a temporary name in {dir} (rename is atomic only within one file system)"
+        ));
+    }
+    // Unique per run: two installers copying into one temporary file can rename a file the
+    // other is still writing. `$$` is no help (the shell is PID 1 in its container).
+    if !tmp.contains("$(mktemp ") {
+        return Err(format!(
+            "{INSTALLER} must make its temporary name with mktemp, found {tmp:?}"
         ));
     }
     Ok(())
@@ -884,10 +966,11 @@ fn check_host_unit(d: &Deploy) -> Result<(), String> {
 
 // ---------------------------------------------------------------------------------------------
 
-const CHECKS: [(&str, Check); 10] = [
+const CHECKS: [(&str, Check); 11] = [
     ("kinds", check_kinds),
     ("kustomization", check_kustomization),
     ("host_mounts", check_host_mounts),
+    ("kubelet_expansion", check_kubelet_expansion),
     ("cni_install", check_cni_install),
     ("security", check_security),
     ("image", check_image),
@@ -1036,9 +1119,23 @@ fn every_check_catches_a_broken_copy() {
         (
             "cni_install",
             DS,
-            "tmp=\"/host/opt/cni/bin/.railvf.tmp.$$\"",
-            "tmp=\"/tmp/railvf.$$\"",
+            "tmp=\"$(mktemp /host/opt/cni/bin/.railvf.XXXXXX)\"",
+            "tmp=\"$(mktemp)\"",
             "temporary name in /host/opt/cni/bin",
+        ),
+        (
+            "cni_install",
+            DS,
+            "tmp=\"$(mktemp /host/opt/cni/bin/.railvf.XXXXXX)\"",
+            "tmp=\"/host/opt/cni/bin/.railvf.tmp\"",
+            "with mktemp",
+        ),
+        (
+            "kubelet_expansion",
+            DS,
+            "tmp=\"$(mktemp /host/opt/cni/bin/.railvf.XXXXXX)\"",
+            "tmp=\"/host/opt/cni/bin/.railvf.tmp.$$\"",
+            "kubelet reduces `$$` to `$`",
         ),
         (
             "cni_install",
@@ -1320,4 +1417,26 @@ fn multi_document_files_are_read_whole() {
     assert_eq!(d.docs.len(), one);
     assert_eq!(d.of_kind("NetworkAttachmentDefinition").len(), 2);
     check_nads(&d).unwrap();
+}
+
+#[test]
+fn kubelet_expansion_is_modelled() {
+    let env = BTreeMap::from([("POD_IP".to_string(), "10.0.0.7".to_string())]);
+    for (input, want) in [
+        (
+            "--metrics-addr=$(POD_IP):9108",
+            "--metrics-addr=10.0.0.7:9108",
+        ),
+        ("tmp=.railvf.$$", "tmp=.railvf.$"),
+        ("$$(POD_IP)", "$(POD_IP)"),
+        (
+            "t=\"$(mktemp /x/.railvf.XXXXXX)\"",
+            "t=\"$(mktemp /x/.railvf.XXXXXX)\"",
+        ),
+        ("cp a \"$tmp\"", "cp a \"$tmp\""),
+        ("$(unclosed", "$(unclosed"),
+        ("end$", "end$"),
+    ] {
+        assert_eq!(kubelet_expand(input, &env), want, "{input:?}");
+    }
 }
