@@ -498,12 +498,14 @@ fn check_security(d: &Deploy) -> Result<(), String> {
     }
     // A probe must reach what the plugin serves: /healthz on its --metrics-addr port.
     let c = container(spec, "containers", PLUGIN)?;
-    let metrics_port = c["args"]
+    let metrics = c["args"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|a| a.as_str()?.strip_prefix("--metrics-addr="))
-        .find_map(|addr| addr.rsplit_once(':').map(|(_, p)| p.to_string()));
+        .find_map(|addr| addr.rsplit_once(':'))
+        .map(|(h, p)| (h.trim_matches(['[', ']']).to_string(), p.to_string()));
+    let metrics_port = metrics.as_ref().map(|(_, p)| p.clone());
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
         let p = &c[probe];
         if p.is_null() {
@@ -529,6 +531,57 @@ fn check_security(d: &Deploy) -> Result<(), String> {
         if &probe_port != port {
             return Err(format!(
                 "{PLUGIN} {probe} probes port {probe_port}, but --metrics-addr serves /healthz on {port}"
+            ));
+        }
+        // And the address: kubelet calls `host`, or the pod IP (with host networking the
+        // node's) when there is none. A loopback listener is reached only through `host`.
+        if let Some((addr, _)) = &metrics {
+            let probe_host = get["host"].as_str();
+            let ip: Option<std::net::IpAddr> = addr.parse().ok();
+            let reached = match ip {
+                Some(ip) if ip.is_unspecified() => true,
+                Some(ip) if ip.is_loopback() => probe_host == Some(addr.as_str()),
+                _ => probe_host.is_none_or(|h| h == addr),
+            };
+            if !reached {
+                return Err(format!(
+                    "{PLUGIN} {probe} calls {}, but --metrics-addr serves /healthz on {addr} only",
+                    probe_host.map_or("the pod IP (no host)".to_string(), |h| format!("host {h}"))
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the README or the DaemonSet's comments tell to serve metrics on the pod IP, they also
+/// say to take `host: 127.0.0.1` out of the probes (else the probes find no listener).
+fn check_metrics_docs(d: &Deploy) -> Result<(), String> {
+    let readme = d.text("README.md")?;
+    let ds = d.text("device-plugin/daemonset.yaml")?;
+    // README paragraphs, and the DaemonSet's comment blocks (consecutive `#` lines).
+    let mut blocks: Vec<(&str, String)> = readme
+        .split("\n\n")
+        .map(|p| ("README.md", p.to_string()))
+        .collect();
+    let mut block = String::new();
+    for line in ds.lines().chain([""]) {
+        match line.trim_start().strip_prefix('#') {
+            Some(text) => {
+                block.push_str(text);
+                block.push('\n');
+            }
+            None if !block.is_empty() => {
+                blocks.push(("device-plugin/daemonset.yaml", std::mem::take(&mut block)));
+            }
+            None => {}
+        }
+    }
+    for (file, text) in blocks {
+        if text.contains("--metrics-addr=$(POD_IP)") && !text.contains("host: 127.0.0.1") {
+            return Err(format!(
+                "{file} says to use --metrics-addr=$(POD_IP) without saying to remove the probes' `host: 127.0.0.1`: {:?}",
+                text.trim()
             ));
         }
     }
@@ -966,13 +1019,14 @@ fn check_host_unit(d: &Deploy) -> Result<(), String> {
 
 // ---------------------------------------------------------------------------------------------
 
-const CHECKS: [(&str, Check); 11] = [
+const CHECKS: [(&str, Check); 12] = [
     ("kinds", check_kinds),
     ("kustomization", check_kustomization),
     ("host_mounts", check_host_mounts),
     ("kubelet_expansion", check_kubelet_expansion),
     ("cni_install", check_cni_install),
     ("security", check_security),
+    ("metrics_docs", check_metrics_docs),
     ("image", check_image),
     ("resource_names", check_resource_names),
     ("pod", check_pod),
@@ -1192,6 +1246,34 @@ fn every_check_catches_a_broken_copy() {
             "          env:\n",
             "          livenessProbe:\n            httpGet: {path: /healthz, port: 8080}\n          env:\n",
             "probes port 8080",
+        ),
+        (
+            "security",
+            DS,
+            "            httpGet:\n              host: 127.0.0.1\n              path: /healthz\n              port: 9108\n            initialDelaySeconds",
+            "            httpGet:\n              path: /healthz\n              port: 9108\n            initialDelaySeconds",
+            "livenessProbe calls the pod IP (no host), but --metrics-addr serves /healthz on 127.0.0.1 only",
+        ),
+        (
+            "security",
+            DS,
+            "--metrics-addr=127.0.0.1:9108",
+            "--metrics-addr=10.0.0.7:9108",
+            "calls host 127.0.0.1, but --metrics-addr serves /healthz on 10.0.0.7 only",
+        ),
+        (
+            "metrics_docs",
+            "README.md",
+            ", and remove\n`host: 127.0.0.1` from both probes",
+            ", and keep\nthe probes",
+            "README.md says to use --metrics-addr=$(POD_IP)",
+        ),
+        (
+            "metrics_docs",
+            DS,
+            ", and then\n      # remove `host: 127.0.0.1` from both probes",
+            ", and then\n      # keep the probes",
+            "daemonset.yaml says to use --metrics-addr=$(POD_IP)",
         ),
         (
             "image",
