@@ -19,6 +19,22 @@ fn ip(args: &[&str]) -> String {
     railvf_sim::ip(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A veth pair made inside `ns` (it goes with the netns).
+fn veth_in(ns: &TestNetns, name: &str, peer: &str) {
+    ip(&[
+        "-n",
+        ns.name(),
+        "link",
+        "add",
+        name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+    ]);
+}
+
 /// A fresh named netns for one test, deleted on drop.
 fn test_ns() -> TestNetns {
     TestNetns::new().unwrap_or_else(|e| panic!("{e}"))
@@ -213,18 +229,7 @@ fn the_move_request_sets_the_mac_before_up_and_set_mac_changes_it_back() {
 
     // Moved under its old name with the new MAC, then refused the rename (EEXIST): still
     // recognised as the link that moved, by the MAC the request gave it.
-    ip(&[
-        "-n",
-        ns.name(),
-        "link",
-        "add",
-        "net1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "other1",
-    ]);
+    veth_in(&ns, "net1", "other1");
     let again = rt.link_by_name(&host, &veth.a).unwrap().unwrap();
     let err = rt
         .move_found_link_up(&host, &again, &netns_of(&ns), "net1", set)
@@ -242,18 +247,7 @@ fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
     let ns = test_ns();
     let veth = test_veth();
     // The target already has a "net1" (another veth pair, made inside it).
-    ip(&[
-        "-n",
-        ns.name(),
-        "link",
-        "add",
-        "net1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "other1",
-    ]);
+    veth_in(&ns, "net1", "other1");
     let rt = Rtnl::new();
     let host = Netns::Host;
     let idx = a_index(&veth, &rt);
@@ -281,18 +275,7 @@ fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
     let back = rt
         .move_link(&netns_of(&ns), there.ifindex, &host, &veth.a)
         .unwrap();
-    ip(&[
-        "-n",
-        ns.name(),
-        "link",
-        "add",
-        &veth.a,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "other2",
-    ]);
+    veth_in(&ns, &veth.a, "other2");
     let err = rt
         .move_link(&host, back.ifindex, &netns_of(&ns), "net1")
         .unwrap_err();
@@ -730,30 +713,8 @@ fn sockets_are_per_netns_and_threads_stay_home() {
     let ns1 = test_ns();
     let ns2 = test_ns();
     let rt = Rtnl::new();
-    ip(&[
-        "-n",
-        ns1.name(),
-        "link",
-        "add",
-        "only1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "peer1",
-    ]);
-    ip(&[
-        "-n",
-        ns2.name(),
-        "link",
-        "add",
-        "only2",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "peer2",
-    ]);
+    veth_in(&ns1, "only1", "peer1");
+    veth_in(&ns2, "only2", "peer2");
     for _ in 0..3 {
         assert!(rt.link_by_name(&netns_of(&ns1), "only1").unwrap().is_some());
         assert!(rt.link_by_name(&netns_of(&ns1), "only2").unwrap().is_none());
