@@ -18,7 +18,7 @@ use crate::error::{CniError, code};
 use crate::gate::{self, GateError};
 use crate::guid;
 use crate::ipam::{Call, Plugin};
-use crate::net::{Link, NetError, Netns, PodLink};
+use crate::net::{Link, NetError, Netns, PodLink, parse_mac};
 use crate::netconf::NetConf;
 use crate::result::{CniResult, Interface};
 use crate::state::{
@@ -340,7 +340,7 @@ fn attach(
         // netdev (6-byte address) only; an IPoIB one's address is its QP and GID.
         let set = PodLink {
             mtu: conf.mtu,
-            mac: conf.vf.mac.filter(|_| link.mac.len() == 17),
+            mac: conf.vf.mac.filter(|_| parse_mac(&link.mac).is_some()),
         };
         links
             .move_found_link_up(&Netns::Host, &link, &ns, &st.ifname, set)

@@ -169,7 +169,6 @@ pub fn parse_parent_device(payload: &[u8]) -> Option<String> {
         .map(|(_, v)| get_str(v))
 }
 
-/// `aa:bb:…` in lower-case hex.
 /// Decodes an `RTM_NEWADDR` payload into `(ifindex, address)`.
 pub fn parse_addr(payload: &[u8]) -> Option<(u32, IpNet)> {
     if payload.len() < 8 {
