@@ -364,6 +364,9 @@ fn attach(
     let mut result = CniResult::default();
     if let Some(t) = &conf.ipam_type {
         let plugin = Plugin::find(t, &ctx.env.cni_path)?;
+        // Before the addresses: IPv6 announces an address when its duplicate address
+        // detection ends, if ndisc_notify was on by then.
+        notify_neighbours(links, &ns, &st.ifname);
         st.ipam_called = true;
         let call = Call {
             command: "ADD",
@@ -385,6 +388,9 @@ fn attach(
         // After the gate: the host's sysfs stops showing the RDMA device once it moves.
         move_rdma(ctx, st, &ns)?;
     }
+    // After the gate, which on a real VF means the carrier is up: a gratuitous ARP sent
+    // before that is dropped by the link's queue.
+    announce_ipv4(links, &ns, idx, &st.ifname, &result);
     // The link as the move's answer showed it: nothing after the move changes its address
     // (GUID and VF MAC are set before it) or its MTU.
     result.interfaces = vec![Interface {
@@ -404,6 +410,41 @@ fn attach(
         result.ips.len()
     );
     Ok(result)
+}
+
+/// Turns on the kernel's own announcements of the pod link's addresses (`arp_notify`,
+/// `ndisc_notify`), as sriov-cni does. Best effort, as there: a neighbour with a stale
+/// entry is a slower start for that neighbour, not a VF that is not ready.
+fn notify_neighbours(links: &dyn crate::net::LinkOps, ns: &Netns, ifname: &str) {
+    if let Err(e) = links.enable_address_notify(ns, ifname) {
+        crate::log_warn!(
+            "{e}; the kernel will not announce {ifname}'s addresses to its neighbours, which may map a reused address to its previous owner's MAC until their entries expire"
+        );
+    }
+}
+
+/// Sends one gratuitous ARP for each IPv4 address IPAM gave: the gateway and the other
+/// pods then map a reused address to this VF at once, rather than to its previous owner
+/// until their entries expire (a RoCE connection to it would fail until then). IPv6
+/// addresses are announced by the kernel (`ndisc_notify`). Best effort, as in sriov-cni.
+fn announce_ipv4(
+    links: &dyn crate::net::LinkOps,
+    ns: &Netns,
+    idx: u32,
+    ifname: &str,
+    result: &CniResult,
+) {
+    for ip in &result.ips {
+        let IpAddr::V4(a) = ip.address.addr else {
+            continue;
+        };
+        match links.announce_ipv4(ns, idx, a) {
+            Ok(()) => crate::log_debug!("announced {a} on {ifname} (gratuitous ARP)"),
+            Err(e) => crate::log_warn!(
+                "{e}; neighbours that map {a} to another MAC keep it until their entries expire"
+            ),
+        }
+    }
 }
 
 /// Whether the VF's port is Ethernet (RoCE), whose netdev an RDMA device move leaves alone.

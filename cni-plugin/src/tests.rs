@@ -290,6 +290,92 @@ fn readiness_timeout_rolls_everything_back_with_code_11() {
     assert_eq!(ipam_log(&b), vec!["ADD c1 net1", "DEL c1 net1"]);
 }
 
+/// The index of the first call of `op` in `calls`.
+fn first_call(calls: &[crate::net::fake::FakeCall], op: FakeOp) -> Option<usize> {
+    calls.iter().position(|c| c.op == op)
+}
+
+#[test]
+fn neighbours_hear_of_the_addresses_once_the_vf_is_ready() {
+    let b = Bench::new(1);
+    let log = b.dir.path().join("ipam.log");
+    b.ipam_script(
+        "dual-ipam",
+        &format!(
+            r#"cat >/dev/null; echo "$CNI_COMMAND" >> {}
+[ "$CNI_COMMAND" = ADD ] && echo '{{"cniVersion":"1.1.0","ips":[{{"address":"10.1.0.5/24"}},{{"address":"fd00::5/64"}}]}}'
+exit 0"#,
+            log.display()
+        ),
+    );
+    let c = conf(0, r#""ipam":{"type":"dual-ipam"}"#);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap().unwrap();
+    let pod = Netns::path(&b.pod);
+    let net1 = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
+    assert!(b.links.address_notify(&pod, net1.ifindex));
+    let calls = b.links.calls();
+    let at = |op| first_call(&calls, op).unwrap_or_else(|| panic!("no {op:?} in {calls:#?}"));
+    // Notify on before the first address (IPv6 announces when its DAD ends), after the move.
+    assert!(at(FakeOp::MoveLink) < at(FakeOp::EnableAddressNotify));
+    assert!(at(FakeOp::EnableAddressNotify) < at(FakeOp::AddAddress));
+    // One gratuitous ARP, for the IPv4 address only, after every address.
+    let announced: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.op == FakeOp::AnnounceIpv4)
+        .map(|c| c.args.as_str())
+        .collect();
+    assert_eq!(
+        announced,
+        vec![format!("{pod:?} {} 10.1.0.5", net1.ifindex)],
+        "{calls:#?}"
+    );
+    let last_address = calls
+        .iter()
+        .rposition(|c| c.op == FakeOp::AddAddress)
+        .unwrap();
+    assert!(last_address < at(FakeOp::AnnounceIpv4));
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+    let host = b
+        .links
+        .link_by_name(&Netns::Host, &vf_netdev(0))
+        .unwrap()
+        .unwrap();
+    assert!(!b.links.address_notify(&Netns::Host, host.ifindex));
+
+    // Announcing is best effort, as in sriov-cni: failures leave the attachment standing.
+    b.links
+        .fail(FakeOp::EnableAddressNotify, Inject::Errno(libc::EACCES));
+    b.links
+        .fail(FakeOp::AnnounceIpv4, Inject::Errno(libc::EEXIST));
+    b.run("ADD", "c2", Some(&b.pod), &c).unwrap().unwrap();
+    assert!(b.links.link_by_name(&pod, "net1").unwrap().is_some());
+    b.links.clear_failures();
+    b.run("DEL", "c2", Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+}
+
+#[test]
+fn no_announcement_without_ipam_or_before_the_gate_passes() {
+    let b = Bench::new(1);
+    b.run("ADD", "c1", Some(&b.pod), &conf(0, ""))
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.links.count(FakeOp::EnableAddressNotify), 0);
+    assert_eq!(b.links.count(FakeOp::AnnounceIpv4), 0);
+    b.run("DEL", "c1", Some(&b.pod), &conf(0, "")).unwrap();
+
+    // A VF that never gets ready announces nothing: its address is released again.
+    let ipam = with_ipam(&b);
+    b.set_port(0, "lid", "0x0");
+    let c = conf(0, &format!(r#"{ipam},"readiness":{{"timeoutMs":100}}"#));
+    let e = b.run("ADD", "c2", Some(&b.pod), &c).unwrap_err();
+    assert_eq!(e.code, 11, "{e}");
+    assert_eq!(b.links.count(FakeOp::EnableAddressNotify), 1);
+    assert_eq!(b.links.count(FakeOp::AnnounceIpv4), 0);
+    assert!(is_home(&b, 0));
+}
+
 #[test]
 fn readiness_waits_for_the_lid() {
     let b = Bench::new(1);

@@ -21,7 +21,7 @@ use crate::net::fake::FakeLinks;
 use crate::net::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
 use crate::netconf::NetConf;
 use railvf_host::Guid;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 pub const PF: &str = "0000:18:00.0";
 pub const PF_NETDEV: &str = "ibp24s0";
@@ -429,6 +429,12 @@ impl LinkOps for Mirror<'_> {
     }
     fn add_address(&self, ns: &Netns, ifindex: u32, addr: IpNet) -> Result<(), NetError> {
         self.0.links.add_address(ns, ifindex, addr)
+    }
+    fn enable_address_notify(&self, ns: &Netns, ifname: &str) -> Result<(), NetError> {
+        self.0.links.enable_address_notify(ns, ifname)
+    }
+    fn announce_ipv4(&self, ns: &Netns, ifindex: u32, addr: Ipv4Addr) -> Result<(), NetError> {
+        self.0.links.announce_ipv4(ns, ifindex, addr)
     }
     fn addresses(&self, ns: &Netns, ifindex: u32) -> Result<Vec<IpNet>, NetError> {
         self.0.links.addresses(ns, ifindex)

@@ -53,6 +53,21 @@ fn add_moves_the_vf_in_with_mtu_addresses_routes_and_del_brings_it_back() {
     );
     assert!(link(None, &host_name).is_none(), "the VF left the host");
     assert_eq!(reservations(&hl, "rdma-a"), vec!["10.91.0.2"]);
+    // Its neighbours are told of the address (a reused one may still map to its previous
+    // owner's MAC there): the kernel's announcements are on, and the gratuitous ARP left
+    // no entry for the pod's own address behind.
+    for key in ["ipv4/conf/net1/arp_notify", "ipv6/conf/net1/ndisc_notify"] {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", pod.name(), "cat"])
+            .arg(format!("/proc/sys/net/{key}"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1", "{key}");
+    }
+    assert_eq!(
+        ip_json(Some(pod.name()), &["neigh", "show", "to", "10.91.0.2"]),
+        serde_json::json!([])
+    );
     // And the result agrees with the kernel.
     assert_eq!(r["interfaces"][0]["name"], "net1");
     assert_eq!(r["interfaces"][0]["mac"], l["address"]);

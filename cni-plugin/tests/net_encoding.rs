@@ -672,3 +672,31 @@ fn datagrams_split_into_messages() {
     assert_eq!(attrs(&[200, 0, 1, 0, 9]).count(), 0);
     assert_eq!(attrs(&[2, 0, 1, 0]).count(), 0);
 }
+
+#[test]
+fn the_neighbour_header_matches_netlink_packet_route() {
+    use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourHeader, NeighbourState};
+    use netlink_packet_route::route::RouteType;
+    use railvf_cni::net::announce::{self, NTF_USE, NUD_NONE};
+    let theirs = NeighbourHeader {
+        family: AddressFamily::Inet,
+        ifindex: 0x0102_0304,
+        state: NeighbourState::None,
+        flags: NeighbourFlags::Use,
+        kind: RouteType::Unspec,
+    };
+    let mut buf = vec![0u8; theirs.buffer_len()];
+    theirs.emit(&mut buf);
+    assert_eq!(
+        buf,
+        announce::ndmsg(rtnl::AF_INET, 0x0102_0304, NUD_NONE, NTF_USE)
+    );
+    assert_eq!(
+        (
+            announce::RTM_NEWNEIGH,
+            announce::RTM_DELNEIGH,
+            announce::NDA_DST
+        ),
+        (28, 29, 1)
+    );
+}

@@ -239,6 +239,157 @@ fn the_move_request_sets_the_mac_before_up_and_set_mac_changes_it_back() {
     assert_eq!(there.mac, "02:aa:bb:cc:dd:01");
 }
 
+/// The MAC `ns`'s neighbour table maps `dst` on `dev` to, if it has an entry.
+fn neighbour_mac(ns: &TestNetns, dst: &str, dev: &str) -> Option<String> {
+    let shown: serde_json::Value = serde_json::from_str(&ip(&[
+        "-n",
+        ns.name(),
+        "-j",
+        "neigh",
+        "show",
+        "to",
+        dst,
+        "dev",
+        dev,
+    ]))
+    .expect("ip -j neigh");
+    shown[0]["lladdr"].as_str().map(str::to_string)
+}
+
+/// Polls `neighbour_mac` until it is `want` or `secs` pass; returns what it saw last.
+fn wait_neighbour(ns: &TestNetns, dst: &str, dev: &str, want: &str, secs: u64) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let now = neighbour_mac(ns, dst, dev);
+        if now.as_deref() == Some(want) || std::time::Instant::now() >= deadline {
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `sysctl` in `ns`, read from inside it.
+fn sysctl_in(ns: &TestNetns, path: &str) -> String {
+    ip(&["netns", "exec", ns.name(), "cat", path])
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_neighbour_that_maps_the_address_to_an_old_mac_takes_the_pod_links() {
+    if !require_root() {
+        return;
+    }
+    // The pod, and across the wire a neighbour (the gateway, another pod) that still maps
+    // the pod's addresses to their previous owner's MAC.
+    let pod = test_ns();
+    let wire = test_ns();
+    veth_in(&pod, "vf0", "wire0");
+    ip(&[
+        "-n",
+        pod.name(),
+        "link",
+        "set",
+        "wire0",
+        "netns",
+        wire.name(),
+    ]);
+    ip(&[
+        "-n",
+        wire.name(),
+        "addr",
+        "add",
+        "10.77.0.1/24",
+        "dev",
+        "wire0",
+    ]);
+    ip(&[
+        "-n",
+        wire.name(),
+        "addr",
+        "add",
+        "fd77::1/64",
+        "dev",
+        "wire0",
+        "nodad",
+    ]);
+    ip(&["-n", wire.name(), "link", "set", "wire0", "up"]);
+    const OLD: &str = "02:00:00:00:00:99";
+    for a in ["10.77.0.2", "fd77::2"] {
+        ip(&[
+            "-n",
+            wire.name(),
+            "neigh",
+            "add",
+            a,
+            "lladdr",
+            OLD,
+            "dev",
+            "wire0",
+            "nud",
+            "stale",
+        ]);
+    }
+
+    let rt = Rtnl::new();
+    let ns = netns_of(&pod);
+    let vf = rt.link_by_name(&ns, "vf0").unwrap().unwrap();
+    rt.set_up(&ns, vf.ifindex, true).unwrap();
+    rt.enable_address_notify(&ns, "vf0").unwrap();
+    assert_eq!(
+        sysctl_in(&pod, "/proc/sys/net/ipv4/conf/vf0/arp_notify"),
+        "1"
+    );
+    assert_eq!(
+        sysctl_in(&pod, "/proc/sys/net/ipv6/conf/vf0/ndisc_notify"),
+        "1"
+    );
+    rt.add_address(&ns, vf.ifindex, net("10.77.0.2/24"))
+        .unwrap();
+    rt.add_address(&ns, vf.ifindex, net("fd77::2/64")).unwrap();
+
+    // Adding an IPv4 address tells nobody: the neighbour still has the old MAC.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        neighbour_mac(&wire, "10.77.0.2", "wire0").as_deref(),
+        Some(OLD)
+    );
+    rt.announce_ipv4(&ns, vf.ifindex, "10.77.0.2".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        wait_neighbour(&wire, "10.77.0.2", "wire0", &vf.mac, 2).as_deref(),
+        Some(vf.mac.as_str()),
+        "the gratuitous ARP did not reach the neighbour"
+    );
+    // Nothing stays behind in the pod, and the next announcement works the same.
+    assert_eq!(
+        ip(&["-n", pod.name(), "neigh", "show", "to", "10.77.0.2"]).trim(),
+        ""
+    );
+    rt.announce_ipv4(&ns, vf.ifindex, "10.77.0.2".parse().unwrap())
+        .unwrap();
+    // IPv6: the kernel's unsolicited advertisement once duplicate address detection ends
+    // (about a second).
+    assert_eq!(
+        wait_neighbour(&wire, "fd77::2", "wire0", &vf.mac, 10).as_deref(),
+        Some(vf.mac.as_str()),
+        "no unsolicited neighbour advertisement after DAD"
+    );
+
+    // Errors name what failed.
+    let err = rt.enable_address_notify(&ns, "nosuch0").unwrap_err();
+    assert!(
+        err.to_string().contains("arp_notify=1") && err.to_string().contains("no link nosuch0"),
+        "{err}"
+    );
+    let err = rt.enable_address_notify(&ns, "../vf0").unwrap_err();
+    assert!(err.to_string().contains("not an interface name"), "{err}");
+    let err = rt
+        .announce_ipv4(&ns, 999_999, "10.77.0.2".parse().unwrap())
+        .unwrap_err();
+    assert!(matches!(err, NetError::NoSuchLink { .. }), "{err}");
+}
+
 #[test]
 fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
     if !require_root() {

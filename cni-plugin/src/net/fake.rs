@@ -50,7 +50,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Mutex, MutexGuard};
 
 use railvf_host::Guid;
@@ -71,6 +71,8 @@ pub enum FakeOp {
     SetMac,
     SetUp,
     AddAddress,
+    EnableAddressNotify,
+    AnnounceIpv4,
     Addresses,
     AddRoute,
     VfSettings,
@@ -209,6 +211,9 @@ struct FLink {
     up: bool,
     physical: bool,
     addrs: Vec<IpNet>,
+    /// `arp_notify` / `ndisc_notify` on ([`LinkOps::enable_address_notify`]); a link's
+    /// per-namespace settings start over when it moves, as the kernel's do.
+    notify: bool,
     num_vfs: Option<u32>,
     /// The RDMA device whose IPoIB netdev this is ([`FakeLinks::set_ipoib`]).
     ipoib_of: Option<String>,
@@ -249,6 +254,7 @@ impl FNs {
                 up: true,
                 physical: false,
                 addrs: vec![],
+                notify: false,
                 num_vfs: None,
                 ipoib_of: None,
                 device: None,
@@ -426,6 +432,7 @@ impl FakeLinks {
             }
             l.up = false;
             l.addrs.clear();
+            l.notify = false;
             host.links.insert(l.ifindex, l);
         }
     }
@@ -480,6 +487,7 @@ impl FakeLinks {
                 up: spec.up,
                 physical: spec.physical,
                 addrs: vec![],
+                notify: false,
                 num_vfs: spec.num_vfs,
                 ipoib_of: None,
                 device: None,
@@ -624,6 +632,15 @@ impl FakeLinks {
             .get(ns)
             .map(|n| n.links.values().map(FLink::view).collect())
             .unwrap_or_default()
+    }
+
+    /// Whether link `ifindex` of `ns` has `arp_notify` and `ndisc_notify` on.
+    pub fn address_notify(&self, ns: &Netns, ifindex: u32) -> bool {
+        self.lock()
+            .ns
+            .get(ns)
+            .and_then(|n| n.links.get(&ifindex))
+            .is_some_and(|l| l.notify)
     }
 
     /// Every namespace holding a link called `name`, with that link (host first, then by
@@ -829,6 +846,7 @@ impl LinkOps for FakeLinks {
                 }
                 l.up = false;
                 l.addrs.clear();
+                l.notify = false;
                 if old_taken {
                     l.name = new_name.to_string(); // renamed during the move
                 }
@@ -975,6 +993,41 @@ impl LinkOps for FakeLinks {
                 }
                 Ok(())
             },
+        )
+    }
+
+    fn enable_address_notify(&self, ns: &Netns, ifname: &str) -> Result<(), NetError> {
+        self.run(
+            FakeOp::EnableAddressNotify,
+            format!("{ns:?} {ifname}"),
+            &format!(
+                "turn on arp_notify and ndisc_notify of {ifname} in {}",
+                ns_desc(ns)
+            ),
+            |st| {
+                let n = ns_mut(st, ns)?;
+                let idx =
+                    n.by_name(ifname)
+                        .map(|l| l.ifindex)
+                        .ok_or_else(|| NetError::NoSuchLink {
+                            what: ifname.to_string(),
+                            ns: ns_desc(ns),
+                        })?;
+                n.links.get_mut(&idx).expect("found").notify = true;
+                Ok(())
+            },
+        )
+    }
+
+    fn announce_ipv4(&self, ns: &Netns, ifindex: u32, addr: Ipv4Addr) -> Result<(), NetError> {
+        self.run(
+            FakeOp::AnnounceIpv4,
+            format!("{ns:?} {ifindex} {addr}"),
+            &format!(
+                "announce {addr} on link ifindex {ifindex} in {}",
+                ns_desc(ns)
+            ),
+            |st| link_mut(st, ns, ifindex).map(|_| ()),
         )
     }
 
@@ -1273,6 +1326,7 @@ fn recreate_ipoib(st: &mut State, ibdev: &str) {
             up: false,
             physical: true,
             addrs: vec![],
+            notify: false,
             num_vfs: None,
             ipoib_of: Some(ibdev.to_string()),
             device: d.device,

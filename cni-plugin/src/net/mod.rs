@@ -4,11 +4,12 @@
 //! The CNI verbs talk to [`LinkOps`] only, so their logic is unit-tested against
 //! [`fake::FakeLinks`] without root; [`rtnl::Rtnl`] is the real kernel.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use railvf_host::Guid;
 
+pub mod announce;
 pub mod fake;
 pub mod netns;
 pub mod rdma;
@@ -201,6 +202,16 @@ pub trait LinkOps {
     fn set_mac(&self, ns: &Netns, ifindex: u32, mac: [u8; 6]) -> Result<(), NetError>;
     fn set_up(&self, ns: &Netns, ifindex: u32, up: bool) -> Result<(), NetError>;
     fn add_address(&self, ns: &Netns, ifindex: u32, addr: IpNet) -> Result<(), NetError>;
+    /// Has the kernel tell the neighbours of link `ifname` in `ns` about its addresses, as
+    /// sriov-cni does: `arp_notify` (a gratuitous ARP whenever the link comes up or changes
+    /// its address) and `ndisc_notify` (an unsolicited neighbour advertisement when an IPv6
+    /// address has passed duplicate address detection). A netns without IPv6 gets the first
+    /// only. See [`announce`].
+    fn enable_address_notify(&self, ns: &Netns, ifname: &str) -> Result<(), NetError>;
+    /// Announces IPv4 address `addr` of link `ifindex` in `ns` once, with a gratuitous ARP:
+    /// neighbours that map `addr` to another MAC (its previous owner's) take the link's.
+    /// Leaves no neighbour entry behind. See [`announce`].
+    fn announce_ipv4(&self, ns: &Netns, ifindex: u32, addr: Ipv4Addr) -> Result<(), NetError>;
     fn addresses(&self, ns: &Netns, ifindex: u32) -> Result<Vec<IpNet>, NetError>;
     /// Adds a route via `gw` (or on-link when `None`) out of `ifindex`, in the main table
     /// with the kernel's default metric.

@@ -37,13 +37,14 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use railvf_host::Guid;
 
+use super::announce::{self, NDA_DST, NTF_USE, NUD_NONE, RTM_DELNEIGH, RTM_NEWNEIGH, ndmsg};
 use super::netns::{
     Msg, NETLINK_RDMA, NETLINK_ROUTE, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NlError, NlSocket,
     OpenError, Reply, attrs, get_str, get_u32, open_netns, put_attr,
@@ -1046,6 +1047,70 @@ impl LinkOps for Rtnl {
             }
             Err(e) if e.errno() == Some(libc::ENODEV) => Err(self.no_such(ns, ifindex)),
             Err(e) => Err(kernel(what(), e)),
+        }
+    }
+
+    fn enable_address_notify(&self, ns: &Netns, ifname: &str) -> Result<(), NetError> {
+        let what = |s: &announce::NotifySysctl| {
+            format!(
+                "set net.{}.conf.{ifname}.{}=1 in {}",
+                s.family,
+                s.key,
+                ns_desc(ns)
+            )
+        };
+        // A netns without IPv6 has no ndisc_notify: nothing to announce there, skipped.
+        let mut inner = self.lock();
+        announce::enable_notify(inner.file(ns)?, ifname).map_err(|(s, e)| {
+            let hint = if e.kind() == io::ErrorKind::NotFound {
+                format!(" (no link {ifname} there)")
+            } else {
+                String::new()
+            };
+            NetError::Kernel {
+                op: format!("{}{hint}", what(&s)),
+                source: e,
+            }
+        })
+    }
+
+    fn announce_ipv4(&self, ns: &Netns, ifindex: u32, addr: Ipv4Addr) -> Result<(), NetError> {
+        let what = || {
+            format!(
+                "announce {addr} on link {} in {} (gratuitous ARP)",
+                self.describe(ns, ifindex),
+                ns_desc(ns)
+            )
+        };
+        // A new entry for the link's own address, "used": the kernel sends its first
+        // probe, an ARP request for `addr` from `addr`, before this returns. EXCL: an
+        // entry someone else made is neither probed again nor deleted below.
+        let mut m = Msg::new(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_EXCL);
+        m.header(&ndmsg(AF_INET, ifindex, NUD_NONE, NTF_USE));
+        m.attr(NDA_DST, &addr.octets());
+        match self.route(ns, &m, &what)? {
+            Ok(_) => {}
+            Err(e) if e.errno() == Some(libc::ENODEV) => return Err(self.no_such(ns, ifindex)),
+            Err(e) if e.errno() == Some(libc::EEXIST) => {
+                return Err(kernel(
+                    format!(
+                        "{} (the pod netns has a neighbour entry for the address itself: left as it is)",
+                        what()
+                    ),
+                    e,
+                ));
+            }
+            Err(e) => return Err(kernel(what(), e)),
+        }
+        // The probe is out; without the entry no more follow and nothing stays behind.
+        let mut d = Msg::new(RTM_DELNEIGH, 0);
+        d.header(&ndmsg(AF_INET, ifindex, NUD_NONE, 0));
+        d.attr(NDA_DST, &addr.octets());
+        let del = || format!("{}: delete the neighbour entry it made", what());
+        match self.route(ns, &d, &del)? {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(kernel(del(), e)),
         }
     }
 
