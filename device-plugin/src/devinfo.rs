@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use railvf_host::devinfo::{self, DeviceInfo};
@@ -65,31 +64,66 @@ fn remove(path: &Path) -> bool {
     }
 }
 
-/// Numbers the temporary files, so that two writers of one file (the start-up write and an
-/// `Allocate`) never rename each other's.
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+/// The suffix of the temporary files [`write_atomic`] renames into place.
+const TMP_SUFFIX: &str = ".tmp";
+
+/// A temporary file older than this was left by a writer that was killed between writing
+/// and renaming it (a live writer renames within milliseconds): [`DevinfoSync`] removes it.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Writes `path` atomically (temp file + rename) so Multus never reads half a file;
 /// a file that already holds these bytes (the VF was allocated before) is left alone.
+///
+/// The temporary file is `.<file name>.<random><TMP_SUFFIX>`, created with `O_EXCL`: two
+/// writers of one file (the start-up write and an `Allocate`, or an old and a new plugin
+/// instance during a rollout, both of which may be PID 1 of their container) never share
+/// one. Mode 0644, as a plain write makes it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = PathBuf::from(tmp);
+    let dir = path.parent().unwrap_or(Path::new("."));
     // Created at start, but /var/run is the admin's (and Multus cleans it): make sure.
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(TMP_SUFFIX)
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    // On failure the temporary file is removed as it drops.
+    tmp.persist(path).map(drop).map_err(|e| e.error)
+}
+
+/// Removes the temporary files of `resource` in `dir` that a killed writer left, those
+/// older than [`STALE_TMP`]; returns how many.
+fn sweep_stale_temps(dir: &Path, resource: &str) -> usize {
+    let prefix = format!(".{}-", resource.replace('/', "-"));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(&prefix) && name.ends_with(TMP_SUFFIX)) {
+            continue;
+        }
+        let stale = e.metadata().is_ok_and(|m| {
+            m.is_file()
+                && m.modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_TMP)
+        });
+        if stale && remove(&e.path()) {
+            n += 1;
+        }
     }
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    n
 }
 
 /// The NPWG device-info of a VF, with its RDMA device when it has one.
@@ -118,6 +152,8 @@ enum Known {
 pub struct SyncReport {
     pub written: usize,
     pub removed: usize,
+    /// Temporary files a killed writer left, removed.
+    pub stale_temps: usize,
     /// Files that could not be written, with why.
     pub failed: Vec<(PathBuf, std::io::Error)>,
 }
@@ -132,6 +168,8 @@ pub struct DevinfoSync {
     /// The failures last warned about (how many, the first file): the same ones are not
     /// warned about again at every pass.
     warned: Option<(usize, PathBuf)>,
+    /// Whether the first pass has removed the temporary files a killed writer left.
+    swept: bool,
 }
 
 impl DevinfoSync {
@@ -143,6 +181,7 @@ impl DevinfoSync {
             files,
             known: BTreeMap::new(),
             warned: None,
+            swept: false,
         }
     }
 
@@ -151,6 +190,10 @@ impl DevinfoSync {
     /// pod keeps the file it has; one without a file gets one without `rdma-device`.
     pub fn sync(&mut self, set: &DeviceSet) -> SyncReport {
         let mut report = SyncReport::default();
+        if !self.swept {
+            self.swept = true;
+            report.stale_temps = sweep_stale_temps(&self.dir, &self.resource);
+        }
         for (addr, d) in &set.devices {
             let known = self.known.get(addr);
             let path = devinfo::dp_file(&self.dir, &self.resource, addr);
@@ -213,6 +256,14 @@ impl DevinfoSync {
     /// Logs what a pass did; returns whether it warned. Failures are warned about when
     /// they change, not at every pass (with a read-only directory every pass fails alike).
     fn log(&mut self, r: &SyncReport) -> bool {
+        if r.stale_temps > 0 {
+            tracing::info!(
+                resource = %self.resource,
+                removed = r.stale_temps,
+                dir = %self.dir.display(),
+                "removed temporary device-info files left by a writer that was stopped between writing and renaming them"
+            );
+        }
         if r.written > 0 || r.removed > 0 {
             tracing::info!(
                 resource = %self.resource,
@@ -427,6 +478,69 @@ mod tests {
         let r = s.sync(&one);
         assert_eq!(r.written, 1);
         assert!(!s.log(&r) && s.warned.is_none());
+    }
+
+    #[test]
+    fn temporary_files_a_killed_writer_left_go_and_live_ones_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(tmp.path()).unwrap();
+        let dir = tmp.path().join("devinfo");
+        std::fs::create_dir_all(&dir).unwrap();
+        with_rdma(tmp.path(), "0000:18:00.1", 12);
+        let old = std::time::SystemTime::now() - STALE_TMP * 2;
+        let touch = |name: &str, at: Option<std::time::SystemTime>| {
+            let f = std::fs::File::create(dir.join(name)).unwrap();
+            if let Some(t) = at {
+                f.set_modified(t).unwrap();
+            }
+        };
+        let stale = ".nvidia.com-x-0000:18:00.1-device.json.a1B2c3.tmp";
+        // A writer at work right now (another instance during a rollout).
+        let live = ".nvidia.com-x-0000:18:00.2-device.json.d4E5f6.tmp";
+        // Another resource's, and a file that is not a temporary one.
+        let other = ".nvidia.com-y-0000:18:00.1-device.json.g7H8i9.tmp";
+        let admins = ".nvidia.com-x-notes";
+        touch(stale, Some(old));
+        touch(live, None);
+        touch(other, Some(old));
+        touch(admins, Some(old));
+        let mut s = DevinfoSync::new("nvidia.com/x".into(), dir.clone(), root, Arc::default());
+        let one = set(&[entry("0000:18:00.1", false)]);
+        let r = s.sync(&one);
+        assert_eq!((r.written, r.stale_temps), (1, 1), "{r:?}");
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                live.to_string(),
+                admins.to_string(),
+                other.to_string(),
+                "nvidia.com-x-0000:18:00.1-device.json".to_string()
+            ]
+        );
+        // Only the first pass sweeps.
+        touch(stale, Some(old));
+        assert_eq!(s.sync(&one).stale_temps, 0);
+    }
+
+    #[test]
+    fn written_files_are_0644_and_a_failed_rename_leaves_no_temporary_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("d/nvidia.com-x-0000:18:00.1-device.json");
+        write_atomic(&file, b"{}").unwrap();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert_eq!(std::fs::read(&file).unwrap(), b"{}");
+        // A directory in the file's place: the rename fails, the temporary file goes.
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        assert!(write_atomic(&file, b"{}").is_err());
+        assert_eq!(std::fs::read_dir(tmp.path().join("d")).unwrap().count(), 1);
     }
 
     #[test]
