@@ -137,6 +137,21 @@ mod tests {
     }
 
     #[test]
+    fn an_absent_optional_sysctl_is_skipped_and_a_required_one_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let [v4, v6] = NOTIFY_SYSCTLS;
+        let there = tmp.path().join("arp_notify");
+        std::fs::write(&there, "0").unwrap();
+        let gone = tmp.path().join("no-ipv6/ndisc_notify");
+        // No IPv6 in the netns: IPv4's is set, IPv6's skipped.
+        write_all(&[(v4, there.clone()), (v6, gone.clone())]).unwrap();
+        assert_eq!(std::fs::read_to_string(&there).unwrap(), "1");
+        // No such link: IPv4's is required, and the error says which one failed.
+        let (which, e) = write_all(&[(v4, gone)]).unwrap_err();
+        assert_eq!((which, e.kind()), (v4, io::ErrorKind::NotFound));
+    }
+
+    #[test]
     fn sysctl_paths_take_one_interface_name_only() {
         let s = NOTIFY_SYSCTLS[1];
         assert_eq!(

@@ -31,6 +31,9 @@
 //!   without gateway (unless a scope is given), and treats a `0.0.0.0/0` / `::/0`
 //!   destination as the default route. Without `NLM_F_EXCL`, as the reference plugins:
 //!   another nexthop to a routed destination is added; an identical route is `EEXIST`.
+//! * `enable_address_notify` is no netlink request: it writes sysctls under `/proc/sys/net`
+//!   with the thread inside the netns (no attribute sets `ndisc_notify`). `announce_ipv4`
+//!   adds a neighbour entry with `NTF_USE` and deletes it ([`super::announce`]).
 //! * ENODEV becomes [`NetError::NoSuchLink`]; EOPNOTSUPP from VF operations
 //!   [`NetError::Unsupported`]; a missing RDMA subsystem or its shared netns mode too.
 
