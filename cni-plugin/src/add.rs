@@ -5,7 +5,7 @@
 //! rename → MTU → up → IPAM → addresses and routes → readiness gate → RDMA device → result.
 //! With `rdmaIsolation` on an InfiniBand VF, the readiness gate and the RDMA device come
 //! before the move, and the netdev attached is the one IPoIB re-creates (in the host, or in
-//! the pod on Linux 6.17 and later) when the RDMA device moves (see [`attach`]).
+//! the pod on Linux 6.17 and later) when the RDMA device moves (see `attach`).
 //! Any failure after the state is recorded rolls everything back (see [`crate::teardown`]).
 
 use std::net::IpAddr;
