@@ -780,7 +780,18 @@ async fn an_unwatchable_kubelet_directory_is_warned_about_once() {
     registration(&mut e.kubelet, &e.plugin).await;
     wait_log(&mut e.plugin, "watching the kubelet socket directory").await;
     e.kubelet.stop().await;
-    std::fs::remove_dir_all(&e.dirs.kubelet).unwrap();
+    // The plugin puts its socket back as soon as it sees it removed, which can land
+    // between remove_dir_all's unlinks and its rmdir (ENOTEMPTY): try again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(err) = std::fs::remove_dir_all(&e.dirs.kubelet) {
+        assert!(
+            err.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                && std::time::Instant::now() < deadline,
+            "removing {}: {err}",
+            e.dirs.kubelet.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     wait_log(&mut e.plugin, "cannot watch").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = e.plugin.log();
