@@ -57,12 +57,8 @@ fn add_moves_the_vf_in_with_mtu_addresses_routes_and_del_brings_it_back() {
     // owner's MAC there): the kernel's announcements are on, and the gratuitous ARP left
     // no entry for the pod's own address behind.
     for key in ["ipv4/conf/net1/arp_notify", "ipv6/conf/net1/ndisc_notify"] {
-        let o = std::process::Command::new("ip")
-            .args(["netns", "exec", pod.name(), "cat"])
-            .arg(format!("/proc/sys/net/{key}"))
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1", "{key}");
+        let path = format!("/proc/sys/net/{key}");
+        assert_eq!(sysctl_in(pod.name(), &path), "1", "{key}");
     }
     assert_eq!(
         ip_json(Some(pod.name()), &["neigh", "show", "to", "10.91.0.2"]),

@@ -13,6 +13,7 @@ use railvf_cni::net::vf;
 use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, PodLink, RouteAttrs, VfSettings};
 use railvf_host::Guid;
 use railvf_sim::{TestNetns, TestVeth, require_root};
+use railvf_testkit::ip::sysctl_in;
 
 /// `ip <args…>`'s stdout; a failing `ip` fails the test.
 fn ip(args: &[&str]) -> String {
@@ -268,13 +269,6 @@ fn wait_neighbour(ns: &TestNetns, dst: &str, dev: &str, want: &str, secs: u64) -
     }
 }
 
-/// `sysctl` in `ns`, read from inside it.
-fn sysctl_in(ns: &TestNetns, path: &str) -> String {
-    ip(&["netns", "exec", ns.name(), "cat", path])
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn a_neighbour_that_maps_the_address_to_an_old_mac_takes_the_pod_links() {
     if !require_root() {
@@ -337,11 +331,11 @@ fn a_neighbour_that_maps_the_address_to_an_old_mac_takes_the_pod_links() {
     rt.set_up(&ns, vf.ifindex, true).unwrap();
     rt.enable_address_notify(&ns, "vf0").unwrap();
     assert_eq!(
-        sysctl_in(&pod, "/proc/sys/net/ipv4/conf/vf0/arp_notify"),
+        sysctl_in(pod.name(), "/proc/sys/net/ipv4/conf/vf0/arp_notify"),
         "1"
     );
     assert_eq!(
-        sysctl_in(&pod, "/proc/sys/net/ipv6/conf/vf0/ndisc_notify"),
+        sysctl_in(pod.name(), "/proc/sys/net/ipv6/conf/vf0/ndisc_notify"),
         "1"
     );
     rt.add_address(&ns, vf.ifindex, net("10.77.0.2/24"))

@@ -76,15 +76,11 @@ pub const NOTIFY_SYSCTLS: [NotifySysctl; 2] = [
     },
 ];
 
-/// `/proc/sys/net/<family>/conf/<ifname>/<key>`, for a name the caller has checked is a
-/// valid interface name (the kernel's rules: no `/`, not `.` or `..`), so it is one path
-/// component; `None` otherwise.
+/// `/proc/sys/net/<family>/conf/<ifname>/<key>`, for a valid interface name
+/// ([`super::valid_ifname`]), which is one path component, and without control characters
+/// (`CNI_IFNAME` has none: the CNI refuses them); `None` otherwise.
 pub fn sysctl_path(s: &NotifySysctl, ifname: &str) -> Option<PathBuf> {
-    let one_component = !ifname.is_empty()
-        && ifname.len() <= 15
-        && ifname != "."
-        && ifname != ".."
-        && !ifname.contains(['/', '\0']);
+    let one_component = super::valid_ifname(ifname) && !ifname.chars().any(char::is_control);
     one_component.then(|| {
         ["/proc/sys/net", s.family, "conf", ifname, s.key]
             .iter()

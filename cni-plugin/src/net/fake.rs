@@ -57,7 +57,7 @@ use railvf_host::Guid;
 
 use super::rtnl::{IFNAMSIZ_MAX, moved_error, network, ns_desc};
 use super::vf::{ETH_P_8021AD, ETH_P_8021Q, describe_settings};
-use super::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
+use super::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings, valid_ifname};
 
 /// The operations of [`LinkOps`], to aim injected failures and to read the call log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -360,16 +360,6 @@ fn no_link(ns: &Netns, ifindex: u32) -> NetError {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= IFNAMSIZ_MAX
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
-}
-
 fn family_eq(a: &IpAddr, b: &IpAddr) -> bool {
     a.is_ipv4() == b.is_ipv4()
 }
@@ -465,7 +455,7 @@ impl FakeLinks {
             .get_mut(ns)
             .unwrap_or_else(|| panic!("FakeLinks::add_link: no namespace {ns:?}"));
         assert!(
-            valid_name(&spec.name),
+            valid_ifname(&spec.name),
             "FakeLinks::add_link: invalid name {:?}",
             spec.name
         );
@@ -808,7 +798,7 @@ impl LinkOps for FakeLinks {
                     .get(&ifindex)
                     .cloned()
                     .ok_or_else(|| no_link(from, ifindex))?;
-                if !valid_name(new_name) {
+                if !valid_ifname(new_name) {
                     return Err(kerr(
                         format!("{what} (kernel: Attribute failed policy validation)"),
                         libc::EINVAL,
@@ -869,7 +859,7 @@ impl LinkOps for FakeLinks {
             format!("{ns:?} {ifindex} {name}"),
             &what,
             |st| {
-                if !valid_name(name) {
+                if !valid_ifname(name) {
                     return Err(kerr(
                         format!("{what} (interface names are 1 to {IFNAMSIZ_MAX} bytes)"),
                         libc::EINVAL,

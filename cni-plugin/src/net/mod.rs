@@ -60,6 +60,19 @@ pub fn format_mac(b: &[u8]) -> String {
         .join(":")
 }
 
+/// Whether the kernel takes `name` for an interface (its `dev_valid_name()`): 1 to
+/// [`rtnl::IFNAMSIZ_MAX`] bytes, not `.` or `..`, no `/`, `:` or whitespace. Such a name is
+/// also one path component.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= rtnl::IFNAMSIZ_MAX
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
 /// An Ethernet MAC written `aa:bb:cc:dd:ee:ff` (or with `-`) as bytes; `None` for
 /// anything else (an IPoIB address is 20 bytes).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {

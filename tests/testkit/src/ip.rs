@@ -19,6 +19,21 @@ pub fn ip_json(ns: Option<&str>, args: &[&str]) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or(Value::Array(vec![]))
 }
 
+/// A file under `/proc/sys` as a process inside `ns` reads it (`ip netns exec … cat`),
+/// trimmed; panics when it cannot be read.
+pub fn sysctl_in(ns: &str, path: &str) -> String {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", path])
+        .output()
+        .expect("run ip netns exec");
+    assert!(
+        o.status.success(),
+        "reading {path} in {ns}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 /// The link `name` in `ns` (None: the host), as `ip -j link show` prints it.
 pub fn link(ns: Option<&str>, name: &str) -> Option<Value> {
     ip_json(ns, &["link", "show", "dev", name])
