@@ -381,6 +381,16 @@ mod tests {
         std::fs::create_dir_all(d.join(format!("infiniband_verbs/uverbs{n}"))).unwrap();
     }
 
+    /// A sync of resource `nvidia.com/x` into `<tmp>/devinfo` (returned too), on a host
+    /// root at `tmp` where VF 18:00.1 has RDMA device `mlx5_12`.
+    fn sync_of_x(tmp: &Path) -> (DevinfoSync, PathBuf) {
+        let root = HostRoot::new(tmp).unwrap();
+        let dir = tmp.join("devinfo");
+        with_rdma(tmp, "0000:18:00.1", 12);
+        let s = DevinfoSync::new("nvidia.com/x".into(), dir.clone(), root, Arc::default());
+        (s, dir)
+    }
+
     fn read(p: &Path) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
     }
@@ -456,13 +466,10 @@ mod tests {
     #[test]
     fn a_file_that_cannot_be_written_is_reported_and_tried_again() {
         let tmp = tempfile::tempdir().unwrap();
-        let root = HostRoot::new(tmp.path()).unwrap();
-        let dir = tmp.path().join("devinfo");
-        with_rdma(tmp.path(), "0000:18:00.1", 12);
+        let (mut s, dir) = sync_of_x(tmp.path());
         // A directory where the file goes: rename cannot replace it.
         let blocked = dir.join("nvidia.com-x-0000:18:00.1-device.json");
         std::fs::create_dir_all(&blocked).unwrap();
-        let mut s = DevinfoSync::new("nvidia.com/x".into(), dir.clone(), root, Arc::default());
         let one = set(&[entry("0000:18:00.1", false)]);
         let r = s.sync(&one);
         assert_eq!(r.failed.len(), 1);
@@ -483,10 +490,8 @@ mod tests {
     #[test]
     fn temporary_files_a_killed_writer_left_go_and_live_ones_stay() {
         let tmp = tempfile::tempdir().unwrap();
-        let root = HostRoot::new(tmp.path()).unwrap();
-        let dir = tmp.path().join("devinfo");
+        let (mut s, dir) = sync_of_x(tmp.path());
         std::fs::create_dir_all(&dir).unwrap();
-        with_rdma(tmp.path(), "0000:18:00.1", 12);
         let old = std::time::SystemTime::now() - STALE_TMP * 2;
         let touch = |name: &str, at: Option<std::time::SystemTime>| {
             let f = std::fs::File::create(dir.join(name)).unwrap();
@@ -504,7 +509,6 @@ mod tests {
         touch(live, None);
         touch(other, Some(old));
         touch(admins, Some(old));
-        let mut s = DevinfoSync::new("nvidia.com/x".into(), dir.clone(), root, Arc::default());
         let one = set(&[entry("0000:18:00.1", false)]);
         let r = s.sync(&one);
         assert_eq!((r.written, r.stale_temps), (1, 1), "{r:?}");
@@ -546,10 +550,7 @@ mod tests {
     #[test]
     fn a_file_removed_behind_the_plugins_back_is_written_again() {
         let tmp = tempfile::tempdir().unwrap();
-        let root = HostRoot::new(tmp.path()).unwrap();
-        let dir = tmp.path().join("devinfo");
-        with_rdma(tmp.path(), "0000:18:00.1", 12);
-        let mut s = DevinfoSync::new("nvidia.com/x".into(), dir.clone(), root, Arc::default());
+        let (mut s, dir) = sync_of_x(tmp.path());
         let one = set(&[entry("0000:18:00.1", false)]);
         assert_eq!(s.sync(&one).written, 1);
         // Another instance stopping during a rollout removes the files it wrote, which
