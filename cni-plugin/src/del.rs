@@ -50,7 +50,7 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
         match ctx.state.load_of(&d, cid, ifname) {
             Ok(Some(st)) => {
                 crate::log::step("lock");
-                kept = return_home(ctx, &st, &mut errors)?;
+                kept = return_home(ctx, conf, &st, &mut errors)?;
                 done = true;
             }
             Ok(None) | Err(StateError::Corrupt { .. }) => {}
@@ -77,7 +77,7 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
                 let _lock = ctx.state.lock_vf(ctx.root(), &st.vf)?;
                 crate::log::step("lock");
                 if let Some(st) = ctx.state.load_of(&st.vf, cid, ifname)? {
-                    kept = return_home(ctx, &st, &mut errors)?;
+                    kept = return_home(ctx, conf, &st, &mut errors)?;
                 }
             }
             None => crate::log_debug!("no state for {cid}/{ifname}: nothing to return"),
@@ -107,13 +107,20 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
 
 /// Returns the VF of `st` to the host (its lock held by the caller) and removes the state
 /// once nothing is left; `Ok(true)` when the state is kept for the next DEL.
-fn return_home(ctx: &Ctx<'_>, st: &Attachment, errors: &mut Vec<String>) -> Result<bool, CniError> {
+fn return_home(
+    ctx: &Ctx<'_>,
+    conf: &NetConf,
+    st: &Attachment,
+    errors: &mut Vec<String>,
+) -> Result<bool, CniError> {
     let report = teardown::converge(
         ctx,
         st,
         Options {
             netns: ctx.env.netns.as_deref(),
-            ipam: false,
+            // IPAM ADD ran with the config ADD recorded: when DEL's own has no usable
+            // `ipam` (edited since, or refused), the release goes by the recorded one.
+            ipam: conf.ipam_type.is_none(),
         },
     );
     crate::log::step("teardown");

@@ -49,7 +49,18 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
         if st.network != network || valid.contains(&st.key()) {
             continue;
         }
-        let _lock = ctx.state.lock_vf(ctx.root(), &st.vf)?;
+        // A VF another railvf is working on is left to the next GC: an ADD still running
+        // may be of an attachment the runtime's list, made before that ADD began, cannot
+        // name yet; a DEL removes the attachment itself.
+        let Some(_lock) = ctx.state.try_lock_vf(ctx.root(), &st.vf)? else {
+            crate::log_info!(
+                "GC: VF {} is busy (an ADD or DEL in progress): {}/{} is left to the next GC",
+                st.vf,
+                st.container_id,
+                st.ifname
+            );
+            continue;
+        };
         // Re-read under the lock: a DEL may have just removed it.
         let Some(st) = ctx.state.load(&st.container_id, &st.ifname)? else {
             continue;

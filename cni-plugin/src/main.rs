@@ -56,7 +56,13 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
     if env.command == Command::Version {
         return (None, Ok(Some(version::exec())));
     }
-    let conf = match NetConf::parse(stdin) {
+    // DEL undoes an ADD: a config this version refuses must not keep the VF in the pod.
+    let parsed = if env.command == Command::Del {
+        NetConf::parse_for_teardown(stdin)
+    } else {
+        NetConf::parse(stdin).map(|c| (c, None))
+    };
+    let (conf, refused) = match parsed {
         Ok(c) => c,
         Err(e) => return (None, Err(e)),
     };
@@ -83,6 +89,12 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
     );
     if let Some(e) = unusable_log {
         log_warn!("{}; logging to stderr only", e.msg);
+    }
+    if let Some(e) = refused {
+        log_warn!(
+            "this version of railvf refuses the network config ({}); DEL goes on with its cniVersion, name, VF and ipam.type where valid, and with what ADD recorded; fix the config before the next ADD",
+            e.msg
+        );
     }
     log::set_attachment(
         env.command.as_str(),

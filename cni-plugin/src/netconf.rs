@@ -297,6 +297,62 @@ impl NetConf {
         })
     }
 
+    /// The parse of configs that only undo what an ADD did (DEL's, and the config an ADD
+    /// recorded for a later IPAM DEL). A config this version refuses with code 7 (a check
+    /// added since the version that ran ADD: Multus replays the config it cached at ADD, and
+    /// editing the NetworkAttachmentDefinition does not change that) must not keep a VF in
+    /// a pod for good. It then yields only what undoing needs, each part only if valid on
+    /// its own: `cniVersion` (required), `name`, the VF and `ipam.type`; the refusal is
+    /// returned beside it, for a warning. Not JSON, not an object, or an unsupported
+    /// `cniVersion` stay errors: no ADD accepted such a config.
+    pub fn parse_for_teardown(raw: &[u8]) -> Result<(Self, Option<CniError>), CniError> {
+        match Self::parse(raw) {
+            Ok(c) => Ok((c, None)),
+            Err(e) if e.code == code::INVALID_CONFIG => match Self::undo_only(raw) {
+                Some(c) => Ok((c, Some(e))),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    fn undo_only(raw: &[u8]) -> Option<Self> {
+        let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(raw) else {
+            return None;
+        };
+        let version = Version::parse(m.get("cniVersion")?.as_str()?).ok()?;
+        let empty = Map::new();
+        let rc = m
+            .get("runtimeConfig")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let ipam_type = m
+            .get("ipam")
+            .and_then(|i| i.get("type"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .and_then(|t| validate_plugin_name(t).ok())
+            .map(str::to_string);
+        Some(NetConf {
+            raw: raw.to_vec(),
+            version,
+            name: m.get("name").and_then(Value::as_str).map(str::to_string),
+            device: device(&m, rc).ok().flatten(),
+            guid: None,
+            ib_kubernetes: IbKubernetes::default(),
+            mtu: None,
+            vf: VfSettings::default(),
+            rdma_isolation: false,
+            ipam_type,
+            log_file: None,
+            log_level: Level::Info,
+            readiness: ReadinessConf::default(),
+            rail_policy: RailPolicy::default(),
+            prev_result: None,
+            valid_attachments: None,
+        })
+    }
+
     /// The network name, required by the verbs that keep state.
     pub fn require_name(&self) -> Result<&str, CniError> {
         self.name.as_deref().filter(|n| !n.is_empty()).ok_or_else(|| {

@@ -445,6 +445,31 @@ impl StateDir {
     /// Takes the VF's lock, waiting for the holder (another railvf working on the same
     /// VF). A VF that no longer exists is serialized on the state directory instead.
     pub fn lock_vf(&self, root: &HostRoot, vf: &PciAddr) -> Result<VfLock, StateError> {
+        let (file, path) = self.lock_target(root, vf)?;
+        file.lock().map_err(|source| StateError::Lock {
+            vf: *vf,
+            path,
+            source,
+        })?;
+        Ok(VfLock { _file: file })
+    }
+
+    /// Takes the VF's lock if nobody holds it; `None` while another railvf works on it.
+    pub fn try_lock_vf(&self, root: &HostRoot, vf: &PciAddr) -> Result<Option<VfLock>, StateError> {
+        let (file, path) = self.lock_target(root, vf)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(VfLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(source)) => Err(StateError::Lock {
+                vf: *vf,
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// What a VF's lock is taken on: its sysfs directory, else the state directory.
+    fn lock_target(&self, root: &HostRoot, vf: &PciAddr) -> Result<(File, PathBuf), StateError> {
         let dir = root.pci_device(vf);
         let (file, path) = match File::open(&dir) {
             Ok(f) => (f, dir),
@@ -464,12 +489,7 @@ impl StateDir {
                 });
             }
         };
-        file.lock().map_err(|source| StateError::Lock {
-            vf: *vf,
-            path,
-            source,
-        })?;
-        Ok(VfLock { _file: file })
+        Ok((file, path))
     }
 }
 

@@ -66,7 +66,8 @@ impl Report {
 pub struct Options<'a> {
     /// The netns the caller knows (`CNI_NETNS`); the recorded one is used when absent.
     pub netns: Option<&'a Path>,
-    /// Run IPAM DEL with the recorded config (rollback, GC); DEL runs its own.
+    /// Run IPAM DEL with the recorded config (rollback, GC, a DEL whose own config has no
+    /// usable `ipam`); otherwise DEL runs its own.
     pub ipam: bool,
 }
 
@@ -117,7 +118,13 @@ fn locate_in_netns(
             Err(e) => return Err(e),
         }
     }
-    Ok(None)
+    // Neither MAC nor ifindex recorded: the config's `mac` is on the netdev, and its host
+    // ifindex was taken in the pod, so the kernel gave it another. Its parent device, the
+    // VF, still says whose it is (Linux 5.14 and later).
+    Ok(links
+        .links_of_device(ns, &st.vf.to_string())?
+        .into_iter()
+        .next())
 }
 
 /// The netns to look in: the caller's, else the recorded one; `None` when it is gone.
@@ -339,8 +346,20 @@ fn restore_host(links: &dyn LinkOps, l: &Link, st: &Attachment, r: &mut Report) 
 }
 
 fn ipam_del(ctx: &Ctx<'_>, st: &Attachment, ns: Option<&Netns>, r: &mut Report) {
-    let conf = match NetConf::parse(st.netconf.as_bytes()) {
-        Ok(c) => c,
+    // Recorded by the ADD, maybe by an earlier version that checked less: a refusal of
+    // this version's keeps only what the release needs (`ipam.type`).
+    let conf = match NetConf::parse_for_teardown(st.netconf.as_bytes()) {
+        Ok((c, refused)) => {
+            if let Some(e) = refused {
+                crate::log_warn!(
+                    "the network config ADD recorded for {}/{} is refused by this version ({}): releasing IPAM with its ipam.type",
+                    st.container_id,
+                    st.ifname,
+                    e.msg
+                );
+            }
+            c
+        }
         Err(e) => {
             return r.fail(format!(
                 "recorded network config unreadable for IPAM DEL: {e}"

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::net::fake::{FakeOp, Inject, IpoibNetns, RdmaMode};
 use crate::net::{IpNet, LinkOps, Netns};
+use crate::netconf::NetConf;
 use crate::state::StateDir;
 use crate::testutil::{Bench, PF_NETDEV, conf, ibdev, vf_addr, vf_netdev};
 
@@ -36,6 +37,75 @@ fn ipam_log(b: &Bench) -> Vec<String> {
 
 fn is_home(b: &Bench, i: u32) -> bool {
     b.whereis(&vf_netdev(i)) == vec![Netns::Host]
+}
+
+/// An upgrade can make railvf refuse a config an earlier version accepted, and Multus
+/// replays the config it cached at ADD: DEL still brings the VF home and releases IPAM,
+/// by the stdin config's `ipam` when that is usable, else by the one ADD recorded.
+#[test]
+fn del_with_a_config_this_version_refuses_still_brings_the_vf_home() {
+    let b = Bench::new(3);
+    let ipam = with_ipam(&b);
+    let pod_b = b.netns("pod-b");
+    b.run("ADD", "c0", Some(&b.pod), &conf(0, &ipam)).unwrap();
+    b.run("ADD", "c1", Some(&pod_b), &conf(1, &ipam)).unwrap();
+    let refused = conf(0, &format!(r#""mtu":10,{ipam}"#));
+    let e = NetConf::parse(refused.as_bytes()).unwrap_err();
+    assert_eq!(e.code, 7, "{e}");
+    b.run("DEL", "c0", Some(&b.pod), &refused).unwrap();
+    assert!(is_home(&b, 0));
+    assert_eq!(ipam_log(&b)[2..], ["DEL c0 net1"]);
+
+    // Its ipam.type unusable too: the recorded config releases the address.
+    let bad_ipam = conf(1, r#""mtu":10,"ipam":{"type":"../fake-ipam"}"#);
+    b.run("DEL", "c1", Some(&pod_b), &bad_ipam).unwrap();
+    assert!(is_home(&b, 1));
+    assert_eq!(ipam_log(&b)[3..], ["DEL c1 net1"]);
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+
+    // Nothing left: DEL of a refused config succeeds, and IPAM DEL is repeated (a no-op
+    // for IPAM plugins).
+    b.run("DEL", "c0", Some(&b.pod), &refused).unwrap();
+    assert_eq!(ipam_log(&b)[4..], ["DEL c0 net1"]);
+    // What no ADD accepted stays an error.
+    for (text, code) in [
+        ("not json", 6),
+        (r#"{"cniVersion":"0.2.0","name":"n","type":"railvf"}"#, 1),
+        (r#"{"name":"n","type":"railvf","mtu":10}"#, 7),
+    ] {
+        let e = b.run("DEL", "c0", Some(&b.pod), text).unwrap_err();
+        assert_eq!(e.code, code, "{text}: {e}");
+    }
+}
+
+/// The config ADD recorded, refused by this version (a duplicate key an earlier version
+/// let through): GC's release of the stale attachment goes by its `ipam.type`.
+#[test]
+fn a_recorded_config_this_version_refuses_still_releases_ipam() {
+    let b = Bench::new(2);
+    let ipam = with_ipam(&b);
+    b.run("ADD", "stale", Some(&b.pod), &conf(0, &ipam))
+        .unwrap();
+    let file = b.state_dir().join(&b.state_files()[0]);
+    let mut st: Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    let recorded = format!(
+        r#"{{"mtu":9000,"mtu":9000,{}"#,
+        &st["netconf"].as_str().unwrap()[1..]
+    );
+    assert!(NetConf::parse(recorded.as_bytes()).is_err());
+    st["netconf"] = Value::String(recorded);
+    fs::write(&file, st.to_string()).unwrap();
+
+    b.run(
+        "GC",
+        "-",
+        None,
+        &conf(1, r#""cni.dev/valid-attachments":[]"#),
+    )
+    .unwrap();
+    assert!(is_home(&b, 0));
+    assert_eq!(ipam_log(&b), vec!["ADD stale net1", "DEL stale net1"]);
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
 }
 
 #[test]
@@ -581,6 +651,38 @@ fn vf_settings_are_applied_through_the_pf_and_restored() {
     let _ = PF_NETDEV;
 }
 
+/// The config's MAC on the netdev, and a new ifindex in the pod (its host one was taken
+/// there): neither is recorded, and DEL, in another process, still finds the VF, by its
+/// parent device.
+#[test]
+fn a_vf_with_the_configs_mac_and_a_new_ifindex_in_the_pod_is_found_by_its_device() {
+    let b = Bench::new(2);
+    let pod = Netns::path(&b.pod);
+    let host = b
+        .links
+        .link_by_name(&Netns::Host, &vf_netdev(1))
+        .unwrap()
+        .unwrap();
+    for n in 0.. {
+        if matches!(b.links.link_by_index(&pod, host.ifindex), Ok(Some(_))) {
+            break;
+        }
+        assert!(n < 64, "the pod's ifindexes never reached {}", host.ifindex);
+        b.links.add_link(&pod, &format!("eth{n}"));
+    }
+    let c = conf(
+        1,
+        r#""mac":"02:aa:bb:cc:dd:01","readiness":{"linkLayer":"InfiniBand"}"#,
+    );
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let net1 = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
+    assert_ne!(net1.ifindex, host.ifindex);
+    assert_ne!(net1.mac, host.mac);
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 1));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
 #[test]
 fn an_existing_name_in_the_pod_fails_cleanly() {
     let b = Bench::new(1);
@@ -767,6 +869,44 @@ fn gc_reaps_only_attachments_not_listed() {
         b.state_files(),
         vec!["0000:18:00.1_keep@net1.json".to_string()]
     );
+}
+
+/// A GC whose list the runtime made before an ADD began cannot name that ADD's attachment:
+/// while another railvf holds the VF's lock (the ADD still running), GC leaves the
+/// attachment to the next GC instead of tearing it down once the ADD returns.
+#[test]
+fn gc_leaves_an_attachment_whose_vf_is_busy_to_the_next_gc() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    b.run("ADD", "new", Some(&b.pod), &conf(0, &ipam)).unwrap();
+    // The lock is held by another thread until GC returns (at most 5 s: a GC that waited
+    // for it would then tear the attachment down, and the test fail, not hang).
+    let (state_dir, root) = (b.state_dir(), b.root());
+    let (held, is_held) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let root = railvf_host::HostRoot::new(root).unwrap();
+        let sd = StateDir::new(state_dir);
+        let lock = sd.lock_vf(&root, &vf_addr(0)).unwrap();
+        held.send(sd.try_lock_vf(&root, &vf_addr(0)).unwrap().is_none())
+            .unwrap();
+        let _ = released.recv_timeout(Duration::from_secs(5));
+        drop(lock);
+    });
+    assert!(is_held.recv().unwrap(), "try_lock_vf took a held lock");
+    b.run("GC", "x", None, &gc_conf(serde_json::json!([])))
+        .unwrap();
+    let _ = release.send(());
+    holder.join().unwrap();
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
+    assert_eq!(b.state_files().len(), 1);
+    assert_eq!(ipam_log(&b), vec!["ADD new net1"]);
+
+    b.run("GC", "x", None, &gc_conf(serde_json::json!([])))
+        .unwrap();
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+    assert_eq!(ipam_log(&b), vec!["ADD new net1", "DEL new net1"]);
 }
 
 #[test]

@@ -340,7 +340,12 @@ impl Bench {
         conf: &str,
     ) -> Result<Option<String>, CniError> {
         let env = self.env(command, cid, ifname, netns);
-        let conf = NetConf::parse(conf.as_bytes())?;
+        // As the binary does: DEL goes on with a config this version refuses.
+        let conf = if command == "DEL" {
+            NetConf::parse_for_teardown(conf.as_bytes())?.0
+        } else {
+            NetConf::parse(conf.as_bytes())?
+        };
         let ctx = Ctx::new(&env, links);
         match command {
             "ADD" => crate::add::exec(&ctx, &conf).map(Some),

@@ -69,9 +69,15 @@ pub const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Opens a netns file read-only (close-on-exec, as std always does).
+/// Opens a netns file read-only (close-on-exec, as std always does) and non-blocking: a
+/// FIFO where the netns file should be would otherwise block `open` for good, with the
+/// VF's lock held by DEL. `setns` then refuses such a file.
 pub fn open_netns(path: &Path) -> io::Result<File> {
-    File::open(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// Why `setns(CLONE_NEWNET)` refused a namespace file, worded for `CNI_NETNS` checks.
@@ -609,4 +615,32 @@ pub enum OpenError {
     Setns(io::Error),
     /// `socket(AF_NETLINK, …)` failed.
     Socket(io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::rtnl::Rtnl;
+    use super::super::{LinkOps, Netns};
+
+    /// A FIFO where the pod's netns file should be: the look-up fails at once instead of
+    /// waiting in `open` for a writer that never comes (as DEL would, holding the VF's lock).
+    #[test]
+    fn a_fifo_in_place_of_a_netns_file_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("netns");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = fifo.clone();
+        std::thread::spawn(move || {
+            let r = Rtnl::new().link_by_name(&Netns::path(&p), "net1");
+            let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let r = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("looking up a link in a FIFO \"netns\" blocked");
+        let e = r.expect_err("a FIFO is no netns");
+        assert!(e.contains(&fifo.display().to_string()), "{e}");
+    }
 }
