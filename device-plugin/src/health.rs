@@ -3,9 +3,9 @@
 //!
 //! sysfs attributes raise no inotify events, so health is polled. A poll reads, per VF,
 //! the `driver` link and port 1's `state` of the RDMA device it found last time (the
-//! directory is listed again only when that device is gone); `phys_state` and
-//! `link_layer` are read again when `state` or the PF changed, and in a slow round robin.
-//! Two small reads per VF, no per-VF thread.
+//! directory is listed again when that device is gone, and on full reads); `phys_state`
+//! and `link_layer` are read again when `state` or the PF changed, and in a slow round
+//! robin. Two small reads per VF, no per-VF thread.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -168,8 +168,12 @@ fn attr<T>(
 
 /// Port 1 of the function's RDMA device, with a directory descriptor kept open.
 ///
-/// The descriptor is only a cache: when the directory goes away (driver unbound, device
-/// moved to a pod) reads through it fail with ENOENT and the port is looked up again.
+/// The descriptor is only a cache. When the driver is unbound the directory is deleted and
+/// reads through it fail with ENOENT. When the device moves into a pod's network namespace
+/// (`rdma system set netns exclusive`) the kernel does not delete its directory, it tags it
+/// with the pod's namespace: it is no longer listed in the host's `<fn>/infiniband`, but
+/// reads through this descriptor go on working. Only a listing tells, so full reads list
+/// `<fn>/infiniband` too (see [`Probe::observe_with`]).
 #[derive(Debug)]
 struct Port {
     rdma: String,
@@ -232,7 +236,9 @@ impl Probe {
     /// Observes the function. With `full == false`, a known RDMA device and a port
     /// `state` equal to `prev`'s, that one read is all: the RDMA device exists only while
     /// mlx5_core is bound, and the caller asks for a full read whenever the PF changed
-    /// (and in a slow round robin). Any change in `state` reads everything.
+    /// (and in a slow round robin). Any change in `state` reads everything. A full read
+    /// also lists `<fn>/infiniband`, which is how a device moved into a pod is noticed
+    /// (see [`Port`]).
     pub fn observe(&mut self, full: bool, prev: Option<&Observation>) -> Observation {
         self.observe_with(full, prev, None)
     }
@@ -245,9 +251,23 @@ impl Probe {
         prev: Option<&Observation>,
         fn_dir: Option<&OwnedFd>,
     ) -> Observation {
+        // `<fn>/infiniband` as a full read below listed it, for the first look's reuse.
+        let mut listed = None;
         if let Some(port) = &self.port {
+            // A device moved into a pod stays readable through the descriptor: only the
+            // listing shows it left. A listing that fails (out of descriptors) proves
+            // nothing, so the port is kept then.
+            let moved = full
+                && match list_first(fn_dir, &self.dir, "infiniband") {
+                    Ok(now) => {
+                        let moved = now.as_deref() != Some(port.rdma.as_str());
+                        listed = Some(now);
+                        moved
+                    }
+                    Err(()) => false,
+                };
             let state = port.read("state", str::parse);
-            if !matches!(state, Attr::Missing(_)) {
+            if !moved && !matches!(state, Attr::Missing(_)) {
                 if !full
                     && let Some(p) = prev
                     && p.rdma.as_deref() == Some(port.rdma.as_str())
@@ -263,9 +283,11 @@ impl Probe {
                 };
             }
         }
-        // First look, or the RDMA device of last time is gone: list the directory.
+        // First look, or the RDMA device of last time is gone: list the directory (unless
+        // the full read above just did).
         let driver = self.driver(fn_dir);
-        self.port = first_entry(fn_dir, &self.dir, "infiniband")
+        self.port = listed
+            .unwrap_or_else(|| first_entry(fn_dir, &self.dir, "infiniband"))
             .map(|name| Port::open(&self.dir, fn_dir, name));
         match &self.port {
             Some(port) => {
@@ -300,26 +322,35 @@ impl Probe {
     }
 }
 
-/// The first entry (in name order) of `<dir>/<sub>`, `None` when absent or empty.
+/// The first entry (in name order) of `<dir>/<sub>`, `None` when absent, empty or
+/// unreadable.
 pub fn first_entry(fd: Option<&OwnedFd>, dir: &Path, sub: &str) -> Option<String> {
+    list_first(fd, dir, sub).ok().flatten()
+}
+
+/// [`first_entry`], with `Err` when `<dir>/<sub>` exists but cannot be listed.
+fn list_first(fd: Option<&OwnedFd>, dir: &Path, sub: &str) -> Result<Option<String>, ()> {
     match fd {
         Some(fd) => {
-            let mut d = nix::dir::Dir::openat(
+            let mut d = match nix::dir::Dir::openat(
                 fd,
                 sub,
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 Mode::empty(),
-            )
-            .ok()?;
-            d.iter()
+            ) {
+                Ok(d) => d,
+                Err(nix::errno::Errno::ENOENT) => return Ok(None),
+                Err(_) => return Err(()),
+            };
+            Ok(d.iter()
                 .filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
                 .filter(|n| n != "." && n != "..")
-                .min()
+                .min())
         }
         None => host::list_dir(&dir.join(sub))
-            .ok()
-            .and_then(|v| v.into_iter().next()),
+            .map(|v| v.into_iter().next())
+            .map_err(|_| ()),
     }
 }
 
@@ -538,6 +569,19 @@ mod tests {
         assert!(why.contains("driver"), "{why}");
     }
 
+    /// Moves the VF's RDMA device and netdev into a "pod" the way the kernel does: their
+    /// directories leave `<fn>/infiniband` and `<fn>/net` but are not deleted, so
+    /// descriptors opened on them still read (here: renamed to `pod`, outside `<fn>`).
+    fn move_to_pod(d: &Path, pod: &Path) {
+        std::fs::create_dir_all(pod).unwrap();
+        for sub in ["infiniband", "net"] {
+            for e in std::fs::read_dir(d.join(sub)).unwrap() {
+                let e = e.unwrap();
+                std::fs::rename(e.path(), pod.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn a_vf_in_a_pod_is_in_use_not_unhealthy() {
         let t = tempfile::tempdir().unwrap();
@@ -546,9 +590,8 @@ mod tests {
         let addr: PciAddr = "0000:18:00.1".parse().unwrap();
         let mut probe = Probe::new(d.clone());
         let before = probe.observe(true, None);
-        std::fs::remove_dir_all(d.join("infiniband")).unwrap();
-        std::fs::remove_dir_all(d.join("net")).unwrap();
-        let o = probe.observe(false, Some(&before));
+        move_to_pod(&d, &t.path().join("pod"));
+        let o = probe.observe(true, Some(&before));
         let pf_addr: PciAddr = "0000:18:00.0".parse().unwrap();
         let pf_obs = Probe::new(function_dir(t.path(), "0000:18:00.0", "mlx5_0", "ibp24s0"))
             .observe(true, None);
@@ -563,6 +606,53 @@ mod tests {
         let o = probe.observe(false, Some(&o));
         assert!(!o.in_pod(Some(&pf_obs)));
         assert!(!judge(&root, addr, &o, pf, &Expectations::default()).is_healthy());
+    }
+
+    /// The kernel keeps a moved RDMA device's directory (re-tagged with the pod's
+    /// namespace): reads through the probe's open descriptor still succeed, only the
+    /// listing of `<fn>/infiniband` shows the move. A full read must see it, with or
+    /// without a descriptor of the function's directory; a cheap read stays one read.
+    #[test]
+    fn an_rdma_device_moved_into_a_pod_is_noticed_by_the_next_full_read() {
+        let t = tempfile::tempdir().unwrap();
+        let d = vf_dir(t.path());
+        let pf_obs = Probe::new(function_dir(t.path(), "0000:18:00.0", "mlx5_0", "ibp24s0"))
+            .observe(true, None);
+        let fn_dir = open_function_dir(&d).unwrap();
+        let mut by_path = Probe::new(d.clone());
+        let mut by_fd = Probe::new(d.clone());
+        let before = by_path.observe(true, None);
+        assert_eq!(by_fd.observe_with(true, None, Some(&fn_dir)), before);
+        assert_eq!(before.rdma.as_deref(), Some("mlx5_12"));
+
+        let pod = t.path().join("pod");
+        move_to_pod(&d, &pod);
+        assert!(
+            pod.join("mlx5_12/ports/1/state").exists(),
+            "the model keeps the directory"
+        );
+        // Cheap read: one read through the descriptor, which still works.
+        assert_eq!(by_path.observe(false, Some(&before)), before);
+        for o in [
+            by_path.observe(true, Some(&before)),
+            by_fd.observe_with(true, Some(&before), Some(&fn_dir)),
+        ] {
+            assert_eq!(o.rdma, None, "{o:?}");
+            assert!(o.in_pod(Some(&pf_obs)), "{o:?}");
+        }
+
+        // Back in the host (CNI DEL): seen again at the next read, cheap or full.
+        for e in std::fs::read_dir(&pod).unwrap() {
+            let e = e.unwrap();
+            let sub = if e.file_name() == "mlx5_12" {
+                "infiniband"
+            } else {
+                "net"
+            };
+            std::fs::rename(e.path(), d.join(sub).join(e.file_name())).unwrap();
+        }
+        assert_eq!(by_path.observe(false, None), before);
+        assert_eq!(by_fd.observe_with(true, None, Some(&fn_dir)), before);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct PfInfo {
     pub rail: Option<u32>,
     pub numvfs: Option<u32>,
     pub obs: Observation,
+    /// The last re-read of its VFs failed: warned about once, not at every poll.
+    rescan_failed: bool,
 }
 
 impl PfInfo {
@@ -213,6 +215,7 @@ fn pf_info(root: &HostRoot, pf: &Pf, topo: &Topology) -> PfInfo {
         numvfs: pf.sriov_numvfs,
         obs,
         probe,
+        rescan_failed: false,
     }
 }
 
@@ -787,18 +790,35 @@ impl Monitor {
         }
     }
 
-    /// Re-reads a PF's VF links after its VF count changed.
-    fn rescan_pf(&mut self, p: usize) {
+    /// Re-reads a PF's VF links after its VF count changed to `numvfs`, and stores that
+    /// count. When the PF cannot be read, its VFs stay as they are and the count is not
+    /// stored, so that the next poll tries again.
+    fn rescan_pf(&mut self, p: usize, numvfs: Option<u32>) {
         let addr = self.node.pfs[p].addr;
         let vfs = match inventory::read_function(&self.node.root, addr)
             .and_then(|f| inventory::read_pf(&self.node.root, f))
         {
             Ok(pf) => pf.vfs,
             Err(e) => {
-                tracing::warn!(pf = %addr, "cannot re-read the PF's VFs: {e}");
-                Vec::new()
+                // A transient failure (EMFILE, a sysfs read error) must not remove every VF
+                // of the PF, those in pods included.
+                let kept = self.node.vfs.iter().filter(|v| v.pf == p).count();
+                let pf = &mut self.node.pfs[p];
+                if pf.rescan_failed {
+                    tracing::debug!(pf = %pf.label(), "the PF's VFs still cannot be re-read: {e}");
+                } else {
+                    tracing::warn!(
+                        pf = %pf.label(),
+                        numvfs = ?numvfs,
+                        "sriov_numvfs changed but the PF's VFs cannot be re-read: {e}; its {kept} VFs are kept as they were and the PF is read again at every poll (not warned about again; \"PF's VFs changed\" is logged once it succeeds). If this lasts, check that the PF's directory and virtfn links in sysfs are readable"
+                    );
+                }
+                pf.rescan_failed = true;
+                return;
             }
         };
+        self.node.pfs[p].numvfs = numvfs;
+        self.node.pfs[p].rescan_failed = false;
         let want: BTreeMap<PciAddr, u32> = vfs.iter().map(|&(n, a)| (a, n)).collect();
         let before = self.node.vfs.len();
         let mut removed = Vec::new();
@@ -857,12 +877,11 @@ impl Monitor {
                     .ok()
                     .flatten();
             if numvfs != pf.numvfs {
-                pf.numvfs = numvfs;
-                rescan.push(p);
+                rescan.push((p, numvfs));
             }
         }
-        for &p in &rescan {
-            self.rescan_pf(p);
+        for (p, numvfs) in rescan {
+            self.rescan_pf(p, numvfs);
             pf_changed[p] = true;
         }
         for i in 0..self.node.vfs.len() {
