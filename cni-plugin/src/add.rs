@@ -508,16 +508,13 @@ fn recreated_netdev(
         if let Some(l) = vf::find_in_host(root, ctx.links, &st.vf)? {
             break (l, false);
         }
-        let found = ctx
-            .links
-            .links_of_device(ns, &st.vf.to_string())
-            .map_err(|e| {
-                net_err(
-                    format!("looking for VF {}'s netdev in the pod netns", st.vf),
-                    e,
-                )
-            })?;
-        if let Some(l) = found.into_iter().next() {
+        let found = vf::find_in_netns(ctx.links, ns, &st.vf).map_err(|e| {
+            net_err(
+                format!("looking for VF {}'s netdev in the pod netns", st.vf),
+                e,
+            )
+        })?;
+        if let Some(l) = found {
             break (l, true);
         }
         if std::time::Instant::now() >= deadline {

@@ -21,7 +21,7 @@ use railvf_host::{Guid, HostRoot, PciAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CniError, code};
-use crate::net::VfSettings;
+use crate::net::{VfSettings, format_mac, parse_mac};
 
 /// Version of the state file format. Files from a newer railvf are refused, not guessed at.
 pub const SCHEMA: u32 = 1;
@@ -126,12 +126,7 @@ pub struct VfSettingsRecord {
 impl From<&VfSettings> for VfSettingsRecord {
     fn from(s: &VfSettings) -> Self {
         Self {
-            mac: s.mac.map(|m| {
-                m.iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":")
-            }),
+            mac: s.mac.map(|m| format_mac(&m)),
             vlan: s.vlan,
             spoofchk: s.spoofchk,
             trust: s.trust,
@@ -143,17 +138,7 @@ impl From<&VfSettings> for VfSettingsRecord {
 
 impl From<&VfSettingsRecord> for VfSettings {
     fn from(r: &VfSettingsRecord) -> Self {
-        let mac = r.mac.as_deref().and_then(|m| {
-            let mut out = [0u8; 6];
-            let parts: Vec<&str> = m.split(':').collect();
-            if parts.len() != 6 {
-                return None;
-            }
-            for (i, p) in parts.iter().enumerate() {
-                out[i] = u8::from_str_radix(p, 16).ok()?;
-            }
-            Some(out)
-        });
+        let mac = r.mac.as_deref().and_then(parse_mac);
         VfSettings {
             mac,
             vlan: r.vlan,

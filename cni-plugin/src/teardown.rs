@@ -120,11 +120,8 @@ fn locate_in_netns(
     }
     // Neither MAC nor ifindex recorded: the config's `mac` is on the netdev, and its host
     // ifindex was taken in the pod, so the kernel gave it another. Its parent device, the
-    // VF, still says whose it is (Linux 5.14 and later).
-    Ok(links
-        .links_of_device(ns, &st.vf.to_string())?
-        .into_iter()
-        .next())
+    // VF, still says whose it is.
+    vf::find_in_netns(links, ns, &st.vf)
 }
 
 /// The netns to look in: the caller's, else the recorded one; `None` when it is gone.

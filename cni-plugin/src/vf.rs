@@ -159,6 +159,20 @@ pub fn find_in_host(
     Ok(None)
 }
 
+/// The VF's netdev in `ns`, a namespace whose sysfs railvf does not see (a pod's): the
+/// link whose parent device is the VF, as the kernel reports it (Linux 5.14 and later;
+/// `None` on an older kernel).
+pub fn find_in_netns(
+    links: &dyn LinkOps,
+    ns: &Netns,
+    addr: &PciAddr,
+) -> Result<Option<Link>, NetError> {
+    Ok(links
+        .links_of_device(ns, &addr.to_string())?
+        .into_iter()
+        .next())
+}
+
 /// Waits up to `timeout` for the VF's netdev to be in the host namespace (after a driver
 /// rebind, or while the kernel returns it from a destroyed netns).
 pub fn wait_in_host(

@@ -616,7 +616,7 @@ fn not_judged() -> Health {
 const CHUNK: usize = 256;
 
 /// Every VF's port is read in full at least every this many polls (2 s at 250 ms).
-const FULL_READ_EVERY: u64 = 8;
+pub const FULL_READ_EVERY: u64 = 8;
 
 impl Monitor {
     /// Selects devices for every resource of `config`, judges their health, and returns

@@ -4,12 +4,9 @@
 use std::path::Path;
 
 use railvf_device_plugin::config::Config;
-use railvf_device_plugin::pool::{DeviceSet, Monitor, Node, ResourceHandle};
+use railvf_device_plugin::pool::{DeviceSet, FULL_READ_EVERY, Monitor, Node, ResourceHandle};
 use railvf_host::{HostRoot, PciAddr};
 use railvf_sim::{SimNode, SimOptions};
-
-/// A VF's port is read in full at least every this many polls (the poller's round robin).
-const FULL_READ_EVERY: usize = 8;
 
 fn start() -> (SimNode, Monitor, ResourceHandle) {
     let sim = SimOptions::dgx_h200().no_links().build().expect("sim");

@@ -299,13 +299,7 @@ fn setting(v: &[u8]) -> Option<bool> {
 pub fn describe_settings(s: &VfSettings) -> String {
     let mut parts = Vec::new();
     if let Some(m) = s.mac {
-        parts.push(format!(
-            "mac {}",
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        ));
+        parts.push(format!("mac {}", super::format_mac(&m)));
     }
     if let Some((v, q, p)) = s.vlan {
         parts.push(format!("vlan {v} qos {q} proto {p:#06x}"));
