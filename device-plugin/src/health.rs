@@ -9,6 +9,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
@@ -178,14 +179,14 @@ fn attr<T>(
 struct Port {
     rdma: String,
     dir: PathBuf,
-    fd: Option<OwnedFd>,
+    fd: Option<KeptFd>,
 }
 
 impl Port {
     fn open(fn_path: &Path, fn_dir: Option<&OwnedFd>, rdma: String) -> Self {
         let rel = format!("infiniband/{rdma}/ports/1");
         let dir = fn_path.join(&rel);
-        let fd = match fn_dir {
+        let fd = KeptFd::open(|| match fn_dir {
             Some(d) => openat(
                 d,
                 rel.as_str(),
@@ -194,12 +195,12 @@ impl Port {
             )
             .ok(),
             None => open_dir(&dir),
-        };
+        });
         Port { fd, dir, rdma }
     }
 
     fn read<T>(&self, name: &str, parse: impl FnOnce(&str) -> Result<T, ParseError>) -> Attr<T> {
-        attr(self.fd.as_ref(), &self.dir, name, parse)
+        attr(self.fd.as_ref().map(KeptFd::fd), &self.dir, name, parse)
     }
 
     fn read_rest(&self, state: Attr<PortState>) -> PortObs {
@@ -372,9 +373,69 @@ pub fn observe(dir: &Path) -> Observation {
     Probe::new(dir.to_path_buf()).observe(true, None)
 }
 
+/// Descriptors the rest of the process may need beside the ones probes keep: the async
+/// runtime, gRPC listeners and kubelet's connections, the metrics endpoint, inotify,
+/// directory listings, device-info and config files.
+pub const FD_HEADROOM: u64 = 256;
+
+/// How many descriptors probes keep open now, and how many they may keep.
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+static KEPT_CAP: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Raises the soft open-file limit to the hard one and caps the descriptors probes keep
+/// at that limit less [`FD_HEADROOM`], so that a node with more VFs than the limit allows
+/// polls the rest by path instead of starving the gRPC server of sockets. Returns the
+/// limit now in force.
+pub fn reserve_fd_headroom() -> u64 {
+    let limit = raise_fd_limit();
+    let cap = usize::try_from(limit.saturating_sub(FD_HEADROOM)).unwrap_or(usize::MAX);
+    KEPT_CAP.store(cap, Ordering::Relaxed);
+    limit
+}
+
+/// The number of descriptors probes keep open now.
+pub fn kept_descriptors() -> usize {
+    KEPT.load(Ordering::Relaxed)
+}
+
+/// A directory descriptor a probe keeps between polls, counted against the cap that
+/// [`reserve_fd_headroom`] sets. Descriptors are a process-wide resource, hence the
+/// process-wide count.
+#[derive(Debug)]
+struct KeptFd(OwnedFd);
+
+impl KeptFd {
+    /// Takes a slot under the cap and opens; `None` (reads go by path) when the cap is
+    /// reached or the open fails.
+    fn open(open: impl FnOnce() -> Option<OwnedFd>) -> Option<KeptFd> {
+        let cap = KEPT_CAP.load(Ordering::Relaxed);
+        KEPT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .ok()?;
+        match open() {
+            Some(fd) => Some(KeptFd(fd)),
+            None => {
+                KEPT.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn fd(&self) -> &OwnedFd {
+        &self.0
+    }
+}
+
+impl Drop for KeptFd {
+    fn drop(&mut self) {
+        KEPT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Raises the soft open-file limit to the hard one: the poller keeps one directory
 /// descriptor per VF. Returns the limit now in force.
-pub fn raise_fd_limit() -> u64 {
+fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => {

@@ -374,13 +374,16 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         None => None,
     };
 
-    let fd_limit = crate::health::raise_fd_limit();
+    let fd_limit = crate::health::reserve_fd_headroom();
     let node = Node::scan(&root, config.rail_map.as_ref())?;
-    if (fd_limit as usize) < node.vfs.len() + 256 {
+    if fd_limit < node.vfs.len() as u64 + crate::health::FD_HEADROOM {
         tracing::warn!(
             fd_limit,
             vfs = node.vfs.len(),
-            "the open-file limit is below one descriptor per VF: health polls fall back to slower path lookups"
+            kept = crate::health::kept_descriptors(),
+            "the open-file limit is below one descriptor per VF plus {} for the rest of the plugin: \
+             VFs beyond it are polled by path (slower); raise the container's nofile limit",
+            crate::health::FD_HEADROOM
         );
     }
     let (monitor, handles) = Monitor::new(node, &config);
