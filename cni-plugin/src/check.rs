@@ -3,7 +3,7 @@
 
 use crate::Ctx;
 use crate::error::{CniError, code};
-use crate::gate::{self, GATE_CHECKS};
+use crate::gate::{self, GATE_CHECKS, ISOLATED_CHECKS};
 use crate::ipam::{Call, Plugin};
 use crate::net::Netns;
 use crate::netconf::NetConf;
@@ -107,14 +107,26 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
         }
     }
 
-    // An RDMA device isolated in the pod netns is invisible in the host's sysfs: only what
-    // the host still sees can be checked then.
-    let checks: &[railvf_host::Check] = if st.rdma_device.is_some() {
-        &[railvf_host::Check::Driver]
-    } else {
-        &GATE_CHECKS
+    // An RDMA device isolated in the pod netns is invisible in the host's sysfs: its port
+    // is read through RDMA netlink in the pod instead.
+    let exp = &conf.readiness.expectations;
+    let r = match &st.rdma_device {
+        Some(ibdev) => {
+            let view = ctx
+                .links
+                .rdma_port1(&ns, ibdev)
+                .map_err(|e| crate::add::net_err(format!("reading RDMA device {ibdev}"), e))?
+                .ok_or_else(|| {
+                    mismatch(format!(
+                        "RDMA device {ibdev} of VF {} is not in {}: ADD moved it there (rdmaIsolation)",
+                        st.vf,
+                        netns.display()
+                    ))
+                })?;
+            gate::evaluate_isolated(ctx.root(), &st.vf, exp, &ISOLATED_CHECKS, ibdev, &view)?
+        }
+        None => gate::evaluate(ctx.root(), &st.vf, exp, &GATE_CHECKS)?,
     };
-    let r = gate::evaluate(ctx.root(), &st.vf, &conf.readiness.expectations, checks)?;
     if !r.is_ready() {
         return Err(gate::GateError::NotReady {
             vf: st.vf,

@@ -7,13 +7,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use railvf_host::inventory;
+use railvf_host::attr::{ParseError, PhysState, PortState};
+use railvf_host::inventory::{self, Attr, RdmaDevice, RdmaPort};
 use railvf_host::readiness::{Outcome, Status};
 use railvf_host::{
     Check, Expectations, Guid, HostRoot, LinkLayer, PciAddr, PciFunction, Readiness, host,
 };
 
 use crate::error::{CniError, code};
+use crate::net::rdma::PortView;
 
 /// Poll interval: a few µs of sysfs reads per poll, so 2 ms is cheap and reacts fast.
 pub const POLL: Duration = Duration::from_millis(2);
@@ -83,6 +85,86 @@ pub fn evaluate(
 ) -> Result<Readiness, GateError> {
     let f = inventory::read_function(root, *vf).map_err(vanished(*vf))?;
     Ok(railvf_host::readiness::evaluate(root, &f, exp, checks))
+}
+
+/// The checks CHECK makes on a VF whose RDMA device ADD isolated in the pod: the host sees
+/// its driver, RDMA netlink in the pod shows the device and its port. `guid` is not among
+/// them: RDMA netlink has no attribute for the port GID; ADD checked it before the move.
+pub const ISOLATED_CHECKS: [Check; 6] = [
+    Check::Driver,
+    Check::Rdma,
+    Check::LinkLayer,
+    Check::PortState,
+    Check::Lid,
+    Check::Sm,
+];
+
+/// Evaluates `checks` on the VF `vf`, its RDMA device `ibdev` as RDMA netlink showed it in
+/// the netns it was isolated in (`view`). The verdicts and their wording are the host
+/// model's, as for a device read from sysfs.
+pub fn evaluate_isolated(
+    root: &HostRoot,
+    vf: &PciAddr,
+    exp: &Expectations,
+    checks: &[Check],
+    ibdev: &str,
+    view: &PortView,
+) -> Result<Readiness, GateError> {
+    let mut f = inventory::read_function(root, *vf).map_err(vanished(*vf))?;
+    f.rdma = Some(isolated_device(ibdev, view));
+    Ok(railvf_host::readiness::evaluate(root, &f, exp, checks))
+}
+
+/// The host model's view of an RDMA device read through RDMA netlink. What netlink never
+/// reports is `NotRead`; what it did not report this time is `Missing`, named after the
+/// attribute.
+fn isolated_device(name: &str, v: &PortView) -> RdmaDevice {
+    fn path(dev: &str, attr: &str) -> PathBuf {
+        PathBuf::from(format!("RDMA netlink {dev}/1 {attr}"))
+    }
+    fn read<T, V>(dev: &str, attr: &str, v: Option<V>, f: impl FnOnce(V) -> Attr<T>) -> Attr<T> {
+        v.map(f).unwrap_or_else(|| Attr::Missing(path(dev, attr)))
+    }
+    fn invalid<T>(dev: &str, attr: &str, expected: &'static str, found: String) -> Attr<T> {
+        Attr::Invalid {
+            path: path(dev, attr),
+            error: ParseError { expected, found },
+        }
+    }
+    let lid = |attr: &str, l: Option<u32>| {
+        read(name, attr, l, |l| {
+            u16::try_from(l)
+                .map(Attr::Value)
+                .unwrap_or_else(|_| invalid(name, attr, "a 16-bit LID", l.to_string()))
+        })
+    };
+    let link_layer = match v.protocol.as_deref() {
+        Some("ib") => Attr::Value(LinkLayer::InfiniBand),
+        Some("roce") => Attr::Value(LinkLayer::Ethernet),
+        Some(other) => invalid(name, "protocol", "ib or roce", other.to_string()),
+        // Before Linux 5.6 there is no protocol attribute; the kernel puts the LID
+        // attributes on InfiniBand ports only.
+        None if v.lid.is_some() => Attr::Value(LinkLayer::InfiniBand),
+        None => Attr::Value(LinkLayer::Ethernet),
+    };
+    RdmaDevice {
+        name: name.to_string(),
+        node_guid: read(name, "node_guid", v.node_guid, |g| Attr::Value(Guid(g))),
+        ports: vec![RdmaPort {
+            port: 1,
+            state: read(name, "state", v.state, |c| {
+                Attr::Value(PortState::from_code(c))
+            }),
+            phys_state: read(name, "phys_state", v.phys_state, |c| {
+                Attr::Value(PhysState::from_code(c))
+            }),
+            lid: lid("lid", v.lid),
+            sm_lid: lid("sm_lid", v.sm_lid),
+            link_layer,
+            rate: Attr::NotRead,
+            gid0: Attr::NotRead,
+        }],
+    }
 }
 
 /// The VF `vf` could not be read: it is gone (or no longer a VF).
@@ -271,6 +353,52 @@ fn expect_guid(f: &PciFunction, want: Guid, r: &mut Readiness) {
 mod tests {
     use super::*;
     use crate::testutil::{Bench, vf_addr};
+
+    /// RDMA netlink's port view in the host model's terms: the protocol names the link
+    /// layer, and before Linux 5.6 (no protocol attribute) the LID attributes, which the
+    /// kernel puts on InfiniBand ports only, do; a LID wider than 16 bits is unreadable.
+    #[test]
+    fn a_port_read_through_rdma_netlink_is_judged_as_sysfs_would_be() {
+        let ib = PortView {
+            node_guid: Some(1),
+            protocol: None,
+            state: Some(4),
+            phys_state: Some(5),
+            lid: Some(0x21),
+            sm_lid: Some(1),
+        };
+        let ll = |v: &PortView| isolated_device("mlx5_3", v).ports[0].link_layer.clone();
+        assert_eq!(ll(&ib), Attr::Value(LinkLayer::InfiniBand));
+        let roce = PortView {
+            lid: None,
+            sm_lid: None,
+            ..ib.clone()
+        };
+        assert_eq!(ll(&roce), Attr::Value(LinkLayer::Ethernet));
+        let iw = PortView {
+            protocol: Some("iw".into()),
+            ..ib.clone()
+        };
+        assert!(ll(&iw).describe().contains("iw"), "{:?}", ll(&iw));
+
+        let b = Bench::new(1);
+        let root = HostRoot::new(b.root()).unwrap();
+        let exp = Expectations::default();
+        let r =
+            evaluate_isolated(&root, &vf_addr(0), &exp, &ISOLATED_CHECKS, "mlx5_3", &ib).unwrap();
+        assert!(r.is_ready(), "{}", r.failure_summary());
+        let wide = PortView {
+            lid: Some(0x1_0000),
+            ..ib
+        };
+        let r =
+            evaluate_isolated(&root, &vf_addr(0), &exp, &ISOLATED_CHECKS, "mlx5_3", &wide).unwrap();
+        let summary = r.failure_summary();
+        assert!(
+            !r.is_ready() && summary.contains("lid") && summary.contains("65536"),
+            "{summary}"
+        );
+    }
 
     /// A VF whose node GUID already shows the new GUID while its port GUID (GID 0) and LID
     /// are still the old ones is not ready: that LID belongs to the old port GUID.

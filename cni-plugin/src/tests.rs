@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::net::fake::{FakeOp, Inject, IpoibNetns, RdmaMode};
+use crate::net::rdma::PortView;
 use crate::net::{IpNet, LinkOps, Netns};
 use crate::netconf::NetConf;
 use crate::state::StateDir;
@@ -835,6 +836,89 @@ fn check_compares_with_prev_result_and_readiness() {
         .run("CHECK", "nobody", Some(&b.pod), &with_prev(&out))
         .unwrap_err();
     assert_eq!(e.code, 3);
+}
+
+/// With `rdmaIsolation` the host's sysfs no longer lists the VF's RDMA device: CHECK reads
+/// its port through RDMA netlink in the pod, and judges it as ADD's gate does.
+#[test]
+fn check_of_an_isolated_rdma_device_reads_its_port_in_the_pod() {
+    let b = Bench::new(1);
+    let c = conf(0, r#""rdmaIsolation":true"#);
+    let out = b.run("ADD", "c1", Some(&b.pod), &c).unwrap().unwrap();
+    let mut v: Value = serde_json::from_str(&c).unwrap();
+    v["prevResult"] = serde_json::from_str(&out).unwrap();
+    let check = || b.run("CHECK", "c1", Some(&b.pod), &v.to_string());
+    check().unwrap();
+    assert!(
+        b.links
+            .calls()
+            .iter()
+            .any(|call| call.op == FakeOp::RdmaPort1
+                && call.args.contains(&format!("{:?}", Netns::path(&b.pod)))),
+        "read in the pod: {:?}",
+        b.links.calls()
+    );
+
+    let good = b
+        .links
+        .rdma_port1(&Netns::path(&b.pod), &ibdev(0))
+        .unwrap()
+        .unwrap();
+    let fails_with = |view: PortView, code: u32, words: &[&str]| {
+        b.links.set_rdma_port1(&ibdev(0), view);
+        let e = check().unwrap_err();
+        assert_eq!(e.code, code, "{e}");
+        for w in words {
+            assert!(e.msg.contains(w), "{w:?} in {e}");
+        }
+    };
+    fails_with(
+        PortView {
+            state: Some(1),
+            phys_state: Some(3),
+            ..good.clone()
+        },
+        11,
+        &["port_state", "1: DOWN", "3: Disabled"],
+    );
+    fails_with(
+        PortView {
+            lid: Some(0),
+            ..good.clone()
+        },
+        11,
+        &["lid", "0x0"],
+    );
+    fails_with(
+        PortView {
+            sm_lid: Some(0),
+            ..good.clone()
+        },
+        11,
+        &["sm"],
+    );
+    fails_with(
+        PortView {
+            protocol: Some("roce".into()),
+            lid: None,
+            sm_lid: None,
+            ..good.clone()
+        },
+        11,
+        &["link_layer", "Ethernet"],
+    );
+    b.links.set_rdma_port1(&ibdev(0), good);
+    check().unwrap();
+
+    // The device is in the host again (mlx5_ib reloaded: the kernel registers a re-probed
+    // device in the initial netns): the attachment is not what ADD made.
+    b.links.add_rdma_device(&Netns::Host, &ibdev(0));
+    let e = check().unwrap_err();
+    assert_eq!(e.code, 107, "{e}");
+    assert!(
+        e.msg.contains(&format!("RDMA device {} ", ibdev(0))) && e.msg.contains("is not in"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -481,4 +481,11 @@ impl LinkOps for Mirror<'_> {
     fn move_rdma_device(&self, ibdev: &str, from: &Netns, to: &Netns) -> Result<(), NetError> {
         self.after(self.0.links.move_rdma_device(ibdev, from, to))
     }
+    fn rdma_port1(
+        &self,
+        ns: &Netns,
+        ibdev: &str,
+    ) -> Result<Option<crate::net::rdma::PortView>, NetError> {
+        self.0.links.rdma_port1(ns, ibdev)
+    }
 }

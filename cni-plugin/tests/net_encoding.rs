@@ -13,7 +13,7 @@ use railvf_cni::net::netns::{
     self, Msg, NLA_F_NESTED, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUEST,
     NLMSG_ERROR, NlError, Reply, attrs, decode_error, nest_begin, nest_end, put_attr,
 };
-use railvf_cni::net::rdma::{self, NetnsMode, RdmaDev};
+use railvf_cni::net::rdma::{self, NetnsMode, PortView, RdmaDev};
 use railvf_cni::net::rtnl;
 use railvf_cni::net::vf::{self, VfInfo};
 use railvf_cni::net::{IpNet, VfSettings};
@@ -471,13 +471,102 @@ fn rdma_device_index_is_found_by_name_in_a_get_dump() {
         rdma::decode_devices(&replies)[0],
         RdmaDev {
             index: 1,
-            name: "mlx5_0".into()
+            name: "mlx5_0".into(),
+            node_guid: Some(0x0002_c903_00aa_bb03),
+            protocol: Some("ib".into()),
         }
     );
     // Messages of another type are ignored.
     let mut other = rdma_dev_reply(9, "mlx5_9");
     other.ty = rdma::rdma_nl_get_type(5, 5);
     assert_eq!(rdma::find_device(&[other], "mlx5_9"), None);
+}
+
+/// One `RDMA_NLDEV_CMD_PORT_GET` answer as the kernel's `fill_port_info` builds it: the
+/// device handle, the port index, then (InfiniBand only) the 64-bit capability flags and
+/// subnet prefix, padded with `RDMA_NLDEV_ATTR_PAD`, LID, SM LID and LMC; then the states.
+fn rdma_port_reply(index: u32, port: u32, ib: Option<(u32, u32)>, state: u8, phys: u8) -> Reply {
+    let mut p = Vec::new();
+    put_attr(
+        &mut p,
+        rdma::RDMA_NLDEV_ATTR_DEV_INDEX,
+        &index.to_ne_bytes(),
+    );
+    put_attr(&mut p, rdma::RDMA_NLDEV_ATTR_DEV_NAME, b"mlx5_12\0");
+    put_attr(
+        &mut p,
+        rdma::RDMA_NLDEV_ATTR_PORT_INDEX,
+        &port.to_ne_bytes(),
+    );
+    if let Some((lid, sm_lid)) = ib {
+        put_attr(&mut p, 0, &[]); // PAD before a u64
+        put_attr(&mut p, 4, &0x2651_e84au64.to_ne_bytes()); // CAP_FLAGS
+        put_attr(&mut p, 0, &[]);
+        put_attr(&mut p, 8, &0xfe80_0000_0000_0000u64.to_ne_bytes()); // SUBNET_PREFIX
+        put_attr(&mut p, rdma::RDMA_NLDEV_ATTR_LID, &lid.to_ne_bytes());
+        put_attr(&mut p, rdma::RDMA_NLDEV_ATTR_SM_LID, &sm_lid.to_ne_bytes());
+        put_attr(&mut p, 11, &[0]); // LMC
+    }
+    put_attr(&mut p, rdma::RDMA_NLDEV_ATTR_PORT_STATE, &[state]);
+    put_attr(&mut p, rdma::RDMA_NLDEV_ATTR_PORT_PHYS_STATE, &[phys]);
+    put_attr(&mut p, 50, &7u32.to_ne_bytes()); // NDEV_INDEX
+    put_attr(&mut p, 51, b"net1\0"); // NDEV_NAME
+    Reply {
+        ty: rdma::rdma_nl_get_type(5, 5),
+        flags: 0,
+        payload: p,
+    }
+}
+
+#[test]
+fn rdma_port_get_asks_for_one_port_of_one_device() {
+    let m = rdma::port_get_msg(12, 1).finish(3);
+    assert_eq!(m[4..6], 0x1405u16.to_ne_bytes(), "RDMA_NL_GET_TYPE(5, 5)");
+    assert_eq!(
+        m[6..8],
+        (NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes(),
+        "not a dump"
+    );
+    let a: Vec<(u16, Vec<u8>)> = attrs(&m[16..]).map(|(t, v)| (t, v.to_vec())).collect();
+    assert_eq!(
+        a,
+        vec![
+            (1, 12u32.to_ne_bytes().to_vec()),
+            (3, 1u32.to_ne_bytes().to_vec())
+        ]
+    );
+}
+
+#[test]
+fn rdma_port_get_answers_decode_for_infiniband_and_roce() {
+    let replies = [rdma_dev_reply(12, "mlx5_12")];
+    let dev = rdma::decode_devices(&replies).remove(0);
+    let ib =
+        rdma::decode_port(&[rdma_port_reply(12, 1, Some((0x1a2, 0x1)), 4, 5)], &dev, 1).unwrap();
+    assert_eq!(
+        ib,
+        PortView {
+            node_guid: Some(0x0002_c903_00aa_bb03),
+            protocol: Some("ib".into()),
+            state: Some(4),
+            phys_state: Some(5),
+            lid: Some(0x1a2),
+            sm_lid: Some(0x1),
+        }
+    );
+    // RoCE: no LID attributes at all.
+    let roce = rdma::decode_port(&[rdma_port_reply(12, 1, None, 1, 3)], &dev, 1).unwrap();
+    assert_eq!((roce.lid, roce.sm_lid), (None, None));
+    assert_eq!((roce.state, roce.phys_state), (Some(1), Some(3)));
+    // An answer about another device or port is not this port.
+    assert_eq!(
+        rdma::decode_port(&[rdma_port_reply(13, 1, None, 4, 5)], &dev, 1),
+        None
+    );
+    assert_eq!(
+        rdma::decode_port(&[rdma_port_reply(12, 2, None, 4, 5)], &dev, 1),
+        None
+    );
 }
 
 #[test]

@@ -203,6 +203,24 @@ impl PortState {
     pub fn is_active(&self) -> bool {
         self.code == Self::ACTIVE
     }
+
+    /// A state given as its number (`enum ib_port_state`, as RDMA netlink reports it),
+    /// named as sysfs names it.
+    pub fn from_code(code: u8) -> Self {
+        let name = match code {
+            0 => "NOP",
+            1 => "DOWN",
+            2 => "INIT",
+            3 => "ARMED",
+            4 => "ACTIVE",
+            5 => "ACTIVE_DEFER",
+            _ => "UNKNOWN",
+        };
+        PortState {
+            code,
+            name: name.to_string(),
+        }
+    }
 }
 
 /// `ports/N/phys_state`: `%u: %s`, e.g. `5: LinkUp`.
@@ -216,6 +234,25 @@ impl PhysState {
     pub const LINK_UP: u8 = 5;
     pub fn is_link_up(&self) -> bool {
         self.code == Self::LINK_UP
+    }
+
+    /// A physical state given as its number (`enum ib_port_phys_state`), named as sysfs
+    /// (`ib_port_phys_state_str`) names it.
+    pub fn from_code(code: u8) -> Self {
+        let name = match code {
+            1 => "Sleep",
+            2 => "Polling",
+            3 => "Disabled",
+            4 => "PortConfigurationTraining",
+            5 => "LinkUp",
+            6 => "LinkErrorRecovery",
+            7 => "Phy Test",
+            _ => "<unknown>",
+        };
+        PhysState {
+            code,
+            name: name.to_string(),
+        }
     }
 }
 
@@ -327,6 +364,24 @@ impl fmt::Display for Rate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Numbers (RDMA netlink) get the names sysfs prints, so a verdict reads the same
+    /// whichever way the port was read.
+    #[test]
+    fn states_from_numbers_read_as_sysfs_prints_them() {
+        for (code, text) in [(1, "1: DOWN"), (4, "4: ACTIVE"), (5, "5: ACTIVE_DEFER")] {
+            let st = PortState::from_code(code);
+            assert_eq!(st.to_string(), text);
+            assert_eq!(st, text.parse().unwrap());
+        }
+        assert_eq!(PortState::from_code(9).to_string(), "9: UNKNOWN");
+        for (code, text) in [(2, "2: Polling"), (5, "5: LinkUp"), (7, "7: Phy Test")] {
+            let st = PhysState::from_code(code);
+            assert_eq!(st.to_string(), text);
+            assert_eq!(st, text.parse().unwrap());
+        }
+        assert!(PortState::from_code(4).is_active() && PhysState::from_code(5).is_link_up());
+    }
 
     #[test]
     fn kernel_formats() {

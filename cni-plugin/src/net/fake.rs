@@ -55,6 +55,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use railvf_host::Guid;
 
+use super::rdma::PortView;
 use super::rtnl::{IFNAMSIZ_MAX, moved_error, network, ns_desc};
 use super::vf::{ETH_P_8021AD, ETH_P_8021Q, describe_settings};
 use super::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings, valid_ifname};
@@ -79,6 +80,7 @@ pub enum FakeOp {
     SetVf,
     SetVfGuids,
     MoveRdmaDevice,
+    RdmaPort1,
 }
 
 /// An injected failure.
@@ -294,6 +296,8 @@ struct State {
     ns: HashMap<Netns, FNs>,
     vfs: BTreeMap<(u32, u32), FakeVf>,
     rdma: BTreeMap<String, Netns>,
+    /// What RDMA netlink shows of port 1 of a device ([`FakeLinks::set_rdma_port1`]).
+    rdma_ports: BTreeMap<String, PortView>,
     /// RDMA devices with an InfiniBand port, whose netdev IPoIB re-creates when they move.
     ipoib: BTreeMap<String, IpoibDefaults>,
     ipoib_netns: IpoibNetns,
@@ -491,9 +495,27 @@ impl FakeLinks {
         ifindex
     }
 
-    /// Registers an RDMA device in `ns`.
+    /// Registers an RDMA device in `ns`, its port 1 an active InfiniBand port with a LID
+    /// and a Subnet Manager (change it with [`FakeLinks::set_rdma_port1`]).
     pub fn add_rdma_device(&self, ns: &Netns, name: &str) {
-        self.lock().rdma.insert(name.to_string(), ns.clone());
+        let mut st = self.lock();
+        st.rdma.insert(name.to_string(), ns.clone());
+        st.rdma_ports.insert(
+            name.to_string(),
+            PortView {
+                node_guid: Some(0x0002_c903_00a0_0001),
+                protocol: Some("ib".into()),
+                state: Some(4),
+                phys_state: Some(5),
+                lid: Some(0x21),
+                sm_lid: Some(0x1),
+            },
+        );
+    }
+
+    /// Sets what RDMA netlink shows of port 1 of device `name`.
+    pub fn set_rdma_port1(&self, name: &str, view: PortView) {
+        self.lock().rdma_ports.insert(name.to_string(), view);
     }
 
     /// Gives the link `ifindex` of `ns` its parent device (a PCI address), as the kernel
@@ -1259,6 +1281,29 @@ impl LinkOps for FakeLinks {
             }
             Ok(())
         })
+    }
+
+    fn rdma_port1(&self, ns: &Netns, ibdev: &str) -> Result<Option<PortView>, NetError> {
+        let what = format!("read port 1 of RDMA device {ibdev} in {}", ns_desc(ns));
+        self.run(
+            FakeOp::RdmaPort1,
+            format!("{ibdev} {ns:?}"),
+            &what.clone(),
+            |st| {
+                if st.rdma_mode == RdmaMode::Absent {
+                    return Err(NetError::Unsupported {
+                        op: what,
+                        what: "RDMA netlink (NETLINK_RDMA)",
+                        detail: "socket(AF_NETLINK, NETLINK_RDMA) failed: Protocol not supported"
+                            .into(),
+                    });
+                }
+                ns_mut(st, ns)?;
+                // Shared mode: every device is visible in every netns.
+                let visible = st.rdma_mode == RdmaMode::Shared || st.rdma.get(ibdev) == Some(ns);
+                Ok(visible.then(|| st.rdma_ports.get(ibdev).cloned().unwrap_or_default()))
+            },
+        )
     }
 }
 

@@ -263,6 +263,10 @@ pub trait LinkOps {
     /// Moves the RDMA device `ibdev`, seen in `from`, into `to` (RDMA_NLDEV_CMD_SET with
     /// the target netns fd); needs the RDMA subsystem in exclusive netns mode.
     fn move_rdma_device(&self, ibdev: &str, from: &Netns, to: &Netns) -> Result<(), NetError>;
+    /// Port 1 of the RDMA device `ibdev` as RDMA netlink shows it in `ns`; `None` when no
+    /// such device is visible there. How a device isolated in a pod is read: the host's
+    /// sysfs no longer lists it.
+    fn rdma_port1(&self, ns: &Netns, ibdev: &str) -> Result<Option<rdma::PortView>, NetError>;
     /// Whether `path` (`CNI_NETNS`) is a network namespace, or why not. The default only
     /// checks that it exists; the kernel's implementation checks what it is.
     fn check_netns(&self, path: &Path) -> Result<(), String> {

@@ -1361,6 +1361,15 @@ impl LinkOps for Rtnl {
             }
         }
     }
+
+    fn rdma_port1(&self, ns: &Netns, ibdev: &str) -> Result<Option<rdma::PortView>, NetError> {
+        let what = || format!("read port 1 of RDMA device {ibdev} in {}", ns_desc(ns));
+        let mut inner = self.lock();
+        let sock = inner
+            .socket(ns, Proto::Rdma)
+            .map_err(|e| e.into_net(ns, Proto::Rdma, &what()))?;
+        rdma::port1(sock, ibdev).map_err(|e| kernel(what(), e))
+    }
 }
 
 /// ` table 101 metric 50 scope 253 mtu 1400 advmss 1360`, the attributes given.
