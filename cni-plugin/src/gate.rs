@@ -139,7 +139,8 @@ fn isolated_device(name: &str, v: &PortView) -> RdmaDevice {
         })
     };
     let link_layer = match v.protocol.as_deref() {
-        Some("ib") => Attr::Value(LinkLayer::InfiniBand),
+        // sysfs calls an Omni-Path port's link layer InfiniBand too.
+        Some("ib" | "opa") => Attr::Value(LinkLayer::InfiniBand),
         Some("roce") => Attr::Value(LinkLayer::Ethernet),
         Some(other) => invalid(name, "protocol", "ib or roce", other.to_string()),
         // Before Linux 5.6 there is no protocol attribute; the kernel puts the LID
@@ -375,6 +376,15 @@ mod tests {
             ..ib.clone()
         };
         assert_eq!(ll(&roce), Attr::Value(LinkLayer::Ethernet));
+        let opa = PortView {
+            protocol: Some("opa".into()),
+            ..ib.clone()
+        };
+        assert_eq!(
+            ll(&opa),
+            Attr::Value(LinkLayer::InfiniBand),
+            "as sysfs says"
+        );
         let iw = PortView {
             protocol: Some("iw".into()),
             ..ib.clone()

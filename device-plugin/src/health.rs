@@ -287,6 +287,9 @@ impl Probe {
         // First look, or the RDMA device of last time is gone: list the directory (unless
         // the full read above just did).
         let driver = self.driver(fn_dir);
+        // The old port's descriptor goes first, so that its slot under the cap is free for
+        // the new one.
+        self.port = None;
         self.port = listed
             .unwrap_or_else(|| first_entry(fn_dir, &self.dir, "infiniband"))
             .map(|name| Port::open(&self.dir, fn_dir, name));
@@ -385,12 +388,12 @@ static KEPT_CAP: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Raises the soft open-file limit to the hard one and caps the descriptors probes keep
 /// at that limit less [`FD_HEADROOM`], so that a node with more VFs than the limit allows
 /// polls the rest by path instead of starving the gRPC server of sockets. Returns the
-/// limit now in force.
-pub fn reserve_fd_headroom() -> u64 {
-    let limit = raise_fd_limit();
+/// limit now in force; `None` (and no cap) when it cannot be read.
+pub fn reserve_fd_headroom() -> Option<u64> {
+    let limit = raise_fd_limit()?;
     let cap = usize::try_from(limit.saturating_sub(FD_HEADROOM)).unwrap_or(usize::MAX);
     KEPT_CAP.store(cap, Ordering::Relaxed);
-    limit
+    Some(limit)
 }
 
 /// The number of descriptors probes keep open now.
@@ -434,19 +437,14 @@ impl Drop for KeptFd {
 }
 
 /// Raises the soft open-file limit to the hard one: the poller keeps one directory
-/// descriptor per VF. Returns the limit now in force.
-fn raise_fd_limit() -> u64 {
+/// descriptor per VF. Returns the limit now in force, `None` when it cannot be read.
+fn raise_fd_limit() -> Option<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-                hard
-            } else {
-                soft
-            }
-        }
-        Ok((soft, _)) => soft,
-        Err(_) => 0,
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        Some(hard)
+    } else {
+        Some(soft)
     }
 }
 

@@ -376,15 +376,21 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
 
     let fd_limit = crate::health::reserve_fd_headroom();
     let node = Node::scan(&root, config.rail_map.as_ref())?;
-    if fd_limit < node.vfs.len() as u64 + crate::health::FD_HEADROOM {
-        tracing::warn!(
-            fd_limit,
-            vfs = node.vfs.len(),
-            kept = crate::health::kept_descriptors(),
-            "the open-file limit is below one descriptor per VF plus {} for the rest of the plugin: \
-             VFs beyond it are polled by path (slower); raise the container's nofile limit",
-            crate::health::FD_HEADROOM
-        );
+    match fd_limit {
+        None => tracing::warn!(
+            "cannot read the open-file limit: the poller keeps a descriptor per VF, with no headroom reserved for the rest of the plugin"
+        ),
+        Some(fd_limit) if fd_limit < node.vfs.len() as u64 + crate::health::FD_HEADROOM => {
+            tracing::warn!(
+                fd_limit,
+                vfs = node.vfs.len(),
+                kept = crate::health::kept_descriptors(),
+                "the open-file limit is below one descriptor per VF plus {} for the rest of the plugin: \
+                 VFs beyond it are polled by path (slower); raise the container's nofile limit",
+                crate::health::FD_HEADROOM
+            )
+        }
+        Some(_) => {}
     }
     let (monitor, handles) = Monitor::new(node, &config);
     for (name, why) in monitor.empty_resources() {

@@ -6,7 +6,7 @@ use std::fs::File;
 use nix::sys::resource::{Resource, setrlimit};
 use railvf_device_plugin::config::Config;
 use railvf_device_plugin::health::{FD_HEADROOM, kept_descriptors, reserve_fd_headroom};
-use railvf_device_plugin::pool::{Monitor, Node};
+use railvf_device_plugin::pool::{FULL_READ_EVERY, Monitor, Node};
 use railvf_host::HostRoot;
 use railvf_sim::{Fault, SimOptions, Topology};
 
@@ -28,7 +28,7 @@ fn more_vfs_than_the_open_file_limit_allows_leaves_the_headroom_and_polls_every_
     let limit = open_descriptors() as u64 + 400;
     assert!(limit < vfs as u64 + FD_HEADROOM, "the test needs more VFs");
     setrlimit(Resource::RLIMIT_NOFILE, limit, limit).unwrap();
-    assert_eq!(reserve_fd_headroom(), limit);
+    assert_eq!(reserve_fd_headroom(), Some(limit));
 
     let root = HostRoot::new(sim.root()).unwrap();
     let (mut m, handles) =
@@ -51,19 +51,40 @@ fn more_vfs_than_the_open_file_limit_allows_leaves_the_headroom_and_polls_every_
     assert_eq!(all.devices.len(), vfs);
     assert!(all.devices.values().all(|d| d.health.is_healthy()));
 
-    // The last VF scanned has no descriptor; its port going down is still seen.
-    let last = sim.vfs().last().unwrap().pci.to_string();
-    sim.inject_fault(last.as_str(), Fault::PortDown).unwrap();
+    // The first VFs' RDMA devices are re-created under new names (a driver rebind): each
+    // new port gets the slot its old one held, so the probes still keep the full cap.
+    let rebind = |m: &mut Monitor, from: &str, to: &str| {
+        for vf in sim.vfs().iter().take(16) {
+            let ib = vf.sysfs_dir.join("infiniband");
+            let name = |suffix: &str| ib.join(format!("{}{suffix}", vf.rdma_device));
+            std::fs::rename(name(from), name(to)).unwrap();
+        }
+        for _ in 0..FULL_READ_EVERY {
+            m.poll();
+        }
+        assert_eq!(
+            kept_descriptors(),
+            cap,
+            "re-created devices keep their slots"
+        );
+    };
+    rebind(&mut m, "", "x");
+    rebind(&mut m, "x", "");
+
+    // Every port goes down: the VFs with a kept descriptor and those polled by path alike
+    // are seen.
+    for vf in sim.vfs() {
+        sim.inject_fault(vf.pci.to_string().as_str(), Fault::PortDown)
+            .unwrap();
+    }
     m.poll();
     let after = (**handles[0].devices.borrow()).clone();
-    let down = &after.devices[&last.parse().unwrap()];
-    assert!(!down.health.is_healthy(), "{down:?}");
-    assert_eq!(
-        after
-            .devices
-            .values()
-            .filter(|d| !d.health.is_healthy())
-            .count(),
-        1
-    );
+    let still = after
+        .devices
+        .iter()
+        .filter(|(_, d)| d.health.is_healthy())
+        .map(|(addr, _)| addr.to_string())
+        .collect::<Vec<_>>();
+    assert!(still.is_empty(), "still Healthy: {still:?}");
+    assert_eq!(kept_descriptors(), cap);
 }
