@@ -13,7 +13,7 @@ use railvf_cni::net::vf;
 use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, PodLink, RouteAttrs, VfSettings};
 use railvf_host::Guid;
 use railvf_sim::{TestNetns, TestVeth, require_root};
-use railvf_testkit::ip::sysctl_in;
+use railvf_testkit::ip::{ip_json, sysctl_in};
 
 /// `ip <args…>`'s stdout; a failing `ip` fails the test.
 fn ip(args: &[&str]) -> String {
@@ -242,18 +242,7 @@ fn the_move_request_sets_the_mac_before_up_and_set_mac_changes_it_back() {
 
 /// The MAC `ns`'s neighbour table maps `dst` on `dev` to, if it has an entry.
 fn neighbour_mac(ns: &TestNetns, dst: &str, dev: &str) -> Option<String> {
-    let shown: serde_json::Value = serde_json::from_str(&ip(&[
-        "-n",
-        ns.name(),
-        "-j",
-        "neigh",
-        "show",
-        "to",
-        dst,
-        "dev",
-        dev,
-    ]))
-    .expect("ip -j neigh");
+    let shown = ip_json(Some(ns.name()), &["neigh", "show", "to", dst, "dev", dev]);
     shown[0]["lladdr"].as_str().map(str::to_string)
 }
 

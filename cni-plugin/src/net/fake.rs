@@ -364,6 +364,17 @@ fn no_link(ns: &Netns, ifindex: u32) -> NetError {
     }
 }
 
+/// What the kernel answers `op` on RDMA netlink when it has no RDMA subsystem.
+fn no_rdma(op: String) -> NetError {
+    NetError::Unsupported {
+        op,
+        what: "RDMA netlink (NETLINK_RDMA)",
+        detail: "socket(AF_NETLINK, NETLINK_RDMA) failed: Protocol not supported; this kernel \
+                 has no RDMA subsystem (ib_core not loaded or not built)"
+            .into(),
+    }
+}
+
 fn family_eq(a: &IpAddr, b: &IpAddr) -> bool {
     a.is_ipv4() == b.is_ipv4()
 }
@@ -1244,15 +1255,7 @@ impl LinkOps for FakeLinks {
         );
         self.run(FakeOp::MoveRdmaDevice, format!("{ibdev} {from:?} -> {to:?}"), &what.clone(), |st| {
             match st.rdma_mode {
-                RdmaMode::Absent => {
-                    return Err(NetError::Unsupported {
-                        op: what,
-                        what: "RDMA netlink (NETLINK_RDMA)",
-                        detail: "socket(AF_NETLINK, NETLINK_RDMA) failed: Protocol not supported; this \
-                                 kernel has no RDMA subsystem (ib_core not loaded or not built)"
-                            .into(),
-                    });
-                }
+                RdmaMode::Absent => return Err(no_rdma(what)),
                 RdmaMode::Shared => {
                     return Err(NetError::Unsupported {
                         op: what,
@@ -1291,12 +1294,7 @@ impl LinkOps for FakeLinks {
             &what.clone(),
             |st| {
                 if st.rdma_mode == RdmaMode::Absent {
-                    return Err(NetError::Unsupported {
-                        op: what,
-                        what: "RDMA netlink (NETLINK_RDMA)",
-                        detail: "socket(AF_NETLINK, NETLINK_RDMA) failed: Protocol not supported"
-                            .into(),
-                    });
+                    return Err(no_rdma(what));
                 }
                 ns_mut(st, ns)?;
                 // Shared mode: every device is visible in every netns.

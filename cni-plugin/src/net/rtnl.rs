@@ -795,24 +795,30 @@ impl Rtnl {
         }
     }
 
-    /// The RDMA subsystem's netns mode, asked in `ns`.
-    pub fn rdma_netns_mode(&self, ns: &Netns) -> Result<Option<NetnsMode>, NetError> {
-        let what = || format!("read the RDMA netns mode in {}", ns_desc(ns));
+    /// Runs `f` on the `NETLINK_RDMA` socket of `ns`; `what` names the operation in errors.
+    fn rdma<T>(
+        &self,
+        ns: &Netns,
+        what: &dyn Fn() -> String,
+        f: impl FnOnce(&mut NlSocket) -> Result<T, NlError>,
+    ) -> Result<T, NetError> {
         let mut inner = self.lock();
         let sock = inner
             .socket(ns, Proto::Rdma)
             .map_err(|e| e.into_net(ns, Proto::Rdma, &what()))?;
-        rdma::netns_mode(sock).map_err(|e| kernel(what(), e))
+        f(sock).map_err(|e| kernel(what(), e))
+    }
+
+    /// The RDMA subsystem's netns mode, asked in `ns`.
+    pub fn rdma_netns_mode(&self, ns: &Netns) -> Result<Option<NetnsMode>, NetError> {
+        let what = || format!("read the RDMA netns mode in {}", ns_desc(ns));
+        self.rdma(ns, &what, rdma::netns_mode)
     }
 
     /// The RDMA devices visible in `ns`.
     pub fn rdma_devices(&self, ns: &Netns) -> Result<Vec<rdma::RdmaDev>, NetError> {
         let what = || format!("list RDMA devices in {}", ns_desc(ns));
-        let mut inner = self.lock();
-        let sock = inner
-            .socket(ns, Proto::Rdma)
-            .map_err(|e| e.into_net(ns, Proto::Rdma, &what()))?;
-        rdma::devices(sock).map_err(|e| kernel(what(), e))
+        self.rdma(ns, &what, rdma::devices)
     }
 }
 
@@ -1364,11 +1370,7 @@ impl LinkOps for Rtnl {
 
     fn rdma_port1(&self, ns: &Netns, ibdev: &str) -> Result<Option<rdma::PortView>, NetError> {
         let what = || format!("read port 1 of RDMA device {ibdev} in {}", ns_desc(ns));
-        let mut inner = self.lock();
-        let sock = inner
-            .socket(ns, Proto::Rdma)
-            .map_err(|e| e.into_net(ns, Proto::Rdma, &what()))?;
-        rdma::port1(sock, ibdev).map_err(|e| kernel(what(), e))
+        self.rdma(ns, &what, |sock| rdma::port1(sock, ibdev))
     }
 }
 
