@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use railvf_sim::{Fault, TestNetns, require_root};
+use railvf_testkit::require_tool;
 
 const VF: &str = "0000:18:00.1";
 const VF2: &str = "0000:40:00.1";

@@ -11,6 +11,7 @@ use std::process::Command;
 
 use common::*;
 use railvf_sim::require_root;
+use railvf_testkit::require_tool;
 
 const VF: &str = "0000:5e:00.1";
 

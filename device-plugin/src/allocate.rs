@@ -385,6 +385,8 @@ pub struct ContainerAlloc {
     pub devices: Vec<String>,
     /// Device-info files written.
     pub devinfo_files: Vec<PathBuf>,
+    /// Each VF with its uverbs node (`uverbsN`), in PCI order: what a CDI answer names.
+    pub vfs: Vec<(PciAddr, String)>,
 }
 
 /// Reads what a VF exposes right now: its RDMA device and uverbs node.
@@ -432,6 +434,7 @@ pub fn allocate_container(
     let mut rdma_names = Vec::with_capacity(addrs.len());
     let mut dev_paths = Vec::with_capacity(addrs.len() + 1);
     let mut infos = Vec::with_capacity(addrs.len());
+    let mut vfs = Vec::with_capacity(addrs.len());
     for a in &addrs {
         let (rdma, uverbs) = rdma_of(root, a);
         let (Some(rdma), Some(uverbs)) = (rdma, uverbs) else {
@@ -452,6 +455,7 @@ pub fn allocate_container(
             )));
         }
         dev_paths.push(dev);
+        vfs.push((*a, uverbs));
         infos.push((*a, devinfo::vf_info(*a, Some(&rdma), devices.devices[a].pf)));
         rdma_names.push(rdma);
     }
@@ -496,6 +500,7 @@ pub fn allocate_container(
         envs,
         devices: dev_paths,
         devinfo_files: files,
+        vfs,
     })
 }
 

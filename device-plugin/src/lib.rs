@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod allocate;
+pub mod cdi;
 pub mod config;
 pub mod devinfo;
 pub mod events;

@@ -4,7 +4,7 @@
 //! serves every resource's gRPC socket, registers with kubelet, serves `/metrics` and
 //! `/healthz`, reads the CNI's rail events and reloads the config when it changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ use railvf_host::devinfo::DP_DEVINFO_DIR;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::cdi::{CDI_DIR, CdiSpec, KindError};
 use crate::config::{Config, ConfigError, ResourceConfig};
 use crate::devinfo::{DevinfoFiles, DevinfoSync};
 use crate::events::EVENTS_DIR;
@@ -36,6 +37,8 @@ pub enum ServeError {
     HostRoot(#[from] railvf_host::HostError),
     #[error(transparent)]
     Scan(#[from] ScanError),
+    #[error(transparent)]
+    CdiKind(#[from] KindError),
     #[error("--log-level {0:?}: {1}")]
     LogLevel(String, String),
     #[error("cannot set up logging: {0}")]
@@ -101,6 +104,16 @@ pub struct ServeArgs {
     /// Where the CNI drops rail-alignment events [default: <host root>/run/railvf/rail-events].
     #[arg(long, env = "RAILVF_EVENTS_DIR")]
     pub events_dir: Option<PathBuf>,
+    /// Answer Allocate with CDI device names and keep a CDI spec per resource in --cdi-dir,
+    /// so that a container kubelet re-creates from its checkpoint (after a reboot) gets its
+    /// VFs' uverbs nodes as they are then. Needs kubelet 1.28+ (CDI devices in the device
+    /// plugin API; on by default from 1.29) and a runtime with CDI on (containerd 1.7+ with
+    /// enable_cdi, CRI-O).
+    #[arg(long)]
+    pub use_cdi: bool,
+    /// Where the CDI specs go, with --use-cdi [default: <host root>/var/run/cdi].
+    #[arg(long, env = "RAILVF_CDI_DIR")]
+    pub cdi_dir: Option<PathBuf>,
 }
 
 /// `--log-format`.
@@ -129,6 +142,25 @@ impl ServeArgs {
             .clone()
             .unwrap_or_else(|| root.join(EVENTS_DIR))
     }
+
+    /// The CDI spec directory, with `--use-cdi` only.
+    pub fn cdi_dir(&self, root: &HostRoot) -> Option<PathBuf> {
+        self.use_cdi
+            .then(|| self.cdi_dir.clone().unwrap_or_else(|| root.join(CDI_DIR)))
+    }
+}
+
+/// With `--use-cdi`, every resource's full name must be a CDI kind: checked before a
+/// config is served, at start and at every reload.
+fn check_cdi_kinds(config: &Config, cdi: bool) -> Result<BTreeSet<String>, KindError> {
+    if !cdi {
+        return Ok(BTreeSet::new());
+    }
+    config
+        .resources
+        .iter()
+        .map(|r| crate::cdi::kind_of(&r.full_name()))
+        .collect()
 }
 
 /// Sets up logging on stderr: JSON lines (`--log-format json`, or `auto` when stderr is
@@ -165,6 +197,8 @@ struct Shared {
     root: HostRoot,
     devinfo_dir: PathBuf,
     devinfo_files: Arc<DevinfoFiles>,
+    /// With `--use-cdi`: where the resources' CDI specs go.
+    cdi_dir: Option<PathBuf>,
     metrics: Arc<Metrics>,
     status: Arc<StatusBoard>,
     /// Bumped on every change in the kubelet socket directory.
@@ -182,6 +216,8 @@ struct Running {
     task: JoinHandle<()>,
     /// Keeps the resource's device-info files in step with its devices.
     devinfo: JoinHandle<()>,
+    /// With `--use-cdi`: keeps the resource's CDI spec in step with its devices.
+    cdi: Option<JoinHandle<()>>,
 }
 
 /// The resources being served, by full name.
@@ -212,12 +248,32 @@ impl Resources {
                 devinfo_dir: sh.devinfo_dir.clone(),
                 devinfo_files: sh.devinfo_files.clone(),
                 metrics: sh.metrics.clone(),
+                cdi: sh.cdi_dir.as_ref().and_then(|dir| {
+                    match CdiSpec::new(&name, dir, sh.root.clone()) {
+                        Ok(spec) => Some(Arc::new(std::sync::Mutex::new(spec))),
+                        // Checked with the config before: not reached.
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            None
+                        }
+                    }
+                }),
             })
         });
         sh.metrics
             .add_resource(&name, handle.devices.clone(), handle.allocations.clone());
         sh.status.update(&name, |_| {});
         let (stop, stop_rx) = watch::channel(false);
+        // The spec is written before the resource registers: after a reboot kubelet may
+        // re-create checkpointed containers as soon as it has registered.
+        let cdi = ctx.cdi.clone().map(|spec| {
+            crate::cdi::lock(&spec).refresh_logged(&handle.devices.borrow());
+            tokio::spawn(crate::cdi::run(
+                spec,
+                handle.devices.clone(),
+                stop_rx.clone(),
+            ))
+        });
         let devinfo = tokio::spawn(
             DevinfoSync::new(
                 name.clone(),
@@ -249,6 +305,7 @@ impl Resources {
                 stop,
                 task,
                 devinfo,
+                cdi,
             },
         );
     }
@@ -271,6 +328,14 @@ impl Resources {
         {
             tracing::warn!(resource = %name, "the resource's device-info writer did not stop in time; abandoning it");
             r.devinfo.abort();
+        }
+        if let Some(mut cdi) = r.cdi.take()
+            && tokio::time::timeout(Duration::from_secs(3), &mut cdi)
+                .await
+                .is_err()
+        {
+            tracing::warn!(resource = %name, "the resource's CDI spec writer did not stop in time; abandoning it");
+            cdi.abort();
         }
         self.shared.status.remove(name);
         self.shared.metrics.remove_resource(name);
@@ -303,7 +368,18 @@ impl Resources {
             .cloned()
             .collect();
         for n in gone {
-            self.stop(&n).await;
+            // Its VFs may go to another resource: their names must no longer resolve here.
+            if let Some(spec) = self.stop(&n).await.and_then(|ctx| ctx.cdi.clone()) {
+                let mut spec = crate::cdi::lock(&spec);
+                match spec.remove() {
+                    Ok(()) => {
+                        tracing::info!(resource = %n, file = %spec.path.display(), "CDI spec removed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(resource = %n, "cannot remove the CDI spec {}: {e}", spec.path.display())
+                    }
+                }
+            }
             tracing::info!(resource = %n, "resource removed from the config: its server stopped and its socket is gone");
             out.removed.push(n);
         }
@@ -364,6 +440,18 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         path: kubelet_dir.clone(),
         error,
     })?;
+    let cdi_dir = args.cdi_dir(&root);
+    let kinds = check_cdi_kinds(&config, cdi_dir.is_some())?;
+    if let Some(dir) = &cdi_dir {
+        std::fs::create_dir_all(dir).map_err(|error| ServeError::Dir {
+            what: "the CDI spec directory",
+            path: dir.clone(),
+            error,
+        })?;
+        for f in crate::cdi::remove_others(dir, &kinds) {
+            tracing::info!(file = %f.display(), "removed the CDI spec of a resource no longer configured");
+        }
+    }
     // Bound before anything else starts, so a taken port fails the start at once.
     let metrics_listener = match args.metrics_addr {
         Some(addr) => Some(
@@ -453,6 +541,7 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
                 root: root.clone(),
                 devinfo_dir: devinfo_dir.clone(),
                 devinfo_files: devinfo_files.clone(),
+                cdi_dir: cdi_dir.clone(),
                 metrics: metrics.clone(),
                 status: status.clone(),
                 dir_events: events_rx,
@@ -491,6 +580,11 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
                         }
                         Reload::Apply(new) => {
                             log_findings(&new);
+                            if let Err(why) = check_cdi_kinds(&new, cdi_dir.is_some()) {
+                                metrics.config_reload(false);
+                                tracing::error!(config = %source.path().display(), "config rejected, keeping the previous configuration: {why}");
+                                continue;
+                            }
                             if new == current {
                                 tracing::info!(config = %source.path().display(), "config file changed; resources unchanged");
                             } else {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use railvf_host::HostRoot;
 use railvf_proto::v1beta1::device_plugin_server::DevicePlugin;
 use railvf_proto::v1beta1::{
-    AllocateRequest, AllocateResponse, ContainerAllocateResponse,
+    AllocateRequest, AllocateResponse, CdiDevice, ContainerAllocateResponse,
     ContainerPreferredAllocationResponse, Device, DevicePluginOptions, DeviceSpec, Empty,
     ListAndWatchResponse, NumaNode, PreStartContainerRequest, PreStartContainerResponse,
     PreferredAllocationRequest, PreferredAllocationResponse, TopologyInfo,
@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::allocate::{self, AllocError};
+use crate::cdi::{self, SharedSpec};
 use crate::devinfo::DevinfoFiles;
 use crate::metrics::{Metrics, result_label};
 use crate::pool::{Allocations, DeviceSet};
@@ -33,6 +34,8 @@ pub struct ResourceCtx {
     pub devinfo_dir: PathBuf,
     pub devinfo_files: Arc<DevinfoFiles>,
     pub metrics: Arc<Metrics>,
+    /// With `--use-cdi`: the resource's CDI spec; `Allocate` answers CDI names then.
+    pub cdi: Option<SharedSpec>,
 }
 
 fn ms(t: Instant) -> f64 {
@@ -315,20 +318,44 @@ impl PluginService {
             self.ctx
                 .allocations
                 .handed_out(c.devices_ids.iter().filter_map(|i| i.parse().ok()));
+            let (devices, cdi_devices) = match &self.ctx.cdi {
+                // The runtime resolves the names when it creates the container, from the
+                // spec as it is then: the VFs' nodes are in it before the names are given.
+                Some(spec) => {
+                    let mut spec = cdi::lock(spec);
+                    spec.pin(&a.vfs).map_err(|e| {
+                        Status::internal(format!(
+                            "cannot write the CDI spec {}: {e}; the container's devices could not be resolved: check that its directory is writable",
+                            spec.path.display()
+                        ))
+                    })?;
+                    let names = a
+                        .vfs
+                        .iter()
+                        .map(|(addr, _)| CdiDevice {
+                            name: cdi::device_name(&spec.kind, addr),
+                        })
+                        .collect();
+                    (Vec::new(), names)
+                }
+                None => (
+                    a.devices
+                        .into_iter()
+                        .map(|p| DeviceSpec {
+                            container_path: p.clone(),
+                            host_path: p,
+                            permissions: "rw".into(),
+                        })
+                        .collect(),
+                    Vec::new(),
+                ),
+            };
             container_responses.push(ContainerAllocateResponse {
                 envs: a.envs.into_iter().collect(),
                 mounts: Vec::new(),
-                devices: a
-                    .devices
-                    .into_iter()
-                    .map(|p| DeviceSpec {
-                        container_path: p.clone(),
-                        host_path: p,
-                        permissions: "rw".into(),
-                    })
-                    .collect(),
+                devices,
                 annotations: Default::default(),
-                cdi_devices: Vec::new(),
+                cdi_devices,
             });
         }
         Ok(Response::new(AllocateResponse {
@@ -390,6 +417,7 @@ mod tests {
             devinfo_dir: PathBuf::from("/nonexistent"),
             devinfo_files: Arc::default(),
             metrics: Arc::default(),
+            cdi: None,
         });
         (PluginService::new(ctx, stop_rx), stop_tx)
     }

@@ -61,6 +61,19 @@ pub fn parse_numa_node(s: &str) -> Result<Option<u32>, ParseError> {
     }
 }
 
+/// A character device's numbers as sysfs prints them in `dev` (`%u:%u`), e.g. `231:192`.
+pub fn parse_dev_numbers(s: &str) -> Result<(u32, u32), ParseError> {
+    const WHAT: &str = "major:minor like 231:192";
+    let (major, minor) = s.trim().split_once(':').ok_or_else(|| bad(WHAT, s))?;
+    let num = |t: &str| -> Result<u32, ParseError> {
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(WHAT, s));
+        }
+        t.parse().map_err(|_| bad(WHAT, s))
+    };
+    Ok((num(major)?, num(minor)?))
+}
+
 /// A LID as sysfs prints it (`0x%x`), e.g. `0x1a`.
 pub fn parse_lid(s: &str) -> Result<u16, ParseError> {
     let v = parse_prefixed_hex(s).map_err(|_| bad("a LID like 0x1a", s))?;
@@ -393,6 +406,20 @@ mod tests {
         let ps: PhysState = "5: LinkUp".parse().unwrap();
         assert!(ps.is_link_up());
         assert!(!"3: Disabled".parse::<PhysState>().unwrap().is_link_up());
+        assert_eq!(parse_dev_numbers("231:192\n").unwrap(), (231, 192));
+        assert_eq!(parse_dev_numbers("10:58").unwrap(), (10, 58));
+        for bad in [
+            "",
+            "231",
+            "231:",
+            ":192",
+            "231:-1",
+            "+231:192",
+            "231:192:1",
+            "0x1:2",
+        ] {
+            assert!(parse_dev_numbers(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(parse_lid("0x1a\n").unwrap(), 0x1a);
         assert_eq!(parse_lid("0x0").unwrap(), 0);
         assert_eq!(parse_lid("0xffff").unwrap(), 0xffff);

@@ -17,14 +17,6 @@ pub fn railvf_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_railvf"))
 }
 
-/// Fails loudly when a tool the test needs is missing: a skipped check must not pass.
-pub fn require_tool(path: &str, package: &str) {
-    assert!(
-        Path::new(path).exists(),
-        "{path} is missing: install the Debian package `{package}` (see README: test prerequisites)"
-    );
-}
-
 /// A simulated node with one VF per compute PF (8 veth VFs) and a fast subnet manager.
 pub fn sim(opts: SimOptions) -> SimNode {
     opts.build().expect("building the simulated node")

@@ -1186,6 +1186,12 @@ impl Node {
             Entry::Seed(String::new()),
         );
         t.insert("dev/infiniband/rdma_cm".into(), Entry::File(String::new()));
+        // rdma_ucm's misc device: minor 58 where it is the first dynamic one after the fixed.
+        t.insert("sys/class/misc/rdma_cm".into(), Entry::Dir);
+        t.insert(
+            "sys/class/misc/rdma_cm/dev".into(),
+            Entry::File("10:58\n".into()),
+        );
         for hb in &self.host_bridges {
             t.insert(hb.clone(), Entry::Dir);
         }

@@ -1,0 +1,610 @@
+//! CDI spec files, for `--use-cdi`: `Allocate` answers CDI device names, and the container
+//! runtime resolves them from these files when it creates the container.
+//!
+//! Why: kubelet keeps each container's `Allocate` answer and replays it, also after a node
+//! reboot. A path answered at `Allocate` (`/dev/infiniband/uverbsN`) may by then be another
+//! VF's node, or no node; a CDI name (`<kind>=<PCI address>`) is looked up in the file this
+//! module keeps current, so a container gets its VF's node as it is when the container is
+//! created.
+//!
+//! One file per resource, `<dir>/railvf_<prefix>_<name>.json`, kind `<prefix>/<name>`
+//! (the resource's full name), one CDI device per VF named by its PCI address. The file
+//! stays when the plugin stops: containers of running pods that restart while it is down
+//! (an upgrade) must still resolve their devices. A resource removed from the config
+//! loses its file, and at start the files of resources no longer configured are removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use railvf_host::attr::parse_dev_numbers;
+use railvf_host::{HostRoot, PciAddr};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::allocate::{RDMA_CM, rdma_of};
+use crate::devinfo::write_atomic;
+use crate::pool::DeviceSet;
+
+/// The runtimes' default directory for generated specs, below the host root.
+pub const CDI_DIR: &str = "var/run/cdi";
+
+/// The oldest CDI version with every field written here (`hostPath` came in 0.5.0): the
+/// one containerd 1.7 and podman 4 read.
+pub const SPEC_VERSION: &str = "0.5.0";
+
+/// Names of the files this plugin writes: nothing else in the directory is touched.
+const FILE_PREFIX: &str = "railvf_";
+
+/// The RDMA CM device's numbers (a misc device: `rdma_ucm` registers it).
+const RDMA_CM_DEV: &str = "sys/class/misc/rdma_cm/dev";
+
+/// How often the file is read again when the device list does not change: a driver
+/// rebind that keeps the VF healthy renumbers its uverbs node without a list change.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A resource whose full name is not a valid CDI kind.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "resource {resource:?} cannot be a CDI kind (--use-cdi): {why}. A CDI kind is \
+     <vendor>/<class>: the vendor (the resource prefix) is letters, digits, '-', '_' and '.', \
+     the class (the resource name) letters, digits, '-' and '_'; each starts with a letter \
+     and ends with a letter or digit. Rename the resource, or run without --use-cdi"
+)]
+pub struct KindError {
+    pub resource: String,
+    pub why: String,
+}
+
+/// Checks one part of a kind; `extra` are the characters allowed besides letters and digits.
+fn check_part(part: &str, what: &str, extra: &[u8]) -> Result<(), String> {
+    let b = part.as_bytes();
+    let (Some(first), Some(last)) = (b.first(), b.last()) else {
+        return Err(format!("the {what} is empty"));
+    };
+    if b.len() < 2 {
+        return Err(format!("the {what} {part:?} is shorter than 2 characters"));
+    }
+    if !first.is_ascii_alphabetic() {
+        return Err(format!("the {what} {part:?} does not start with a letter"));
+    }
+    if !last.is_ascii_alphanumeric() {
+        return Err(format!(
+            "the {what} {part:?} does not end with a letter or digit"
+        ));
+    }
+    if let Some(c) = part
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || (c.is_ascii() && extra.contains(&(*c as u8)))))
+    {
+        return Err(format!("the {what} {part:?} holds {c:?}"));
+    }
+    Ok(())
+}
+
+/// The CDI kind of a resource: its full name, checked against the rules of the CDI
+/// library that containerd 1.7 and podman 4 use (later versions also allow '.' in the class).
+pub fn kind_of(full_resource: &str) -> Result<String, KindError> {
+    let err = |why: String| KindError {
+        resource: full_resource.chars().take(80).collect(),
+        why,
+    };
+    let (vendor, class) = full_resource
+        .split_once('/')
+        .ok_or_else(|| err("it has no '/'".into()))?;
+    check_part(vendor, "vendor", b"-_.").map_err(err)?;
+    check_part(class, "class", b"-_").map_err(err)?;
+    Ok(full_resource.to_string())
+}
+
+/// The fully qualified CDI name of a VF: `<kind>=<PCI address>`.
+pub fn device_name(kind: &str, addr: &PciAddr) -> String {
+    format!("{kind}={addr}")
+}
+
+/// The spec file of a kind in `dir`.
+pub fn spec_file(dir: &Path, kind: &str) -> PathBuf {
+    dir.join(format!("{FILE_PREFIX}{}.json", kind.replace('/', "_")))
+}
+
+/// One device node of a spec. The numbers are written when sysfs gives them, so the
+/// runtime creates exactly the node the plugin read (it stats `hostPath` only without them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    pub path: String,
+    pub host_path: String,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub major: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minor: Option<u32>,
+    pub permissions: &'static str,
+}
+
+impl Node {
+    /// The character device at `path`, with the numbers of the sysfs `dev` attribute at
+    /// `dev_attr` when it reads as the kernel prints it.
+    fn read(path: String, dev_attr: &Path) -> Node {
+        let numbers = std::fs::read_to_string(dev_attr)
+            .ok()
+            .and_then(|s| parse_dev_numbers(&s).ok());
+        Node {
+            host_path: path.clone(),
+            path,
+            kind: numbers.map(|_| "c"),
+            major: numbers.map(|n| n.0),
+            minor: numbers.map(|n| n.1),
+            permissions: "rw",
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Edits<'a> {
+    device_nodes: Vec<&'a Node>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Device<'a> {
+    name: String,
+    container_edits: Edits<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec<'a> {
+    cdi_version: &'static str,
+    kind: &'a str,
+    /// Applied once to a container that gets any device of the spec: `rdma_cm`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_edits: Option<Edits<'a>>,
+    devices: Vec<Device<'a>>,
+}
+
+/// One resource's spec file, kept in step with its VFs' uverbs nodes.
+#[derive(Debug)]
+pub struct CdiSpec {
+    pub kind: String,
+    pub path: PathBuf,
+    root: HostRoot,
+    /// Each VF's uverbs node as last read. A VF in a pod whose RDMA device is out of sight
+    /// (`rdmaIsolation`) keeps the node it had: its containers may restart.
+    nodes: BTreeMap<PciAddr, Node>,
+    /// What the file holds, as last written (`None`: no file).
+    written: Option<Vec<u8>>,
+    /// The failure last warned about: the same one is not warned about at every pass.
+    warned: Option<String>,
+}
+
+/// The spec of a resource shared by its `Allocate` and its refresh task.
+pub type SharedSpec = Arc<Mutex<CdiSpec>>;
+
+pub fn lock(spec: &SharedSpec) -> MutexGuard<'_, CdiSpec> {
+    spec.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CdiSpec {
+    pub fn new(full_resource: &str, dir: &Path, root: HostRoot) -> Result<Self, KindError> {
+        let kind = kind_of(full_resource)?;
+        Ok(CdiSpec {
+            path: spec_file(dir, &kind),
+            kind,
+            root,
+            nodes: BTreeMap::new(),
+            written: None,
+            warned: None,
+        })
+    }
+
+    fn uverbs_node(&self, addr: &PciAddr, uverbs: &str) -> Node {
+        Node::read(
+            format!("/dev/infiniband/{uverbs}"),
+            &self
+                .root
+                .pci_device(addr)
+                .join("infiniband_verbs")
+                .join(uverbs)
+                .join("dev"),
+        )
+    }
+
+    /// Reads every VF of `set` again and rewrites the file if what it says changed;
+    /// returns whether it wrote (or removed) the file.
+    pub fn refresh(&mut self, set: &DeviceSet) -> std::io::Result<bool> {
+        let mut nodes = BTreeMap::new();
+        for (addr, d) in &set.devices {
+            match rdma_of(&self.root, addr).1 {
+                Some(uverbs) => {
+                    nodes.insert(*addr, self.uverbs_node(addr, &uverbs));
+                }
+                None if d.in_pod => {
+                    if let Some(old) = self.nodes.get(addr) {
+                        nodes.insert(*addr, old.clone());
+                    }
+                }
+                // No RDMA device (mlx5_ib not loaded): Allocate refuses it anyway.
+                None => {}
+            }
+        }
+        self.nodes = nodes;
+        self.write()
+    }
+
+    /// For `Allocate`: the VFs handed out, each with the uverbs node it has now, are in
+    /// the file before the answer names them.
+    pub fn pin(&mut self, vfs: &[(PciAddr, String)]) -> std::io::Result<bool> {
+        for (addr, uverbs) in vfs {
+            let node = self.uverbs_node(addr, uverbs);
+            self.nodes.insert(*addr, node);
+        }
+        self.write()
+    }
+
+    /// The file's bytes; `None` when there is no VF to describe (the CDI library refuses
+    /// a spec without devices).
+    fn bytes(&self) -> Option<Vec<u8>> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        let rdma_cm = self
+            .root
+            .join(RDMA_CM)
+            .exists()
+            .then(|| Node::read(RDMA_CM.to_string(), &self.root.join(RDMA_CM_DEV)));
+        let spec = Spec {
+            cdi_version: SPEC_VERSION,
+            kind: &self.kind,
+            container_edits: rdma_cm.as_ref().map(|n| Edits {
+                device_nodes: vec![n],
+            }),
+            devices: self
+                .nodes
+                .iter()
+                .map(|(addr, node)| Device {
+                    name: addr.to_string(),
+                    container_edits: Edits {
+                        device_nodes: vec![node],
+                    },
+                })
+                .collect(),
+        };
+        // Plain strings and numbers: serializing cannot fail.
+        serde_json::to_vec_pretty(&spec).ok()
+    }
+
+    fn write(&mut self) -> std::io::Result<bool> {
+        let bytes = self.bytes();
+        // Written already and still there: an admin cleaning /var/run may have removed it.
+        if bytes == self.written && (bytes.is_none() || self.path.exists()) {
+            return Ok(false);
+        }
+        match &bytes {
+            Some(b) => write_atomic(&self.path, b)?,
+            None => remove(&self.path)?,
+        }
+        self.written = bytes;
+        Ok(true)
+    }
+
+    /// Removes the file (the resource is no longer served).
+    pub fn remove(&mut self) -> std::io::Result<()> {
+        self.nodes.clear();
+        self.written = None;
+        remove(&self.path)
+    }
+
+    /// Logs a pass: what it wrote, and a failure once until it changes or ends.
+    fn log(&mut self, r: std::io::Result<bool>) {
+        match r {
+            Ok(wrote) => {
+                if wrote {
+                    tracing::info!(
+                        kind = %self.kind,
+                        devices = self.nodes.len(),
+                        file = %self.path.display(),
+                        "CDI spec brought up to date"
+                    );
+                }
+                if self.warned.take().is_some() {
+                    tracing::info!(file = %self.path.display(), "the CDI spec can be written again");
+                }
+            }
+            Err(e) => {
+                let now = e.to_string();
+                if self.warned.as_deref() != Some(&now) {
+                    tracing::warn!(
+                        file = %self.path.display(),
+                        "cannot write the CDI spec: {e}; containers created meanwhile resolve the VFs' devices from the file as it was (or fail with unresolvable CDI devices when there is none): check that {} is writable; tried again at every change of the device list, every {} s and at Allocate",
+                        self.path.parent().unwrap_or(Path::new("")).display(),
+                        RESYNC.as_secs()
+                    );
+                    self.warned = Some(now);
+                }
+            }
+        }
+    }
+
+    /// One refresh with its logging, as the task and the first pass at start do it.
+    pub fn refresh_logged(&mut self, set: &DeviceSet) {
+        let r = self.refresh(set);
+        self.log(r);
+    }
+}
+
+fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Removes this plugin's spec files in `dir` whose kind is not in `keep` (resources removed
+/// from the config while the plugin was down); returns the files removed. Files of other
+/// programs are not touched.
+pub fn remove_others(dir: &Path, keep: &BTreeSet<String>) -> Vec<PathBuf> {
+    let keep: BTreeSet<PathBuf> = keep.iter().map(|k| spec_file(dir, k)).collect();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let path = e.path();
+        if name.starts_with(FILE_PREFIX)
+            && name.ends_with(".json")
+            && !keep.contains(&path)
+            && e.file_type().is_ok_and(|t| t.is_file())
+        {
+            match remove(&path) {
+                Ok(()) => out.push(path),
+                Err(err) => tracing::warn!(
+                    "cannot remove the CDI spec {} of a resource no longer configured: {err}",
+                    path.display()
+                ),
+            }
+        }
+    }
+    out
+}
+
+/// Refreshes the spec at every change of the resource's devices and every [`RESYNC`],
+/// until `stop` or until the resource's channel closes. The first pass is the caller's
+/// (before the resource registers). File I/O runs on the blocking pool.
+pub async fn run(
+    spec: SharedSpec,
+    mut devices: watch::Receiver<Arc<DeviceSet>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    devices.borrow_and_update();
+    loop {
+        tokio::select! {
+            biased;
+            r = devices.changed() => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+        let set = devices.borrow_and_update().clone();
+        let s = spec.clone();
+        let _ = tokio::task::spawn_blocking(move || lock(&s).refresh_logged(&set)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Health;
+    use crate::pool::DeviceEntry;
+
+    #[test]
+    fn kinds_follow_the_cdi_rules() {
+        assert_eq!(
+            kind_of("nvidia.com/dgx_h200_vfs").unwrap(),
+            "nvidia.com/dgx_h200_vfs"
+        );
+        kind_of("openshift.io/mlnx-rdma2").unwrap();
+        for (name, why) in [
+            ("nvidia.com/dgx.h200", "holds '.'"),
+            ("nvidia.com/0vfs", "does not start with a letter"),
+            ("nvidia.com/vfs_", "does not end with a letter or digit"),
+            ("1nvidia.com/vfs", "does not start with a letter"),
+            ("nvidia.com/v", "shorter than 2"),
+            ("nvidia.com/vf=s", "holds '='"),
+            ("nvidia.com/vfé", "does not end with a letter or digit"),
+            ("vfs", "no '/'"),
+            ("/vfs", "the vendor is empty"),
+        ] {
+            let e = kind_of(name).unwrap_err();
+            assert!(e.why.contains(why), "{name}: {e}");
+            assert!(e.to_string().contains("run without --use-cdi"), "{e}");
+        }
+    }
+
+    fn entry(addr: &str, in_pod: bool) -> DeviceEntry {
+        DeviceEntry {
+            addr: addr.parse().unwrap(),
+            pf: "0000:18:00.0".parse().unwrap(),
+            vf_index: 0,
+            numa: None,
+            rail: None,
+            health: Health::Healthy,
+            failed: Default::default(),
+            in_pod,
+        }
+    }
+
+    fn set(entries: &[DeviceEntry]) -> DeviceSet {
+        DeviceSet {
+            devices: entries.iter().map(|e| (e.addr, e.clone())).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Gives VF `addr` under `root` RDMA device `mlx5_<n>` and node `uverbs<n>` (231:192+n).
+    fn with_uverbs(root: &Path, addr: &str, n: u32) {
+        let d = root.join("sys/bus/pci/devices").join(addr);
+        let _ = std::fs::remove_dir_all(d.join("infiniband"));
+        let _ = std::fs::remove_dir_all(d.join("infiniband_verbs"));
+        std::fs::create_dir_all(d.join(format!("infiniband/mlx5_{n}"))).unwrap();
+        let uv = d.join(format!("infiniband_verbs/uverbs{n}"));
+        std::fs::create_dir_all(&uv).unwrap();
+        std::fs::write(uv.join("dev"), format!("231:{}\n", 192 + n)).unwrap();
+    }
+
+    fn without_uverbs(root: &Path, addr: &str) {
+        let d = root.join("sys/bus/pci/devices").join(addr);
+        std::fs::remove_dir_all(d.join("infiniband")).unwrap();
+        std::fs::remove_dir_all(d.join("infiniband_verbs")).unwrap();
+    }
+
+    fn read(p: &Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    }
+
+    /// The spec's devices: name → the (path, major, minor) of its one node.
+    fn devices(v: &serde_json::Value) -> BTreeMap<String, (String, u64, u64)> {
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let nodes = d["containerEdits"]["deviceNodes"].as_array().unwrap();
+                assert_eq!(nodes.len(), 1, "{d}");
+                let n = &nodes[0];
+                assert_eq!(n["hostPath"], n["path"]);
+                assert_eq!(n["type"], "c");
+                assert_eq!(n["permissions"], "rw");
+                (
+                    d["name"].as_str().unwrap().to_string(),
+                    (
+                        n["path"].as_str().unwrap().to_string(),
+                        n["major"].as_u64().unwrap(),
+                        n["minor"].as_u64().unwrap(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    fn node(n: u64) -> (String, u64, u64) {
+        (format!("/dev/infiniband/uverbs{n}"), 231, 192 + n)
+    }
+
+    #[test]
+    fn the_spec_follows_the_vfs_uverbs_nodes_and_keeps_those_of_vfs_in_pods() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("host");
+        let root = HostRoot::new(&host).unwrap();
+        let dir = tmp.path().join("cdi");
+        with_uverbs(&host, "0000:18:00.1", 12);
+        with_uverbs(&host, "0000:18:00.2", 13);
+        // 18:00.3 has no RDMA device (mlx5_ib not loaded): not in the spec.
+        std::fs::create_dir_all(host.join("sys/bus/pci/devices/0000:18:00.3")).unwrap();
+        std::fs::create_dir_all(host.join("dev/infiniband")).unwrap();
+        std::fs::write(host.join("dev/infiniband/rdma_cm"), "").unwrap();
+        std::fs::create_dir_all(host.join("sys/class/misc/rdma_cm")).unwrap();
+        std::fs::write(host.join("sys/class/misc/rdma_cm/dev"), "10:58\n").unwrap();
+        let mut s = CdiSpec::new("nvidia.com/vfs", &dir, root).unwrap();
+        assert_eq!(s.path, dir.join("railvf_nvidia.com_vfs.json"));
+        let mut vfs = vec![
+            entry("0000:18:00.1", false),
+            entry("0000:18:00.2", false),
+            entry("0000:18:00.3", false),
+        ];
+        assert!(s.refresh(&set(&vfs)).unwrap());
+        let v = read(&s.path);
+        assert_eq!(v["cdiVersion"], SPEC_VERSION);
+        assert_eq!(v["kind"], "nvidia.com/vfs");
+        assert_eq!(
+            v["containerEdits"]["deviceNodes"],
+            serde_json::json!([{"path": RDMA_CM, "hostPath": RDMA_CM, "type": "c", "major": 10, "minor": 58, "permissions": "rw"}])
+        );
+        assert_eq!(
+            devices(&v),
+            BTreeMap::from([
+                ("0000:18:00.1".to_string(), node(12)),
+                ("0000:18:00.2".to_string(), node(13)),
+            ])
+        );
+        // Nothing changed: nothing written.
+        assert!(!s.refresh(&set(&vfs)).unwrap());
+
+        // A rebind renumbers 18:00.2; 18:00.1's RDMA device moves into a pod.
+        with_uverbs(&host, "0000:18:00.2", 14);
+        without_uverbs(&host, "0000:18:00.1");
+        vfs[0].in_pod = true;
+        assert!(s.refresh(&set(&vfs)).unwrap());
+        assert_eq!(
+            devices(&read(&s.path)),
+            BTreeMap::from([
+                ("0000:18:00.1".to_string(), node(12)),
+                ("0000:18:00.2".to_string(), node(14)),
+            ])
+        );
+
+        // Back from the pod without an RDMA device (mlx5_ib unloaded): dropped. 18:00.2 leaves
+        // the resource.
+        vfs[0].in_pod = false;
+        vfs.remove(1);
+        assert!(s.refresh(&set(&vfs)).unwrap());
+        assert!(!s.path.exists(), "a spec without devices is no file");
+
+        // Allocate pins what it hands out even before a refresh saw it.
+        with_uverbs(&host, "0000:18:00.3", 3);
+        assert!(
+            s.pin(&[("0000:18:00.3".parse().unwrap(), "uverbs3".into())])
+                .unwrap()
+        );
+        assert_eq!(
+            devices(&read(&s.path)),
+            BTreeMap::from([("0000:18:00.3".to_string(), node(3))])
+        );
+        // A file removed behind the plugin's back is written again.
+        std::fs::remove_file(&s.path).unwrap();
+        assert!(s.refresh(&set(&vfs)).unwrap());
+        assert!(s.path.exists());
+        s.remove().unwrap();
+        assert!(!s.path.exists());
+    }
+
+    #[test]
+    fn a_node_without_readable_numbers_is_left_to_the_runtime_to_stat() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("dev"), "garbage\n").unwrap();
+        for attr in [tmp.path().join("dev"), tmp.path().join("missing")] {
+            let n = Node::read("/dev/infiniband/uverbs1".into(), &attr);
+            let v = serde_json::to_value(&n).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"path": "/dev/infiniband/uverbs1", "hostPath": "/dev/infiniband/uverbs1", "permissions": "rw"})
+            );
+        }
+    }
+
+    #[test]
+    fn only_this_plugins_files_of_unconfigured_kinds_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for f in [
+            "railvf_nvidia.com_x.json",
+            "railvf_nvidia.com_old.json",
+            "nvidia-gpu.json",
+            "railvf_notes.txt",
+        ] {
+            std::fs::write(d.join(f), "{}").unwrap();
+        }
+        let removed = remove_others(d, &BTreeSet::from(["nvidia.com/x".to_string()]));
+        assert_eq!(removed, vec![d.join("railvf_nvidia.com_old.json")]);
+        for f in [
+            "railvf_nvidia.com_x.json",
+            "nvidia-gpu.json",
+            "railvf_notes.txt",
+        ] {
+            assert!(d.join(f).exists(), "{f}");
+        }
+    }
+}
