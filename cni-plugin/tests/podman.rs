@@ -7,10 +7,10 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 use common::*;
 use railvf_sim::require_root;
+use railvf_testkit::podman::Podman;
 use railvf_testkit::require_tool;
 
 const VF: &str = "0000:5e:00.1";
@@ -59,64 +59,31 @@ fn podman_runs_a_container_with_the_vf_as_net1() {
         ),
     )
     .unwrap();
-    let conf = t.join("containers.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"[containers]
-# This VM's root lacks CAP_SYS_RESOURCE: keep the container's limits below ours.
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-
-[network]
+    let podman = Podman::new(
+        t,
+        &format!(
+            r#"[network]
 network_backend = "cni"
 cni_plugin_dirs = ["{}", "/usr/lib/cni"]
-network_config_dir = "{}"
-
-[engine]
-cgroup_manager = "cgroupfs"
-runtime = "runc"
-events_logger = "none"
-# libpod's runtime files inside the test's temp dir, not /run/libpod.
-tmp_dir = "{}"
-"#,
+network_config_dir = "{}""#,
             plugins.display(),
-            netdir.display(),
-            t.join("libpod").display()
+            netdir.display()
         ),
-    )
-    .unwrap();
-    let rootfs = t.join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-
-    let podman = |args: &[&str]| {
-        Command::new("podman")
-            .env("CONTAINERS_CONF", &conf)
-            .arg("--root")
-            .arg(t.join("storage"))
-            .arg("--runroot")
-            .arg(t.join("run"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .output()
-            .expect("run podman")
-    };
+    );
     let network = format!("{net}:interface_name=net1");
     // Every flag before `--rootfs DIR`: what follows DIR is the container's command.
-    let out = podman(&[
-        "run",
-        "--rm",
-        "--network",
-        &network,
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "/bin/busybox",
-        "sh",
-        "-c",
-        "/bin/busybox ip -o -4 addr show dev net1; /bin/busybox cat /sys/class/net/net1/mtu",
-    ]);
+    let out = podman
+        .command()
+        .args(["run", "--rm", "--network", &network, "--rootfs"])
+        .arg(&podman.rootfs)
+        .args([
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox ip -o -4 addr show dev net1; /bin/busybox cat /sys/class/net/net1/mtu",
+        ])
+        .output()
+        .expect("run podman");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -397,8 +397,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::Health;
-    use crate::pool::DeviceEntry;
+    use crate::pool::test_sets::{entry, set};
 
     #[test]
     fn kinds_follow_the_cdi_rules() {
@@ -421,26 +420,6 @@ mod tests {
             let e = kind_of(name).unwrap_err();
             assert!(e.why.contains(why), "{name}: {e}");
             assert!(e.to_string().contains("run without --use-cdi"), "{e}");
-        }
-    }
-
-    fn entry(addr: &str, in_pod: bool) -> DeviceEntry {
-        DeviceEntry {
-            addr: addr.parse().unwrap(),
-            pf: "0000:18:00.0".parse().unwrap(),
-            vf_index: 0,
-            numa: None,
-            rail: None,
-            health: Health::Healthy,
-            failed: Default::default(),
-            in_pod,
-        }
-    }
-
-    fn set(entries: &[DeviceEntry]) -> DeviceSet {
-        DeviceSet {
-            devices: entries.iter().map(|e| (e.addr, e.clone())).collect(),
-            ..Default::default()
         }
     }
 

@@ -351,28 +351,7 @@ impl DevinfoSync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::Health;
-    use crate::pool::DeviceEntry;
-
-    fn entry(addr: &str, in_pod: bool) -> DeviceEntry {
-        DeviceEntry {
-            addr: addr.parse().unwrap(),
-            pf: "0000:18:00.0".parse().unwrap(),
-            vf_index: 0,
-            numa: None,
-            rail: None,
-            health: Health::Healthy,
-            failed: Default::default(),
-            in_pod,
-        }
-    }
-
-    fn set(entries: &[DeviceEntry]) -> DeviceSet {
-        DeviceSet {
-            devices: entries.iter().map(|e| (e.addr, e.clone())).collect(),
-            ..Default::default()
-        }
-    }
+    use crate::pool::test_sets::{entry, set};
 
     /// A host root where `addr` has RDMA device `mlx5_<n>`.
     fn with_rdma(root: &Path, addr: &str, n: u32) {

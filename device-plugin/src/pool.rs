@@ -983,3 +983,31 @@ impl Monitor {
         }
     }
 }
+
+/// Device sets for the unit tests of the modules that read them.
+#[cfg(test)]
+pub(crate) mod test_sets {
+    use super::{DeviceEntry, DeviceSet};
+    use crate::health::Health;
+
+    /// A healthy VF of PF 18:00.0, with no NUMA node or rail.
+    pub fn entry(addr: &str, in_pod: bool) -> DeviceEntry {
+        DeviceEntry {
+            addr: addr.parse().unwrap(),
+            pf: "0000:18:00.0".parse().unwrap(),
+            vf_index: 0,
+            numa: None,
+            rail: None,
+            health: Health::Healthy,
+            failed: Default::default(),
+            in_pod,
+        }
+    }
+
+    pub fn set(entries: &[DeviceEntry]) -> DeviceSet {
+        DeviceSet {
+            devices: entries.iter().map(|e| (e.addr, e.clone())).collect(),
+            ..Default::default()
+        }
+    }
+}

@@ -4,6 +4,7 @@
 pub mod cni;
 pub mod device_plugin;
 pub mod ip;
+pub mod podman;
 
 /// Fails loudly when a tool the test needs is missing: a skipped check must not pass.
 pub fn require_tool(path: &str, package: &str) {
