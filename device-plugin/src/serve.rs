@@ -267,7 +267,9 @@ impl Resources {
         // The spec is written before the resource registers: after a reboot kubelet may
         // re-create checkpointed containers as soon as it has registered.
         let cdi = ctx.cdi.clone().map(|spec| {
-            crate::cdi::lock(&spec).refresh_logged(&handle.devices.borrow());
+            // A copy of the set: the poller must not wait on the list while files are written.
+            let set = handle.devices.borrow().clone();
+            crate::cdi::lock(&spec).refresh_logged(&set);
             tokio::spawn(crate::cdi::run(
                 spec,
                 handle.devices.clone(),
