@@ -389,6 +389,16 @@ pub struct ContainerAlloc {
     pub vfs: Vec<(PciAddr, String)>,
 }
 
+/// A VF's RDMA device alone, for a reader that needs no uverbs node: one listing.
+pub(crate) fn rdma_device_of(root: &HostRoot, addr: &PciAddr) -> Option<String> {
+    health::first_entry(None, &root.pci_device(addr), "infiniband")
+}
+
+/// A VF's uverbs node alone, for a reader that needs no RDMA device name: one listing.
+pub(crate) fn uverbs_of(root: &HostRoot, addr: &PciAddr) -> Option<String> {
+    health::first_entry(None, &root.pci_device(addr), "infiniband_verbs")
+}
+
 /// Reads what a VF exposes right now: its RDMA device and uverbs node.
 pub(crate) fn rdma_of(root: &HostRoot, addr: &PciAddr) -> (Option<String>, Option<String>) {
     let dir = root.pci_device(addr);

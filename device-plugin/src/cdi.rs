@@ -22,7 +22,7 @@ use railvf_host::{HostRoot, PciAddr};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::allocate::{RDMA_CM, rdma_of};
+use crate::allocate::{RDMA_CM, uverbs_of};
 use crate::devinfo::write_atomic;
 use crate::pool::DeviceSet;
 
@@ -217,7 +217,7 @@ impl CdiSpec {
     pub fn refresh(&mut self, set: &DeviceSet) -> std::io::Result<bool> {
         let mut nodes = BTreeMap::new();
         for (addr, d) in &set.devices {
-            match rdma_of(&self.root, addr).1 {
+            match uverbs_of(&self.root, addr) {
                 Some(uverbs) => {
                     nodes.insert(*addr, self.uverbs_node(addr, &uverbs));
                 }

@@ -16,7 +16,7 @@ use railvf_host::devinfo::{self, DeviceInfo};
 use railvf_host::{HostRoot, PciAddr};
 use tokio::sync::watch;
 
-use crate::allocate::rdma_of;
+use crate::allocate::rdma_device_of;
 use crate::pool::DeviceSet;
 
 /// Device-info files written by this process, removed when it stops.
@@ -212,7 +212,7 @@ impl DevinfoSync {
                 }
                 (vf_info(*addr, None, d.pf), Known::WithoutRdma)
             } else {
-                match rdma_of(&self.root, addr).0 {
+                match rdma_device_of(&self.root, addr) {
                     Some(rdma) => (vf_info(*addr, Some(&rdma), d.pf), Known::WithRdma),
                     // Nothing new to say about a VF whose file is there already.
                     None if known.is_some() => continue,
