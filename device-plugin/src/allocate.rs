@@ -385,8 +385,64 @@ pub struct ContainerAlloc {
     pub devices: Vec<String>,
     /// Device-info files written.
     pub devinfo_files: Vec<PathBuf>,
-    /// Each VF with its uverbs node (`uverbsN`), in PCI order: what a CDI answer names.
-    pub vfs: Vec<(PciAddr, String)>,
+    /// Each VF with its character devices (uverbs first), in PCI order: what a CDI answer
+    /// names.
+    pub vfs: Vec<(PciAddr, Vec<CharDev>)>,
+}
+
+/// A character device of a VF below `/dev/infiniband/`: the sysfs directory of the VF
+/// that lists it (its class) and its name there, which is also the node's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CharDev {
+    pub class: &'static str,
+    pub name: String,
+}
+
+/// The VF's sysfs directory listing its uverbs node.
+pub const VERBS_CLASS: &str = "infiniband_verbs";
+/// The VF's sysfs directory listing its management datagram nodes (`umadN`, `issmN`).
+pub const MAD_CLASS: &str = "infiniband_mad";
+
+impl CharDev {
+    pub fn uverbs(name: String) -> Self {
+        CharDev {
+            class: VERBS_CLASS,
+            name,
+        }
+    }
+
+    /// The node's path on the host and in the container.
+    pub fn path(&self) -> String {
+        format!("/dev/infiniband/{}", self.name)
+    }
+
+    /// The sysfs `dev` attribute (`major:minor`) of the node, for VF `addr`.
+    pub fn dev_attr(&self, root: &HostRoot, addr: &PciAddr) -> PathBuf {
+        root.pci_device(addr)
+            .join(self.class)
+            .join(&self.name)
+            .join("dev")
+    }
+}
+
+/// A VF's management datagram devices (`umadN` for its port, `issmN` beside it), as
+/// `ib_umad` lists them; empty when `ib_umad` is not loaded. Only names of that shape are
+/// taken: each becomes a path below `/dev/infiniband`.
+pub(crate) fn mad_of(root: &HostRoot, addr: &PciAddr) -> Vec<CharDev> {
+    railvf_host::host::list_dir(&root.pci_device(addr).join(MAD_CLASS))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| {
+            ["umad", "issm"].iter().any(|p| {
+                n.strip_prefix(p)
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .map(|name| CharDev {
+            class: MAD_CLASS,
+            name,
+        })
+        .collect()
 }
 
 /// A VF's RDMA device alone, for a reader that needs no uverbs node: one listing.
@@ -457,15 +513,34 @@ pub fn allocate_container(
                 "device {a} of {resource} cannot be allocated: {why}"
             )));
         };
-        let dev = format!("/dev/infiniband/{uverbs}");
-        if !root.join(&dev).exists() {
-            return Err(AllocError::FailedPrecondition(format!(
-                "device {a} of {resource}: {} does not exist on the host (uverbs device of {rdma}); is ib_uverbs loaded?",
-                root.join(&dev).display()
-            )));
+        let mut chars = vec![CharDev::uverbs(uverbs)];
+        if devices.mad_devices {
+            let mad = mad_of(root, a);
+            if mad.is_empty() {
+                return Err(AllocError::FailedPrecondition(format!(
+                    "device {a} of {resource} has no umad device ({} is empty or missing) and the resource's madDevices is true: load ib_umad, or set madDevices to false",
+                    root.pci_device(a).join(MAD_CLASS).display()
+                )));
+            }
+            chars.extend(mad);
         }
-        dev_paths.push(dev);
-        vfs.push((*a, uverbs));
+        for c in &chars {
+            let dev = c.path();
+            if !root.join(&dev).exists() {
+                let module = if c.class == VERBS_CLASS {
+                    "ib_uverbs"
+                } else {
+                    "ib_umad"
+                };
+                return Err(AllocError::FailedPrecondition(format!(
+                    "device {a} of {resource}: {} does not exist on the host ({} of {rdma}); is {module} loaded?",
+                    root.join(&dev).display(),
+                    c.name
+                )));
+            }
+            dev_paths.push(dev);
+        }
+        vfs.push((*a, chars));
         infos.push((*a, devinfo::vf_info(*a, Some(&rdma), devices.devices[a].pf)));
         rdma_names.push(rdma);
     }

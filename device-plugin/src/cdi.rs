@@ -22,7 +22,7 @@ use railvf_host::{HostRoot, PciAddr};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::allocate::{RDMA_CM, uverbs_of};
+use crate::allocate::{CharDev, RDMA_CM, mad_of, uverbs_of};
 use crate::devinfo::write_atomic;
 use crate::pool::DeviceSet;
 
@@ -171,9 +171,10 @@ pub struct CdiSpec {
     pub kind: String,
     pub path: PathBuf,
     root: HostRoot,
-    /// Each VF's uverbs node as last read. A VF in a pod whose RDMA device is out of sight
-    /// (`rdmaIsolation`) keeps the node it had: its containers may restart.
-    nodes: BTreeMap<PciAddr, Node>,
+    /// Each VF's nodes as last read: uverbs, then umad and issm with `madDevices`. A VF in
+    /// a pod whose RDMA device is out of sight (`rdmaIsolation`) keeps the nodes it had:
+    /// its containers may restart.
+    nodes: BTreeMap<PciAddr, Vec<Node>>,
     /// What the file holds, as last written (`None`: no file).
     written: Option<Vec<u8>>,
     /// The failure last warned about: the same one is not warned about at every pass.
@@ -200,16 +201,11 @@ impl CdiSpec {
         })
     }
 
-    fn uverbs_node(&self, addr: &PciAddr, uverbs: &str) -> Node {
-        Node::read(
-            format!("/dev/infiniband/{uverbs}"),
-            &self
-                .root
-                .pci_device(addr)
-                .join("infiniband_verbs")
-                .join(uverbs)
-                .join("dev"),
-        )
+    fn read_nodes(&self, addr: &PciAddr, chars: &[CharDev]) -> Vec<Node> {
+        chars
+            .iter()
+            .map(|c| Node::read(c.path(), &c.dev_attr(&self.root, addr)))
+            .collect()
     }
 
     /// Reads every VF of `set` again and rewrites the file if what it says changed;
@@ -219,7 +215,12 @@ impl CdiSpec {
         for (addr, d) in &set.devices {
             match uverbs_of(&self.root, addr) {
                 Some(uverbs) => {
-                    nodes.insert(*addr, self.uverbs_node(addr, &uverbs));
+                    let mut chars = vec![CharDev::uverbs(uverbs)];
+                    if set.mad_devices {
+                        // Without ib_umad there are none: Allocate refuses such a VF.
+                        chars.extend(mad_of(&self.root, addr));
+                    }
+                    nodes.insert(*addr, self.read_nodes(addr, &chars));
                 }
                 None if d.in_pod => {
                     if let Some(old) = self.nodes.get(addr) {
@@ -234,12 +235,12 @@ impl CdiSpec {
         self.write()
     }
 
-    /// For `Allocate`: the VFs handed out, each with the uverbs node it has now, are in
-    /// the file before the answer names them.
-    pub fn pin(&mut self, vfs: &[(PciAddr, String)]) -> std::io::Result<bool> {
-        for (addr, uverbs) in vfs {
-            let node = self.uverbs_node(addr, uverbs);
-            self.nodes.insert(*addr, node);
+    /// For `Allocate`: the VFs handed out, each with the nodes it has now, are in the file
+    /// before the answer names them.
+    pub fn pin(&mut self, vfs: &[(PciAddr, Vec<CharDev>)]) -> std::io::Result<bool> {
+        for (addr, chars) in vfs {
+            let nodes = self.read_nodes(addr, chars);
+            self.nodes.insert(*addr, nodes);
         }
         self.write()
     }
@@ -264,10 +265,10 @@ impl CdiSpec {
             devices: self
                 .nodes
                 .iter()
-                .map(|(addr, node)| Device {
+                .map(|(addr, nodes)| Device {
                     name: addr.to_string(),
                     container_edits: Edits {
-                        device_nodes: vec![node],
+                        device_nodes: nodes.iter().collect(),
                     },
                 })
                 .collect(),
@@ -535,8 +536,11 @@ mod tests {
         // Allocate pins what it hands out even before a refresh saw it.
         with_uverbs(&host, "0000:18:00.3", 3);
         assert!(
-            s.pin(&[("0000:18:00.3".parse().unwrap(), "uverbs3".into())])
-                .unwrap()
+            s.pin(&[(
+                "0000:18:00.3".parse().unwrap(),
+                vec![CharDev::uverbs("uverbs3".into())]
+            )])
+            .unwrap()
         );
         assert_eq!(
             devices(&read(&s.path)),
@@ -548,6 +552,66 @@ mod tests {
         assert!(s.path.exists());
         s.remove().unwrap();
         assert!(!s.path.exists());
+    }
+
+    /// Gives VF `addr` `umad<n>` (231:n) and `issm<n>` (231:64+n), as ib_umad lists them.
+    fn with_mad(root: &Path, addr: &str, n: u32) {
+        let d = root
+            .join("sys/bus/pci/devices")
+            .join(addr)
+            .join("infiniband_mad");
+        for (name, minor) in [(format!("umad{n}"), n), (format!("issm{n}"), 64 + n)] {
+            std::fs::create_dir_all(d.join(&name)).unwrap();
+            std::fs::write(d.join(&name).join("dev"), format!("231:{minor}\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn with_mad_devices_each_vf_also_has_its_umad_and_issm_nodes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("host");
+        let root = HostRoot::new(&host).unwrap();
+        with_uverbs(&host, "0000:18:00.1", 12);
+        with_mad(&host, "0000:18:00.1", 12);
+        // A name of another shape is not a node to pass.
+        std::fs::create_dir_all(
+            host.join("sys/bus/pci/devices/0000:18:00.1/infiniband_mad/umad12.old"),
+        )
+        .unwrap();
+        // 18:00.2 without ib_umad: its uverbs node only (Allocate refuses it).
+        with_uverbs(&host, "0000:18:00.2", 13);
+        let mut s = CdiSpec::new("nvidia.com/vfs", &tmp.path().join("cdi"), root).unwrap();
+        let mut vfs = set(&[entry("0000:18:00.1", false), entry("0000:18:00.2", false)]);
+        let nodes_of = |v: &serde_json::Value, i: usize| -> Vec<(String, u64, u64)> {
+            v["devices"][i]["containerEdits"]["deviceNodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| {
+                    (
+                        n["path"].as_str().unwrap().to_string(),
+                        n["major"].as_u64().unwrap(),
+                        n["minor"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        // Off: uverbs only.
+        s.refresh(&vfs).unwrap();
+        assert_eq!(nodes_of(&read(&s.path), 0), vec![node(12)]);
+        // On (a reload): the change of the set rewrites the file.
+        vfs.mad_devices = true;
+        assert!(s.refresh(&vfs).unwrap());
+        let v = read(&s.path);
+        assert_eq!(
+            nodes_of(&v, 0),
+            vec![
+                node(12),
+                ("/dev/infiniband/issm12".into(), 231, 76),
+                ("/dev/infiniband/umad12".into(), 231, 12),
+            ]
+        );
+        assert_eq!(nodes_of(&v, 1), vec![node(13)]);
     }
 
     #[test]

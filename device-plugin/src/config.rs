@@ -67,6 +67,9 @@ pub struct ResourceConfig {
     /// true when the config has one resource and false when it has several (kubelet keeps
     /// one value of a variable two resources of a container set).
     pub nccl_ib_hca: bool,
+    /// railvf's `madDevices`: whether `Allocate` also passes each VF's `umadN` and `issmN`
+    /// (sriov-dp always does; railvf only when asked, see docs/device-plugin.md).
+    pub mad_devices: bool,
 }
 
 impl ResourceConfig {
@@ -447,6 +450,9 @@ struct RawResource {
     /// has one resource).
     #[serde(default, alias = "NcclIbHca")]
     nccl_ib_hca: Option<bool>,
+    /// railvf's addition: pass the VFs' management datagram devices (`umadN`, `issmN`).
+    #[serde(default, alias = "MadDevices")]
+    mad_devices: bool,
     #[serde(default, alias = "Selectors")]
     selectors: Option<Selectors>,
 }
@@ -639,6 +645,7 @@ impl Config {
                         exclude_topology: r.exclude_topology,
                         selectors,
                         nccl_ib_hca: r.nccl_ib_hca.unwrap_or(!several),
+                        mad_devices: r.mad_devices,
                     };
                     if r.nccl_ib_hca.is_none() && several {
                         defaulted.push(rc.full_name());
@@ -737,6 +744,7 @@ fn default_resource() -> ResourceConfig {
         name: DEFAULT_RESOURCE.into(),
         exclude_topology: false,
         nccl_ib_hca: true,
+        mad_devices: false,
         selectors: vec![Selector {
             is_rdma: true,
             compute_only: true,
@@ -873,6 +881,22 @@ mod tests {
         )
         .unwrap();
         assert!(c.resources[0].nccl_ib_hca && c.notes.is_empty());
+    }
+
+    #[test]
+    fn mad_devices_is_off_unless_given_as_a_bool() {
+        assert!(!Config::default_config().resources[0].mad_devices);
+        let c = parse(r#"{"resourceList":[{"resourceName":"a"}]}"#).unwrap();
+        assert!(!c.resources[0].mad_devices);
+        let c = parse(
+            r#"{"resourceList":[{"resourceName":"a","madDevices":true},{"resourceName":"b","MadDevices":true}]}"#,
+        )
+        .unwrap();
+        assert!(c.resources.iter().all(|r| r.mad_devices));
+        let e = parse(r#"{"resourceList":[{"resourceName":"a","madDevices":"yes"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("madDevices"), "{e}");
     }
 
     #[test]

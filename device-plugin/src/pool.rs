@@ -109,6 +109,9 @@ pub struct DeviceSet {
     /// The resource's `ncclIbHca`: `Allocate` sets `NCCL_IB_HCA` (part of the set so that
     /// a config reload that flips it applies to the next `Allocate`).
     pub nccl_ib_hca: bool,
+    /// The resource's `madDevices`: `Allocate` (and the CDI spec) also pass each VF's
+    /// `umadN` and `issmN`.
+    pub mad_devices: bool,
 }
 
 /// VFs of a resource that `Allocate` handed out and that the plugin has not seen free
@@ -659,11 +662,12 @@ impl Monitor {
         for (n, cfg) in config.resources.iter().enumerate() {
             let rt = match old.remove(&cfg.full_name()) {
                 Some((i, mut rt)) => {
-                    // `ncclIbHca` changes what Allocate answers, not which VFs the resource
-                    // has; its default also flips when another resource is added or
-                    // removed, which must not take this one's VFs away.
+                    // `ncclIbHca` and `madDevices` change what Allocate answers, not which
+                    // VFs the resource has; `ncclIbHca`'s default also flips when another
+                    // resource is added or removed, which must not take this one's VFs away.
                     let mut same = rt.cfg.clone();
                     same.nccl_ib_hca = cfg.nccl_ib_hca;
+                    same.mad_devices = cfg.mad_devices;
                     if same == *cfg && !rails_changed {
                         keep.insert(i, n);
                     }
@@ -680,6 +684,15 @@ impl Monitor {
                                 "{name} no longer sets NCCL_IB_HCA for containers allocated from now on, only PCIDEVICE_<R>_RDMA (ncclIbHca is false; when the config does not give it, it is true only while the config has one resource); set \"ncclIbHca\": true on it to keep NCCL_IB_HCA"
                             );
                         }
+                    }
+                    if rt.cfg.mad_devices != cfg.mad_devices {
+                        let name = cfg.full_name();
+                        tracing::warn!(
+                            resource = %name,
+                            "{name} {} the VFs' umad and issm devices for containers allocated from now on (madDevices is {})",
+                            if cfg.mad_devices { "passes" } else { "no longer passes" },
+                            cfg.mad_devices
+                        );
                     }
                     rt.cfg = cfg.clone();
                     rt.exp = expectations(cfg);
@@ -950,6 +963,7 @@ impl Monitor {
                 devices,
                 exclude_topology: res.cfg.exclude_topology,
                 nccl_ib_hca: res.cfg.nccl_ib_hca,
+                mad_devices: res.cfg.mad_devices,
             };
             res.tx.send_if_modified(|cur| {
                 if **cur == set {

@@ -404,6 +404,7 @@ mod tests {
             devices,
             exclude_topology,
             nccl_ib_hca: true,
+            mad_devices: false,
         })
     }
 

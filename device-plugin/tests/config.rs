@@ -308,6 +308,97 @@ async fn two_resources_set_their_own_rdma_variable_and_not_nccl_ib_hca() {
     assert!(!e1.contains_key("NCCL_IB_HCA"), "{e1:?}");
 }
 
+/// `madDevices` passes each VF's `umadN` and `issmN` besides its uverbs node (as sriov-dp
+/// always does); a VF without them (ib_umad not loaded) is refused, naming the module; a
+/// reload that turns it off applies to the next Allocate.
+#[tokio::test]
+async fn mad_devices_passes_umad_and_issm_and_a_reload_turns_it_off() {
+    let sim = SimOptions::dgx_h200().no_links().build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let config = tmp.path().join("config.json");
+    let write_config = |mad: bool| {
+        let new = tmp.path().join("config.json.new");
+        std::fs::write(
+            &new,
+            format!(r#"{{"resourceList":[{{"resourceName":"vfs","madDevices":{mad}}}]}}"#),
+        )
+        .unwrap();
+        std::fs::rename(&new, &config).unwrap();
+    };
+    write_config(true);
+    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let mut plugin = start_plugin(sim.root(), &dirs, Some(&config), &[]);
+    let mut client = registration(&mut kubelet, &plugin).await.client;
+    let (a, b) = (
+        sim.vf("0000:18:00.1").unwrap(),
+        sim.vf("0000:9a:00.2").unwrap(),
+    );
+    let mut s = list_and_watch(&mut client).await;
+    wait_list(&mut s, "64 devices", |l| l.len() == 64).await;
+    drop(s);
+    let paths = |r: &railvf_proto::v1beta1::AllocateResponse| -> Vec<String> {
+        let c = &r.container_responses[0];
+        assert!(
+            c.devices
+                .iter()
+                .all(|d| d.container_path == d.host_path && d.permissions == "rw")
+        );
+        c.devices.iter().map(|d| d.host_path.clone()).collect()
+    };
+    let nodes = |n: u32| {
+        [
+            format!("/dev/infiniband/uverbs{n}"),
+            format!("/dev/infiniband/issm{n}"),
+            format!("/dev/infiniband/umad{n}"),
+        ]
+    };
+    let (ia, ib) = (a.pci.to_string(), b.pci.to_string());
+    let r = client
+        .allocate(alloc_req(&[&ib, &ia]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut want: Vec<String> = nodes(a.uverbs).into_iter().chain(nodes(b.uverbs)).collect();
+    want.push("/dev/infiniband/rdma_cm".into());
+    assert_eq!(paths(&r), want);
+
+    // ib_umad gone from one VF: refused, naming the VF and what to do.
+    std::fs::remove_dir_all(b.sysfs_dir.join("infiniband_mad")).unwrap();
+    let err = client.allocate(alloc_req(&[&ib])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message()
+            .contains(&format!("device {ib} of nvidia.com/vfs has no umad device"))
+            && err
+                .message()
+                .contains("load ib_umad, or set madDevices to false"),
+        "{}",
+        err.message()
+    );
+
+    // Off by a reload: the uverbs node only, the same 64 VFs.
+    write_config(false);
+    wait_log(
+        &mut plugin,
+        "no longer passes the VFs' umad and issm devices",
+    )
+    .await;
+    wait_log(&mut plugin, "config reloaded").await;
+    let r = client
+        .allocate(alloc_req(&[&ib]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        paths(&r),
+        [
+            format!("/dev/infiniband/uverbs{}", b.uverbs),
+            "/dev/infiniband/rdma_cm".into()
+        ]
+    );
+}
+
 /// The ConfigMap shipped in `deploy/` selects all 64 compute VFs of the DGX H200.
 #[test]
 fn the_deployed_configmap_selects_every_compute_vf() {

@@ -25,10 +25,10 @@ pub enum Fault {
     /// `lid` and `sm_lid` `0x0`, netdev `type` `1`. (Netdev names are kept.)
     EthFallback,
     /// No driver bound: no `driver` link, no `net/`, `infiniband/`, `infiniband_verbs/`,
-    /// no `/dev/infiniband/uverbsN`; a VF's real netdev (veth) is destroyed.
+    /// `infiniband_mad/`, no `/dev/infiniband/` nodes; a VF's real netdev (veth) is destroyed.
     Unbound,
     /// `mlx5_core` bound but no RDMA device (mlx5_ib not loaded): no `infiniband/`,
-    /// `infiniband_verbs/`, `/dev/infiniband/uverbsN`. The netdev stays.
+    /// `infiniband_verbs/`, `infiniband_mad/`, `/dev/infiniband/` nodes. The netdev stays.
     NoRdma,
     /// Firmware gives no NUMA node: `numa_node` `-1`, `local_cpulist` every CPU.
     NumaUnknown,

@@ -33,6 +33,11 @@ const DEFAULT_RATE: &str = "400 Gb/sec (4X NDR)";
 /// dynamically allocated region (as `ib_uverbs` does); 240 stands for that dynamic major.
 const UVERBS_FIXED: u32 = 32;
 const UVERBS_DYN_MAJOR: u32 = 240;
+/// umad/issm char devices (`ib_umad`): the first 64 ports use major 231, umad at minor N
+/// and issm at 64+N; later ones a dynamic region (241 stands for it: umad at 2(N-64),
+/// issm at 2(N-64)+1).
+const UMAD_FIXED: u32 = 64;
+const UMAD_DYN_MAJOR: u32 = 241;
 
 /// A netdev as the host's network namespace shows it (the `net/<name>/` attributes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1171,6 +1176,7 @@ impl Node {
             "sys/class/net",
             "sys/class/infiniband",
             "sys/class/infiniband_verbs",
+            "sys/class/infiniband_mad",
             "sys/devices/system/node",
             "dev/infiniband",
             "proc/driver/nvidia/gpus",
@@ -1519,27 +1525,62 @@ impl Node {
             &ib,
         );
         let n = f.port.rdma_index;
-        let uv = dir.join(format!("infiniband_verbs/uverbs{n}"));
-        t.insert(dir.join("infiniband_verbs"), Entry::Dir);
-        t.insert(uv.clone(), Entry::Dir);
-        t.insert(uv.join("ibdev"), Entry::File(format!("{}\n", f.port.rdma)));
-        let dev = if n < UVERBS_FIXED {
+        let uverbs = if n < UVERBS_FIXED {
             format!("231:{}", 192 + n)
         } else {
             format!("{UVERBS_DYN_MAJOR}:{}", n - UVERBS_FIXED)
         };
-        t.insert(uv.join("dev"), Entry::File(format!("{dev}\n")));
-        link(t, uv.join("device"), dir);
-        link(
+        char_dev(
             t,
-            PathBuf::from(format!("sys/class/infiniband_verbs/uverbs{n}")),
-            &uv,
+            dir,
+            "infiniband_verbs",
+            &format!("uverbs{n}"),
+            &f.port.rdma,
+            &uverbs,
+            None,
         );
-        t.insert(
-            PathBuf::from(format!("dev/infiniband/uverbs{n}")),
-            Entry::File(String::new()),
-        );
+        // One port per function: one umad and one issm node (ib_umad loaded).
+        let (umad, issm) = if n < UMAD_FIXED {
+            (format!("231:{n}"), format!("231:{}", UMAD_FIXED + n))
+        } else {
+            let m = 2 * (n - UMAD_FIXED);
+            (
+                format!("{UMAD_DYN_MAJOR}:{m}"),
+                format!("{UMAD_DYN_MAJOR}:{}", m + 1),
+            )
+        };
+        for (name, dev) in [(format!("umad{n}"), umad), (format!("issm{n}"), issm)] {
+            char_dev(t, dir, "infiniband_mad", &name, &f.port.rdma, &dev, Some(1));
+        }
     }
+}
+
+/// A character device of function `dir`: `<dir>/<class>/<name>/` with `ibdev`, `dev`
+/// (`major:minor`), `port` when given and a `device` link, its `sys/class` link, and
+/// `/dev/infiniband/<name>` as a plain file.
+fn char_dev(
+    t: &mut Tree,
+    dir: &Path,
+    class: &str,
+    name: &str,
+    ibdev: &str,
+    dev: &str,
+    port: Option<u8>,
+) {
+    let d = dir.join(class).join(name);
+    t.insert(dir.join(class), Entry::Dir);
+    t.insert(d.clone(), Entry::Dir);
+    t.insert(d.join("ibdev"), Entry::File(format!("{ibdev}\n")));
+    t.insert(d.join("dev"), Entry::File(format!("{dev}\n")));
+    if let Some(p) = port {
+        t.insert(d.join("port"), Entry::File(format!("{p}\n")));
+    }
+    link(t, d.join("device"), dir);
+    link(t, PathBuf::from(format!("sys/class/{class}/{name}")), &d);
+    t.insert(
+        PathBuf::from(format!("dev/infiniband/{name}")),
+        Entry::File(String::new()),
+    );
 }
 
 struct FnRender<'a> {

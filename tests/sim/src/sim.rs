@@ -157,7 +157,7 @@ pub struct VfInfo {
     pub index: u16,
     /// RDMA device (`mlx5_12`).
     pub rdma_device: String,
-    /// uverbs number (`/dev/infiniband/uverbs<N>`).
+    /// uverbs number (`/dev/infiniband/uverbs<N>`); also its umad and issm number.
     pub uverbs: u32,
     /// The netdev name the VF is created with (its host name).
     pub netdev: String,

@@ -49,12 +49,17 @@ fn expected(fault: Fault, ifindex: u32) -> Vec<String> {
         ],
         Fault::NoRdma | Fault::Unbound => {
             let mut v = vec![
+                "-dev/infiniband/issm12".to_owned(),
+                "-dev/infiniband/umad12".to_owned(),
                 "-dev/infiniband/uverbs12".to_owned(),
                 "-sys/class/infiniband/mlx5_12".to_owned(),
+                "-sys/class/infiniband_mad/issm12".to_owned(),
+                "-sys/class/infiniband_mad/umad12".to_owned(),
                 "-sys/class/infiniband_verbs/uverbs12".to_owned(),
             ];
             // Whole subtrees go; list their roots, the rest is checked by prefix.
             v.push(format!("-{VFDIR}/infiniband"));
+            v.push(format!("-{VFDIR}/infiniband_mad"));
             v.push(format!("-{VFDIR}/infiniband_verbs"));
             if fault == Fault::Unbound {
                 v.push(format!("-{VFDIR}/driver"));

@@ -184,6 +184,19 @@ fn vf_attributes_names_and_numbering() {
     let far = sim.vf("0000:dc:01.0").unwrap().sysfs_dir;
     assert_eq!(read(far.join("infiniband_verbs/uverbs75/dev")), "240:43\n");
     assert!(sim.root().join("dev/infiniband/uverbs75").is_file());
+    // ib_umad: a umad and an issm node per port, fixed minors for the first 64 ports.
+    assert_eq!(read(d.join("infiniband_mad/umad12/ibdev")), "mlx5_12\n");
+    assert_eq!(read(d.join("infiniband_mad/umad12/port")), "1\n");
+    assert_eq!(read(d.join("infiniband_mad/umad12/dev")), "231:12\n");
+    assert_eq!(read(d.join("infiniband_mad/issm12/dev")), "231:76\n");
+    assert!(sim.root().join("dev/infiniband/issm12").is_file());
+    assert!(
+        sim.root()
+            .join("sys/class/infiniband_mad/umad12/ibdev")
+            .exists()
+    );
+    assert_eq!(read(far.join("infiniband_mad/umad75/dev")), "241:22\n");
+    assert_eq!(read(far.join("infiniband_mad/issm75/dev")), "241:23\n");
     // Every LID is unique.
     let lids: std::collections::BTreeSet<_> = vfs.iter().map(|v| v.lid).collect();
     assert_eq!(lids.len(), 64);
