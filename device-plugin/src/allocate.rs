@@ -1,6 +1,7 @@
 //! `GetPreferredAllocation` (rail-aware) and `Allocate` (what a container gets).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use railvf_host::devinfo::dp_file;
@@ -416,21 +417,18 @@ impl CharDev {
         format!("/dev/infiniband/{}", self.name)
     }
 
-    /// The sysfs `dev` attribute (`major:minor`) of the node, for VF `addr`.
-    pub fn dev_attr(&self, root: &HostRoot, addr: &PciAddr) -> PathBuf {
-        root.pci_device(addr)
-            .join(self.class)
-            .join(&self.name)
-            .join("dev")
+    /// Its sysfs `dev` attribute (`major:minor`), relative to the VF's directory.
+    pub fn dev_attr(&self) -> String {
+        format!("{}/{}/dev", self.class, self.name)
     }
 }
 
 /// A VF's management datagram devices (`umadN` for its port, `issmN` beside it), as
-/// `ib_umad` lists them; empty when `ib_umad` is not loaded. Only names of that shape are
-/// taken: each becomes a path below `/dev/infiniband`.
-pub(crate) fn mad_of(root: &HostRoot, addr: &PciAddr) -> Vec<CharDev> {
-    railvf_host::host::list_dir(&root.pci_device(addr).join(MAD_CLASS))
-        .unwrap_or_default()
+/// `ib_umad` lists them in the VF's directory `dir` (opened as `fd`, if it could be);
+/// empty when `ib_umad` is not loaded. Only names of that shape are taken: each becomes a
+/// path below `/dev/infiniband`.
+pub(crate) fn mad_of(fd: Option<&OwnedFd>, dir: &Path) -> Vec<CharDev> {
+    health::entries(fd, dir, MAD_CLASS)
         .into_iter()
         .filter(|n| {
             ["umad", "issm"].iter().any(|p| {
@@ -448,21 +446,6 @@ pub(crate) fn mad_of(root: &HostRoot, addr: &PciAddr) -> Vec<CharDev> {
 /// A VF's RDMA device alone, for a reader that needs no uverbs node: one listing.
 pub(crate) fn rdma_device_of(root: &HostRoot, addr: &PciAddr) -> Option<String> {
     health::first_entry(None, &root.pci_device(addr), "infiniband")
-}
-
-/// A VF's uverbs node alone, for a reader that needs no RDMA device name: one listing.
-pub(crate) fn uverbs_of(root: &HostRoot, addr: &PciAddr) -> Option<String> {
-    health::first_entry(None, &root.pci_device(addr), "infiniband_verbs")
-}
-
-/// Reads what a VF exposes right now: its RDMA device and uverbs node.
-pub(crate) fn rdma_of(root: &HostRoot, addr: &PciAddr) -> (Option<String>, Option<String>) {
-    let dir = root.pci_device(addr);
-    let fd = health::open_function_dir(&dir);
-    (
-        health::first_entry(fd.as_ref(), &dir, "infiniband"),
-        health::first_entry(fd.as_ref(), &dir, "infiniband_verbs"),
-    )
 }
 
 /// Answers one container request. `max` is the most devices a container may ask for.
@@ -502,7 +485,10 @@ pub fn allocate_container(
     let mut infos = Vec::with_capacity(addrs.len());
     let mut vfs = Vec::with_capacity(addrs.len());
     for a in &addrs {
-        let (rdma, uverbs) = rdma_of(root, a);
+        let dir = root.pci_device(a);
+        let fd = health::open_function_dir(&dir);
+        let rdma = health::first_entry(fd.as_ref(), &dir, "infiniband");
+        let uverbs = health::first_entry(fd.as_ref(), &dir, VERBS_CLASS);
         let (Some(rdma), Some(uverbs)) = (rdma, uverbs) else {
             let why = if devices.devices[a].in_pod {
                 "its netdev and RDMA device are in a pod's network namespace: it is in use"
@@ -515,11 +501,11 @@ pub fn allocate_container(
         };
         let mut chars = vec![CharDev::uverbs(uverbs)];
         if devices.mad_devices {
-            let mad = mad_of(root, a);
+            let mad = mad_of(fd.as_ref(), &dir);
             if mad.is_empty() {
                 return Err(AllocError::FailedPrecondition(format!(
                     "device {a} of {resource} has no umad device ({} is empty or missing) and the resource's madDevices is true: load ib_umad, or set madDevices to false",
-                    root.pci_device(a).join(MAD_CLASS).display()
+                    dir.join(MAD_CLASS).display()
                 )));
             }
             chars.extend(mad);

@@ -14,6 +14,7 @@
 //! loses its file, and at start the files of resources no longer configured are removed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,8 +23,9 @@ use railvf_host::{HostRoot, PciAddr};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::allocate::{CharDev, RDMA_CM, mad_of, uverbs_of};
+use crate::allocate::{CharDev, RDMA_CM, VERBS_CLASS, mad_of};
 use crate::devinfo::write_atomic;
+use crate::health;
 use crate::pool::DeviceSet;
 
 /// The runtimes' default directory for generated specs, below the host root.
@@ -36,8 +38,9 @@ pub const SPEC_VERSION: &str = "0.5.0";
 /// Names of the files this plugin writes: nothing else in the directory is touched.
 const FILE_PREFIX: &str = "railvf_";
 
-/// The RDMA CM device's numbers (a misc device: `rdma_ucm` registers it).
-const RDMA_CM_DEV: &str = "sys/class/misc/rdma_cm/dev";
+/// The RDMA CM device's sysfs directory, whose `dev` has its numbers (a misc device:
+/// `rdma_ucm` registers it).
+const RDMA_CM_SYSFS: &str = "sys/class/misc/rdma_cm";
 
 /// How often the file is read again when the device list does not change: a driver
 /// rebind that keeps the VF healthy renumbers its uverbs node without a list change.
@@ -124,12 +127,11 @@ pub struct Node {
 }
 
 impl Node {
-    /// The character device at `path`, with the numbers of the sysfs `dev` attribute at
-    /// `dev_attr` when it reads as the kernel prints it.
-    fn read(path: String, dev_attr: &Path) -> Node {
-        let numbers = std::fs::read_to_string(dev_attr)
-            .ok()
-            .and_then(|s| parse_dev_numbers(&s).ok());
+    /// The character device at `path`, with the numbers of the sysfs `dev` attribute
+    /// `<dir>/<dev_attr>` (read relative to `fd` when there is one) when it reads as the
+    /// kernel prints it.
+    fn read(path: String, fd: Option<&OwnedFd>, dir: &Path, dev_attr: &str) -> Node {
+        let numbers = health::read_attr(fd, dir, dev_attr, parse_dev_numbers);
         Node {
             host_path: path.clone(),
             path,
@@ -177,6 +179,8 @@ pub struct CdiSpec {
     nodes: BTreeMap<PciAddr, Vec<Node>>,
     /// What the file holds, as last written (`None`: no file).
     written: Option<Vec<u8>>,
+    /// The `rdma_cm` node as last written.
+    rdma_cm: Option<Node>,
     /// The failure last warned about: the same one is not warned about at every pass.
     warned: Option<String>,
 }
@@ -197,15 +201,27 @@ impl CdiSpec {
             root,
             nodes: BTreeMap::new(),
             written: None,
+            rdma_cm: None,
             warned: None,
         })
     }
 
-    fn read_nodes(&self, addr: &PciAddr, chars: &[CharDev]) -> Vec<Node> {
+    fn read_nodes(fd: Option<&OwnedFd>, dir: &Path, chars: &[CharDev]) -> Vec<Node> {
         chars
             .iter()
-            .map(|c| Node::read(c.path(), &c.dev_attr(&self.root, addr)))
+            .map(|c| Node::read(c.path(), fd, dir, &c.dev_attr()))
             .collect()
+    }
+
+    fn read_rdma_cm(&self) -> Option<Node> {
+        self.root.join(RDMA_CM).exists().then(|| {
+            Node::read(
+                RDMA_CM.to_string(),
+                None,
+                &self.root.join(RDMA_CM_SYSFS),
+                "dev",
+            )
+        })
     }
 
     /// Reads every VF of `set` again and rewrites the file if what it says changed;
@@ -213,14 +229,17 @@ impl CdiSpec {
     pub fn refresh(&mut self, set: &DeviceSet) -> std::io::Result<bool> {
         let mut nodes = BTreeMap::new();
         for (addr, d) in &set.devices {
-            match uverbs_of(&self.root, addr) {
+            // One path walk per VF (sysfs links), the reads relative to it.
+            let dir = self.root.pci_device(addr);
+            let fd = health::open_function_dir(&dir);
+            match health::first_entry(fd.as_ref(), &dir, VERBS_CLASS) {
                 Some(uverbs) => {
                     let mut chars = vec![CharDev::uverbs(uverbs)];
                     if set.mad_devices {
                         // Without ib_umad there are none: Allocate refuses such a VF.
-                        chars.extend(mad_of(&self.root, addr));
+                        chars.extend(mad_of(fd.as_ref(), &dir));
                     }
-                    nodes.insert(*addr, self.read_nodes(addr, &chars));
+                    nodes.insert(*addr, Self::read_nodes(fd.as_ref(), &dir, &chars));
                 }
                 None if d.in_pod => {
                     if let Some(old) = self.nodes.get(addr) {
@@ -236,11 +255,21 @@ impl CdiSpec {
     }
 
     /// For `Allocate`: the VFs handed out, each with the nodes it has now, are in the file
-    /// before the answer names them.
+    /// before the answer names them. When the file already says so, it is left alone: the
+    /// whole spec is not serialized again at every `Allocate`.
     pub fn pin(&mut self, vfs: &[(PciAddr, Vec<CharDev>)]) -> std::io::Result<bool> {
+        let mut same = self.written.is_some() && self.read_rdma_cm() == self.rdma_cm;
         for (addr, chars) in vfs {
-            let nodes = self.read_nodes(addr, chars);
-            self.nodes.insert(*addr, nodes);
+            let dir = self.root.pci_device(addr);
+            let fd = health::open_function_dir(&dir);
+            let nodes = Self::read_nodes(fd.as_ref(), &dir, chars);
+            if self.nodes.get(addr) != Some(&nodes) {
+                self.nodes.insert(*addr, nodes);
+                same = false;
+            }
+        }
+        if same && self.path.exists() {
+            return Ok(false);
         }
         self.write()
     }
@@ -251,15 +280,10 @@ impl CdiSpec {
         if self.nodes.is_empty() {
             return None;
         }
-        let rdma_cm = self
-            .root
-            .join(RDMA_CM)
-            .exists()
-            .then(|| Node::read(RDMA_CM.to_string(), &self.root.join(RDMA_CM_DEV)));
         let spec = Spec {
             cdi_version: SPEC_VERSION,
             kind: &self.kind,
-            container_edits: rdma_cm.as_ref().map(|n| Edits {
+            container_edits: self.rdma_cm.as_ref().map(|n| Edits {
                 device_nodes: vec![n],
             }),
             devices: self
@@ -278,6 +302,7 @@ impl CdiSpec {
     }
 
     fn write(&mut self) -> std::io::Result<bool> {
+        self.rdma_cm = self.read_rdma_cm();
         let bytes = self.bytes();
         // Written already and still there: an admin cleaning /var/run may have removed it.
         if bytes == self.written && (bytes.is_none() || self.path.exists()) {
@@ -546,6 +571,25 @@ mod tests {
             devices(&read(&s.path)),
             BTreeMap::from([("0000:18:00.3".to_string(), node(3))])
         );
+        // Pinned again as it is: not written again; renumbered, or rdma_cm gone: written.
+        let pinned = || {
+            vec![(
+                "0000:18:00.3".parse().unwrap(),
+                vec![CharDev::uverbs("uverbs3".into())],
+            )]
+        };
+        assert!(!s.pin(&pinned()).unwrap());
+        std::fs::write(
+            host.join("sys/bus/pci/devices/0000:18:00.3/infiniband_verbs/uverbs3/dev"),
+            "231:220\n",
+        )
+        .unwrap();
+        assert!(s.pin(&pinned()).unwrap());
+        assert_eq!(devices(&read(&s.path))["0000:18:00.3"].2, 220);
+        std::fs::remove_file(host.join("dev/infiniband/rdma_cm")).unwrap();
+        assert!(s.pin(&pinned()).unwrap());
+        assert!(read(&s.path).get("containerEdits").is_none());
+        assert!(!s.pin(&pinned()).unwrap());
         // A file removed behind the plugin's back is written again.
         std::fs::remove_file(&s.path).unwrap();
         assert!(s.refresh(&set(&vfs)).unwrap());
@@ -618,8 +662,8 @@ mod tests {
     fn a_node_without_readable_numbers_is_left_to_the_runtime_to_stat() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("dev"), "garbage\n").unwrap();
-        for attr in [tmp.path().join("dev"), tmp.path().join("missing")] {
-            let n = Node::read("/dev/infiniband/uverbs1".into(), &attr);
+        for attr in ["dev", "missing"] {
+            let n = Node::read("/dev/infiniband/uverbs1".into(), None, tmp.path(), attr);
             let v = serde_json::to_value(&n).unwrap();
             assert_eq!(
                 v,

@@ -332,8 +332,21 @@ pub fn first_entry(fd: Option<&OwnedFd>, dir: &Path, sub: &str) -> Option<String
     list_first(fd, dir, sub).ok().flatten()
 }
 
+/// Every entry of `<dir>/<sub>`, in name order; empty when absent or unreadable.
+pub fn entries(fd: Option<&OwnedFd>, dir: &Path, sub: &str) -> Vec<String> {
+    let mut v = list(fd, dir, sub).unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
 /// [`first_entry`], with `Err` when `<dir>/<sub>` exists but cannot be listed.
 fn list_first(fd: Option<&OwnedFd>, dir: &Path, sub: &str) -> Result<Option<String>, ()> {
+    list(fd, dir, sub).map(|v| v.into_iter().min())
+}
+
+/// The entries of `<dir>/<sub>` (relative to `fd` when there is one), in no order; empty
+/// when absent, `Err` when it exists but cannot be listed.
+fn list(fd: Option<&OwnedFd>, dir: &Path, sub: &str) -> Result<Vec<String>, ()> {
     match fd {
         Some(fd) => {
             let mut d = match nix::dir::Dir::openat(
@@ -343,18 +356,30 @@ fn list_first(fd: Option<&OwnedFd>, dir: &Path, sub: &str) -> Result<Option<Stri
                 Mode::empty(),
             ) {
                 Ok(d) => d,
-                Err(nix::errno::Errno::ENOENT) => return Ok(None),
+                Err(nix::errno::Errno::ENOENT) => return Ok(Vec::new()),
                 Err(_) => return Err(()),
             };
             Ok(d.iter()
                 .filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
                 .filter(|n| n != "." && n != "..")
-                .min())
+                .collect())
         }
-        None => host::list_dir(&dir.join(sub))
-            .map(|v| v.into_iter().next())
-            .map_err(|_| ()),
+        None => host::list_dir(&dir.join(sub)).map_err(|_| ()),
+    }
+}
+
+/// An attribute below `dir` (relative to `fd` when there is one), parsed; `None` when it
+/// is missing, unreadable or does not parse.
+pub fn read_attr<T>(
+    fd: Option<&OwnedFd>,
+    dir: &Path,
+    name: &str,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Option<T> {
+    match attr(fd, dir, name, parse) {
+        Attr::Value(v) => Some(v),
+        _ => None,
     }
 }
 
