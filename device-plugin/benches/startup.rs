@@ -6,8 +6,9 @@
 //! Reports, per node size: start-to-registered time (process spawn → kubelet accepted
 //! `Register`), peak RSS (`VmHWM` of the plugin process), `Allocate` and
 //! `GetPreferredAllocation` round-trip latency (median, p99) over the unix socket, and the
-//! CPU the health poller costs while idle. Targets: ≤ 100 ms and ≤ 15 MB at 2048 VFs,
-//! Allocate p99 ≤ 1 ms. Not a test: it prints figures and never fails on them.
+//! CPU the health poller costs while idle; each node size with `--use-cdi` off and on.
+//! Targets: ≤ 100 ms and ≤ 15 MB at 2048 VFs, Allocate p99 ≤ 1 ms. Not a test: it prints
+//! figures and never fails on them.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -24,11 +25,14 @@ const RUNS: usize = 7;
 const CALLS: usize = 2000;
 
 /// `dir` should be on tmpfs, as the real `/var/run` is.
-fn spawn(root: &Path, dir: &Path) -> Child {
+fn spawn(root: &Path, dir: &Path, cdi: bool) -> Child {
     let cfg = dir.join("config.json");
     std::fs::write(&cfg, "{}").unwrap();
-    Command::new(env!("CARGO_BIN_EXE_railvf-device-plugin"))
-        .arg("--host-root")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_railvf-device-plugin"));
+    if cdi {
+        cmd.arg("--use-cdi").arg("--cdi-dir").arg(dir.join("cdi"));
+    }
+    cmd.arg("--host-root")
         .arg(root)
         .arg("--kubelet-dir")
         .arg(dir.join("device-plugins"))
@@ -90,9 +94,16 @@ fn ms(d: Duration) -> String {
 
 async fn bench(label: &str, opts: SimOptions) {
     let sim = opts.build().expect("sim");
+    for cdi in [false, true] {
+        bench_on(label, &sim, cdi).await;
+    }
+}
+
+async fn bench_on(label: &str, sim: &railvf_sim::SimNode, cdi: bool) {
     let vfs = sim.vfs().len();
     println!(
-        "\n== {label}: {vfs} VFs (sim built in {:?})",
+        "\n== {label}: {vfs} VFs, --use-cdi {} (sim built in {:?})",
+        if cdi { "on" } else { "off" },
         sim.build_time()
     );
     let mut starts = Vec::new();
@@ -106,13 +117,18 @@ async fn bench(label: &str, opts: SimOptions) {
             .await
             .unwrap();
         let t0 = Instant::now();
-        let child = spawn(sim.root(), tmp.path());
+        let child = spawn(sim.root(), tmp.path(), cdi);
         let pid = child.id();
         let Some(reg) = kubelet.next_registration(Duration::from_secs(30)).await else {
             stop(child);
             panic!("no registration");
         };
         starts.push(reg.at - t0);
+        if cdi {
+            // The spec is written before registration: the figure includes it.
+            let specs = std::fs::read_dir(tmp.path().join("cdi")).map_or(0, |d| d.count());
+            assert_eq!(specs, 1, "one CDI spec at registration");
+        }
         let mut client = reg.client;
         let mut stream = client.list_and_watch(Empty {}).await.unwrap().into_inner();
         let list = stream.message().await.unwrap().unwrap().devices;
