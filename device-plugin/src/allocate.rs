@@ -423,19 +423,26 @@ impl CharDev {
     }
 }
 
+/// Whether `name` is `<prefix>` and a number: the only names taken from sysfs listings,
+/// since each becomes a path below `/dev/infiniband`.
+fn is_node_name(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A VF's uverbs node (`uverbsN`) as `ib_uverbs` lists it in the VF's directory `dir`
+/// (opened as `fd`, if it could be); `None` without one.
+pub(crate) fn uverbs_of(fd: Option<&OwnedFd>, dir: &Path) -> Option<String> {
+    health::first_entry(fd, dir, VERBS_CLASS).filter(|n| is_node_name(n, "uverbs"))
+}
+
 /// A VF's management datagram devices (`umadN` for its port, `issmN` beside it), as
 /// `ib_umad` lists them in the VF's directory `dir` (opened as `fd`, if it could be);
-/// empty when `ib_umad` is not loaded. Only names of that shape are taken: each becomes a
-/// path below `/dev/infiniband`.
+/// empty when `ib_umad` is not loaded.
 pub(crate) fn mad_of(fd: Option<&OwnedFd>, dir: &Path) -> Vec<CharDev> {
     health::entries(fd, dir, MAD_CLASS)
         .into_iter()
-        .filter(|n| {
-            ["umad", "issm"].iter().any(|p| {
-                n.strip_prefix(p)
-                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-            })
-        })
+        .filter(|n| is_node_name(n, "umad") || is_node_name(n, "issm"))
         .map(|name| CharDev {
             class: MAD_CLASS,
             name,
@@ -488,7 +495,7 @@ pub fn allocate_container(
         let dir = root.pci_device(a);
         let fd = health::open_function_dir(&dir);
         let rdma = health::first_entry(fd.as_ref(), &dir, "infiniband");
-        let uverbs = health::first_entry(fd.as_ref(), &dir, VERBS_CLASS);
+        let uverbs = uverbs_of(fd.as_ref(), &dir);
         let (Some(rdma), Some(uverbs)) = (rdma, uverbs) else {
             let why = if devices.devices[a].in_pod {
                 "its netdev and RDMA device are in a pod's network namespace: it is in use"
@@ -499,33 +506,31 @@ pub fn allocate_container(
                 "device {a} of {resource} cannot be allocated: {why}"
             )));
         };
+        let node_missing = |c: &CharDev, module: &str| {
+            AllocError::FailedPrecondition(format!(
+                "device {a} of {resource}: {} does not exist on the host ({} of {rdma}); is {module} loaded?",
+                root.join(&c.path()).display(),
+                c.name
+            ))
+        };
         let mut chars = vec![CharDev::uverbs(uverbs)];
+        if !root.join(&chars[0].path()).exists() {
+            return Err(node_missing(&chars[0], "ib_uverbs"));
+        }
         if devices.mad_devices {
             let mad = mad_of(fd.as_ref(), &dir);
-            if mad.is_empty() {
+            if !mad.iter().any(|c| c.name.starts_with("umad")) {
                 return Err(AllocError::FailedPrecondition(format!(
-                    "device {a} of {resource} has no umad device ({} is empty or missing) and the resource's madDevices is true: load ib_umad, or set madDevices to false",
+                    "device {a} of {resource} has no umad device ({} lists none) and the resource's madDevices is true: load ib_umad, or set madDevices to false",
                     dir.join(MAD_CLASS).display()
                 )));
             }
+            if let Some(c) = mad.iter().find(|c| !root.join(&c.path()).exists()) {
+                return Err(node_missing(c, "ib_umad"));
+            }
             chars.extend(mad);
         }
-        for c in &chars {
-            let dev = c.path();
-            if !root.join(&dev).exists() {
-                let module = if c.class == VERBS_CLASS {
-                    "ib_uverbs"
-                } else {
-                    "ib_umad"
-                };
-                return Err(AllocError::FailedPrecondition(format!(
-                    "device {a} of {resource}: {} does not exist on the host ({} of {rdma}); is {module} loaded?",
-                    root.join(&dev).display(),
-                    c.name
-                )));
-            }
-            dev_paths.push(dev);
-        }
+        dev_paths.extend(chars.iter().map(CharDev::path));
         vfs.push((*a, chars));
         infos.push((*a, devinfo::vf_info(*a, Some(&rdma), devices.devices[a].pf)));
         rdma_names.push(rdma);

@@ -23,7 +23,7 @@ use railvf_host::{HostRoot, PciAddr};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::allocate::{CharDev, RDMA_CM, VERBS_CLASS, mad_of};
+use crate::allocate::{CharDev, RDMA_CM, mad_of, uverbs_of};
 use crate::devinfo::write_atomic;
 use crate::health;
 use crate::pool::DeviceSet;
@@ -173,7 +173,7 @@ pub struct CdiSpec {
     pub kind: String,
     pub path: PathBuf,
     root: HostRoot,
-    /// Each VF's nodes as last read: uverbs, then umad and issm with `madDevices`. A VF in
+    /// Each VF's nodes as last read: uverbs, then issm and umad with `madDevices`. A VF in
     /// a pod whose RDMA device is out of sight (`rdmaIsolation`) keeps the nodes it had:
     /// its containers may restart.
     nodes: BTreeMap<PciAddr, Vec<Node>>,
@@ -236,7 +236,7 @@ impl CdiSpec {
             // One path walk per VF (sysfs links), the reads relative to it.
             let dir = self.root.pci_device(addr);
             let fd = health::open_function_dir(&dir);
-            match health::first_entry(fd.as_ref(), &dir, VERBS_CLASS) {
+            match uverbs_of(fd.as_ref(), &dir) {
                 Some(uverbs) => {
                     let mut chars = vec![CharDev::uverbs(uverbs)];
                     if set.mad_devices {
@@ -313,9 +313,14 @@ impl CdiSpec {
         if bytes == self.written && (bytes.is_none() || self.path.exists()) {
             return Ok(false);
         }
-        match &bytes {
-            Some(b) => write_atomic(&self.path, b)?,
-            None => remove(&self.path)?,
+        let done = match &bytes {
+            Some(b) => write_atomic(&self.path, b),
+            None => remove(&self.path),
+        };
+        if let Err(e) = done {
+            // What the file holds is unknown now: the next pass writes whatever it finds.
+            self.written = None;
+            return Err(e);
         }
         self.written = bytes;
         Ok(true)
@@ -665,6 +670,40 @@ mod tests {
             ]
         );
         assert_eq!(nodes_of(&v, 1), vec![node(13)]);
+    }
+
+    #[test]
+    fn after_a_failed_write_the_next_pin_writes_the_file_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("host");
+        with_uverbs(&host, "0000:18:00.1", 12);
+        let mut s = CdiSpec::new(
+            "nvidia.com/vfs",
+            &tmp.path().join("cdi"),
+            HostRoot::new(&host).unwrap(),
+        )
+        .unwrap();
+        let vfs = set(&[entry("0000:18:00.1", false)]);
+        assert!(s.refresh(&vfs).unwrap());
+        let old = std::fs::read(&s.path).unwrap();
+        let pinned = [(
+            "0000:18:00.1".parse().unwrap(),
+            vec![CharDev::uverbs("uverbs12".into())],
+        )];
+        // Renumbered, and the file cannot be replaced (its name taken by a directory).
+        std::fs::write(
+            host.join("sys/bus/pci/devices/0000:18:00.1/infiniband_verbs/uverbs12/dev"),
+            "231:220\n",
+        )
+        .unwrap();
+        std::fs::remove_file(&s.path).unwrap();
+        std::fs::create_dir_all(s.path.join("x")).unwrap();
+        assert!(s.pin(&pinned).is_err());
+        // The old file back (or still there): the same pin must write the new numbers.
+        std::fs::remove_dir_all(&s.path).unwrap();
+        std::fs::write(&s.path, &old).unwrap();
+        assert!(s.pin(&pinned).unwrap());
+        assert_eq!(devices(&read(&s.path))["0000:18:00.1"].2, 220);
     }
 
     #[test]

@@ -309,8 +309,8 @@ async fn two_resources_set_their_own_rdma_variable_and_not_nccl_ib_hca() {
 }
 
 /// `madDevices` passes each VF's `umadN` and `issmN` besides its uverbs node (as sriov-dp
-/// always does); a VF without them (ib_umad not loaded) is refused, naming the module; a
-/// reload that turns it off applies to the next Allocate.
+/// always does); a VF without a umad node, or whose node is missing in /dev, is refused
+/// with what to do; a reload that turns it off applies to the next Allocate.
 #[tokio::test]
 async fn mad_devices_passes_umad_and_issm_and_a_reload_turns_it_off() {
     let sim = SimOptions::dgx_h200().no_links().build().unwrap();
@@ -363,8 +363,21 @@ async fn mad_devices_passes_umad_and_issm_and_a_reload_turns_it_off() {
     want.push("/dev/infiniband/rdma_cm".into());
     assert_eq!(paths(&r), want);
 
-    // ib_umad gone from one VF: refused, naming the VF and what to do.
-    std::fs::remove_dir_all(b.sysfs_dir.join("infiniband_mad")).unwrap();
+    // A VF's umad node missing in /dev: refused, naming the node and the module.
+    let node = sim.root().join(format!("dev/infiniband/umad{}", a.uverbs));
+    std::fs::rename(&node, node.with_extension("away")).unwrap();
+    let err = client.allocate(alloc_req(&[&ia])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message()
+            .contains(&format!("{} does not exist on the host", node.display()))
+            && err.message().contains("is ib_umad loaded?"),
+        "{}",
+        err.message()
+    );
+    std::fs::rename(node.with_extension("away"), &node).unwrap();
+    // A VF listing an issm node but no umad node: refused, naming the VF and what to do.
+    std::fs::remove_dir_all(b.sysfs_dir.join(format!("infiniband_mad/umad{}", b.uverbs))).unwrap();
     let err = client.allocate(alloc_req(&[&ib])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     assert!(
@@ -376,6 +389,10 @@ async fn mad_devices_passes_umad_and_issm_and_a_reload_turns_it_off() {
         "{}",
         err.message()
     );
+    client
+        .allocate(alloc_req(&[&ia]))
+        .await
+        .expect("the other VF is fine");
 
     // Off by a reload: the uverbs node only, the same 64 VFs.
     write_config(false);

@@ -322,8 +322,9 @@ async fn a_plain_config_file_is_reloaded_in_place() {
 }
 
 /// Adding a resource flips the default `ncclIbHca` of the one already there (true with one
-/// resource, false with several); that must not count as a change of that resource, which
-/// keeps its VFs although the new one, listed first, selects them too.
+/// resource, false with several), and the reload also turns its `madDevices` on; neither
+/// counts as a change of that resource, which keeps its VFs although the new one, listed
+/// first, selects them too.
 #[tokio::test]
 async fn adding_a_resource_does_not_take_the_vfs_of_one_whose_nccl_default_flips() {
     let mut t = FileConfig::start().await;
@@ -334,10 +335,11 @@ async fn adding_a_resource_does_not_take_the_vfs_of_one_whose_nccl_default_flips
 
     std::fs::write(
         path,
-        config(&[
-            resource("b", &["0000:18:00.0"]),
-            resource("a", &["0000:18:00.0"]),
-        ]),
+        config(&[resource("b", &["0000:18:00.0"]), {
+            let mut a = resource("a", &["0000:18:00.0"]);
+            a["madDevices"] = true.into();
+            a
+        }]),
     )
     .unwrap();
     let mut b = registration(kubelet, plugin).await;
