@@ -177,12 +177,14 @@ pub struct CdiSpec {
     /// a pod whose RDMA device is out of sight (`rdmaIsolation`) keeps the nodes it had:
     /// its containers may restart.
     nodes: BTreeMap<PciAddr, Vec<Node>>,
-    /// What the file holds, as last written (`None`: no file).
-    written: Option<Vec<u8>>,
-    /// The `rdma_cm` node as last written.
+    /// The `rdma_cm` node as last read.
     rdma_cm: Option<Node>,
-    /// How many times the whole spec was serialized: an `Allocate` whose VFs the file
-    /// already has must not (it is ~1 ms at 2048 VFs); the tests read it.
+    /// The file says what `nodes` and `rdma_cm` say (there is none when `nodes` is empty).
+    /// Cleared by any change to them and by a failed write: the file is serialized and
+    /// written only then, or when it was removed behind the plugin's back.
+    in_file: bool,
+    /// How many times the whole spec was serialized: a pass that changes nothing must not
+    /// (it is ~1 ms at 2048 VFs, and `Allocate` is one); the tests read it.
     serialized: u64,
     /// The failure last warned about: the same one is not warned about at every pass.
     warned: Option<String>,
@@ -203,8 +205,8 @@ impl CdiSpec {
             kind,
             root,
             nodes: BTreeMap::new(),
-            written: None,
             rdma_cm: None,
+            in_file: false,
             serialized: 0,
             warned: None,
         })
@@ -254,26 +256,24 @@ impl CdiSpec {
                 None => {}
             }
         }
-        self.nodes = nodes;
+        if nodes != self.nodes {
+            self.nodes = nodes;
+            self.in_file = false;
+        }
         self.write()
     }
 
     /// For `Allocate`: the VFs handed out, each with the nodes it has now, are in the file
-    /// before the answer names them. When the file already says so, it is left alone: the
-    /// whole spec is not serialized again at every `Allocate`.
+    /// before the answer names them.
     pub fn pin(&mut self, vfs: &[(PciAddr, Vec<CharDev>)]) -> std::io::Result<bool> {
-        let mut same = self.written.is_some() && self.read_rdma_cm() == self.rdma_cm;
         for (addr, chars) in vfs {
             let dir = self.root.pci_device(addr);
             let fd = health::open_function_dir(&dir);
             let nodes = Self::read_nodes(fd.as_ref(), &dir, chars);
             if self.nodes.get(addr) != Some(&nodes) {
                 self.nodes.insert(*addr, nodes);
-                same = false;
+                self.in_file = false;
             }
-        }
-        if same && self.path.exists() {
-            return Ok(false);
         }
         self.write()
     }
@@ -305,32 +305,37 @@ impl CdiSpec {
         serde_json::to_vec_pretty(&spec).ok()
     }
 
+    /// Brings the file in line with `nodes` and `rdma_cm` (read again here); returns
+    /// whether it wrote or removed the file.
     fn write(&mut self) -> std::io::Result<bool> {
-        self.rdma_cm = self.read_rdma_cm();
-        self.serialized += 1;
-        let bytes = self.bytes();
+        let rdma_cm = self.read_rdma_cm();
+        if rdma_cm != self.rdma_cm {
+            self.rdma_cm = rdma_cm;
+            self.in_file = false;
+        }
         // Written already and still there: an admin cleaning /var/run may have removed it.
-        if bytes == self.written && (bytes.is_none() || self.path.exists()) {
+        if self.in_file && (self.nodes.is_empty() || self.path.exists()) {
             return Ok(false);
         }
-        let done = match &bytes {
-            Some(b) => write_atomic(&self.path, b),
+        let done = match self.bytes() {
+            Some(b) => {
+                self.serialized += 1;
+                write_atomic(&self.path, &b).map(|()| true)
+            }
             None => remove(&self.path),
         };
-        if let Err(e) = done {
-            // What the file holds is unknown now: the next pass writes whatever it finds.
-            self.written = None;
-            return Err(e);
-        }
-        self.written = bytes;
-        Ok(true)
+        // After a failure what the file holds is unknown: the next pass writes it.
+        self.in_file = done.is_ok();
+        done
     }
 
     /// Removes the file (the resource is no longer served).
     pub fn remove(&mut self) -> std::io::Result<()> {
         self.nodes.clear();
-        self.written = None;
-        remove(&self.path)
+        self.in_file = false;
+        remove(&self.path)?;
+        self.in_file = true;
+        Ok(())
     }
 
     /// Logs a pass: what it wrote, and a failure once until it changes or ends.
@@ -371,10 +376,12 @@ impl CdiSpec {
     }
 }
 
-fn remove(path: &Path) -> std::io::Result<()> {
+/// Removes `path`; returns whether there was a file to remove.
+fn remove(path: &Path) -> std::io::Result<bool> {
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -397,7 +404,7 @@ pub fn remove_others(dir: &Path, keep: &BTreeSet<String>) -> Vec<PathBuf> {
             && e.file_type().is_ok_and(|t| t.is_file())
         {
             match remove(&path) {
-                Ok(()) => out.push(path),
+                Ok(_) => out.push(path),
                 Err(err) => tracing::warn!(
                     "cannot remove the CDI spec {} of a resource no longer configured: {err}",
                     path.display()
@@ -545,8 +552,10 @@ mod tests {
                 ("0000:18:00.2".to_string(), node(13)),
             ])
         );
-        // Nothing changed: nothing written.
+        // Nothing changed: nothing written, nor serialized.
+        let before = s.serialized;
         assert!(!s.refresh(&set(&vfs)).unwrap());
+        assert_eq!(s.serialized, before);
 
         // A rebind renumbers 18:00.2; 18:00.1's RDMA device moves into a pod.
         with_uverbs(&host, "0000:18:00.2", 14);
