@@ -430,6 +430,13 @@ fn is_node_name(name: &str, prefix: &str) -> bool {
         .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Whether `name` is one of the VF nodes a container is given (`uverbsN`, `umadN`, `issmN`).
+pub(crate) fn is_vf_node_name(name: &str) -> bool {
+    ["uverbs", "umad", "issm"]
+        .iter()
+        .any(|p| is_node_name(name, p))
+}
+
 /// A VF's uverbs node (`uverbsN`) as `ib_uverbs` lists it in the VF's directory `dir`
 /// (opened as `fd`, if it could be); `None` without one.
 pub(crate) fn uverbs_of(fd: Option<&OwnedFd>, dir: &Path) -> Option<String> {

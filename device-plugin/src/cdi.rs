@@ -23,7 +23,7 @@ use railvf_host::{HostRoot, PciAddr};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::allocate::{CharDev, RDMA_CM, mad_of, uverbs_of};
+use crate::allocate::{CharDev, RDMA_CM, is_vf_node_name, mad_of, uverbs_of};
 use crate::devinfo::write_atomic;
 use crate::health;
 use crate::pool::DeviceSet;
@@ -131,7 +131,14 @@ impl Node {
     /// `<dir>/<dev_attr>` (read relative to `fd` when there is one) when it reads as the
     /// kernel prints it.
     fn read(path: String, fd: Option<&OwnedFd>, dir: &Path, dev_attr: &str) -> Node {
-        let numbers = health::read_attr(fd, dir, dev_attr, parse_dev_numbers);
+        Node::new(
+            path,
+            health::read_attr(fd, dir, dev_attr, parse_dev_numbers),
+        )
+    }
+
+    /// The character device at `path` (the same on the host), with its numbers if known.
+    fn new(path: String, numbers: Option<(u32, u32)>) -> Node {
         Node {
             host_path: path.clone(),
             path,
@@ -141,6 +148,47 @@ impl Node {
             permissions: "rw",
         }
     }
+
+    /// A VF's node as a spec file of this plugin has it; `None` for anything else.
+    fn from_file(n: &serde_json::Value) -> Option<Node> {
+        let path = n["path"].as_str()?;
+        if !path
+            .strip_prefix("/dev/infiniband/")
+            .is_some_and(is_vf_node_name)
+        {
+            return None;
+        }
+        let num = |k: &str| n[k].as_u64().and_then(|x| u32::try_from(x).ok());
+        Some(Node::new(path.to_string(), num("major").zip(num("minor"))))
+    }
+}
+
+/// Each VF's nodes in the spec file at `path`, as an earlier run left it (empty without
+/// one): what a VF still in a pod, its RDMA device out of sight, keeps at this run's first
+/// pass, so that its containers can restart after the plugin did.
+fn nodes_in_file(path: &Path) -> BTreeMap<PciAddr, Vec<Node>> {
+    let Some(spec) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for d in spec["devices"].as_array().into_iter().flatten() {
+        let Some(addr) = d["name"].as_str().and_then(|n| n.parse::<PciAddr>().ok()) else {
+            continue;
+        };
+        let nodes: Vec<Node> = d["containerEdits"]["deviceNodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Node::from_file)
+            .collect();
+        if !nodes.is_empty() {
+            out.insert(addr, nodes);
+        }
+    }
+    out
 }
 
 #[derive(Serialize)]
@@ -200,11 +248,12 @@ pub fn lock(spec: &SharedSpec) -> MutexGuard<'_, CdiSpec> {
 impl CdiSpec {
     pub fn new(full_resource: &str, dir: &Path, root: HostRoot) -> Result<Self, KindError> {
         let kind = kind_of(full_resource)?;
+        let path = spec_file(dir, &kind);
         Ok(CdiSpec {
-            path: spec_file(dir, &kind),
+            nodes: nodes_in_file(&path),
+            path,
             kind,
             root,
-            nodes: BTreeMap::new(),
             rdma_cm: None,
             in_file: false,
             serialized: 0,
@@ -721,6 +770,43 @@ mod tests {
         std::fs::write(&s.path, &old).unwrap();
         assert!(s.pin(&pinned).unwrap());
         assert_eq!(devices(&read(&s.path))["0000:18:00.1"].2, 220);
+    }
+
+    /// After a restart of the plugin, a VF whose RDMA device is in a pod (out of the host's
+    /// sight) keeps the nodes the earlier run's file gave it; a VF without an RDMA device
+    /// that is not in a pod is dropped; a node this plugin would not write is not taken.
+    #[test]
+    fn a_vf_in_a_pod_keeps_its_nodes_across_a_restart_of_the_plugin() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("host");
+        let dir = tmp.path().join("cdi");
+        with_uverbs(&host, "0000:18:00.1", 12);
+        with_uverbs(&host, "0000:18:00.2", 13);
+        let new = || CdiSpec::new("nvidia.com/vfs", &dir, HostRoot::new(&host).unwrap()).unwrap();
+        let mut s = new();
+        assert!(
+            s.refresh(&set(&[
+                entry("0000:18:00.1", false),
+                entry("0000:18:00.2", false)
+            ]))
+            .unwrap()
+        );
+        without_uverbs(&host, "0000:18:00.1");
+        without_uverbs(&host, "0000:18:00.2");
+        let vfs = set(&[entry("0000:18:00.1", true), entry("0000:18:00.2", false)]);
+        let mut s = new();
+        assert!(s.refresh(&vfs).unwrap());
+        assert_eq!(
+            devices(&read(&s.path)),
+            BTreeMap::from([("0000:18:00.1".to_string(), node(12))])
+        );
+
+        let mut v = read(&s.path);
+        v["devices"][0]["containerEdits"]["deviceNodes"][0]["path"] = "/etc/shadow".into();
+        std::fs::write(&s.path, v.to_string()).unwrap();
+        let mut s = new();
+        assert!(s.refresh(&vfs).unwrap());
+        assert!(!s.path.exists(), "no node of the file was taken");
     }
 
     #[test]
