@@ -257,6 +257,9 @@ fn del_converges_repeated_without_add_and_without_netns() {
     cni.run("ADD", "c-gone", Some(pod2.path()), &conf)
         .expect_ok();
     assert_eq!(reservations(&hl, "rdma-del").len(), 1);
+    // The simulator learns a VF's in-pod name by polling; without this it may not know
+    // `net1` yet when the namespace dies, and returns the VF under its host name.
+    sim.sync().unwrap();
     drop(pod2);
     assert!(
         eventually(Duration::from_secs(5), || link(None, "net1").is_some()),
@@ -275,7 +278,12 @@ fn del_converges_repeated_without_add_and_without_netns() {
     let pod3 = TestNetns::new().unwrap();
     let path3 = pod3.path().to_path_buf();
     cni.run("ADD", "c-gone2", Some(&path3), &conf).expect_ok();
+    sim.sync().unwrap();
     drop(pod3);
+    assert!(
+        eventually(Duration::from_secs(5), || link(None, "net1").is_some()),
+        "the VF returns to the host under its pod name"
+    );
     cni.run("DEL", "c-gone2", Some(&path3), &conf).expect_ok();
     assert!(link(None, &host_name).is_some());
     assert!(cni.state_files().is_empty());
