@@ -100,13 +100,22 @@ pub fn effective(root: &HostRoot, vf: &PciAddr) -> Option<Guid> {
     host::read_attr(&path).ok()?.parse().ok()
 }
 
-/// Whether the VF already has `guid`, set and in effect. The OFED file reads back what was
+/// Whether the VF already has `guid`, set and in effect. The OFED files read back what was
 /// written even before the rebind that makes it take effect, or after one that failed or
-/// was killed: the file alone would skip a rebind that is still owed.
-/// (With the netlink method the GUID in effect is all there is to read: read once.)
+/// was killed: the files alone would skip a rebind that is still owed. Both files count: a
+/// writer killed between `node` and `port` leaves the node GUID right and the port GUID
+/// not. (With the netlink method the GUID in effect is all there is to read: read once.)
 pub fn in_effect(root: &HostRoot, vf: &VfId, method: GuidMethod, guid: Guid) -> bool {
     effective(root, &vf.addr) == Some(guid)
-        && (method == GuidMethod::Netlink || current(root, vf, method) == Some(guid))
+        && match method {
+            GuidMethod::Netlink => true,
+            GuidMethod::OfedSysfs => ["node", "port"].iter().all(|f| {
+                host::read_attr(&ofed_dir(root, &vf.pf, vf.index).join(f))
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    == Some(guid)
+            }),
+        }
 }
 
 /// Writes to an existing sysfs attribute; never creates a file.

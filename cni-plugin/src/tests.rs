@@ -1469,6 +1469,34 @@ fn wait_for_guid(b: &Bench, i: u32, guid: &str) {
     }
 }
 
+/// A DEL killed between writing the OFED `node` and `port` files, on a driver that showed
+/// the node GUID already: the next DEL must not take the node GUID for "restored".
+#[test]
+fn a_guid_restore_killed_between_node_and_port_is_finished_by_the_next_del() {
+    let b = Bench::new(1);
+    let (before, c) = add_with_pod_guid(&b);
+    wait_for_guid(&b, 0, "02:00:00:00:00:00:aa:01");
+    let bind = b.root().join("sys/bus/pci/drivers/mlx5_core/bind");
+    fs::write(&bind, "").unwrap();
+    // What the killed DEL left: `node` back, the VF running with it, `port` still the pod's.
+    fs::write(b.sriov_file(0, "node"), &before).unwrap();
+    fs::write(b.node_guid_file(0), &before).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "port")).unwrap(),
+        "02:00:00:00:00:00:aa:01\n"
+    );
+
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(fs::read_to_string(b.sriov_file(0, "port")).unwrap(), before);
+    assert_eq!(
+        fs::read_to_string(&bind).unwrap(),
+        "0000:18:00.1",
+        "rebound"
+    );
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
 #[test]
 fn a_guid_restore_whose_rebind_failed_is_rebound_by_the_next_del() {
     let b = Bench::new(1);
