@@ -51,6 +51,8 @@ async fn sigkill_and_restart_while_vfs_are_in_pods_keeps_ids_health_and_allocati
         std::fs::read_dir(&dirs.devinfo)
             .map(|rd| {
                 rd.flatten()
+                    // The writer's temporary files (`.<name>.<random>.tmp`) are not ones.
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                     .map(|e| {
                         (
                             e.file_name().to_string_lossy().into_owned(),
