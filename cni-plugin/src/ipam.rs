@@ -189,10 +189,16 @@ impl Plugin {
         let joined = std::env::join_paths(call.cni_path).unwrap_or_default();
         cmd.env("CNI_PATH", joined);
 
+        #[cfg(test)]
+        let gate = crate::testutil::SPAWN_GATE
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let mut child = cmd.spawn().map_err(|source| IpamError::Spawn {
             plugin: self.path.clone(),
             source,
         })?;
+        #[cfg(test)]
+        drop(gate);
         // Writer and reader threads, so a plugin that neither reads nor exits cannot block
         // us past the timeout.
         let mut sin = child.stdin.take();
@@ -360,12 +366,10 @@ fn with_version(conf: &[u8], v: Version) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let p = dir.join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        crate::testutil::write_script(&p, body);
         p
     }
 

@@ -442,6 +442,10 @@ impl StateDir {
     /// Takes the VF's lock if nobody holds it; `None` while another railvf works on it.
     pub fn try_lock_vf(&self, root: &HostRoot, vf: &PciAddr) -> Result<Option<VfLock>, StateError> {
         let (file, path) = self.lock_target(root, vf)?;
+        #[cfg(test)]
+        let _gate = crate::testutil::SPAWN_GATE
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         match file.try_lock() {
             Ok(()) => Ok(Some(VfLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),

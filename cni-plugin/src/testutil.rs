@@ -23,6 +23,22 @@ use crate::netconf::NetConf;
 use railvf_host::Guid;
 use std::net::{IpAddr, Ipv4Addr};
 
+/// Unit tests run verbs on many threads of one process, and a child process holds a copy
+/// of every descriptor of its parent from fork until exec (`O_CLOEXEC` closes them only at
+/// exec). Two things go wrong in that window: a GC's `try_lock` takes a VF another test
+/// just released for one in use (a copy of its lock descriptor is still open), and a
+/// script another test is writing cannot be run (`ETXTBSY`: a copy of its write
+/// descriptor is still open). Spawns hold this for reading; `try_lock` and script writes
+/// for writing. The binary runs one verb per process: no such window.
+pub static SPAWN_GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Writes an executable `#!/bin/sh` script, with no spawn in flight (see [`SPAWN_GATE`]).
+pub fn write_script(path: &Path, body: &str) {
+    let _gate = SPAWN_GATE.write().unwrap_or_else(|e| e.into_inner());
+    fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 pub const PF: &str = "0000:18:00.0";
 pub const PF_NETDEV: &str = "ibp24s0";
 
@@ -300,9 +316,7 @@ impl Bench {
 
     /// An executable IPAM stand-in in the bench's CNI_PATH.
     pub fn ipam_script(&self, name: &str, body: &str) {
-        let p = self.cni_path.join(name);
-        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        write_script(&self.cni_path.join(name), body);
     }
 
     pub fn env(&self, command: &str, cid: &str, ifname: &str, netns: Option<&Path>) -> Env {
