@@ -157,9 +157,12 @@ pub(crate) struct Net {
     pub host: Rtnl,
     pub private: Rtnl,
     pub private_ns: File,
-    /// Id of the private namespace in the host namespace (what host dumps report as
+    /// Id of the private namespace in the host namespace (what the host reports as
     /// `IFLA_LINK_NETNSID` for our VF ends).
     pub nsid: i32,
+    /// Id of the host namespace in the private one (what a peer reports as
+    /// `IFLA_LINK_NETNSID` while its VF end is in the host).
+    pub host_nsid: i32,
     peer_seq: u32,
 }
 
@@ -540,12 +543,17 @@ impl Node {
                 }
             }
         }
-        let links = net.host.dump_links().map_err(nl_err("dump links"))?;
         let mut peers = Vec::new();
         for (bdf, name) in created {
-            let Some(l) = links
-                .iter()
-                .find(|l| l.name == name && l.is_veth && l.link_netnsid == Some(net.nsid))
+            // By name, not from a dump: other tests' links churn the host namespace, and a
+            // dump they interrupt is inconsistent.
+            let found = net
+                .host
+                .link_by_name(&name)
+                .map_err(nl_err(format!("look up veth {name}")))?;
+            let Some(l) = found
+                .as_ref()
+                .filter(|l| l.is_veth && l.link_netnsid == Some(net.nsid))
             else {
                 first_err.get_or_insert_with(|| SimError::Netlink {
                     what: format!("veth {name} for VF {bdf}"),
@@ -615,53 +623,61 @@ impl Node {
     /// Mirror: brings every VF's host view in line with where its veth really is.
     /// With `track_away`, also records the names VFs carry in other namespaces (what a VF
     /// returns under when its namespace is destroyed).
+    ///
+    /// Where each VF end is comes from our peers in the private namespace (each names its
+    /// VF end's namespace and ifindex), and what it looks like in the host from one request
+    /// per link there. No dump of the host namespace: other tests churn links in it, and
+    /// under load their changes kept interrupting such a dump for seconds.
     pub fn reconcile_links(&mut self, track_away: bool) -> Result<()> {
         let Some(net) = self.net.as_mut() else {
             return Ok(());
         };
-        let host = net.host.dump_links().map_err(nl_err("dump host links"))?;
-        let ours: HashMap<u32, &LinkView> = host
-            .iter()
-            .filter(|l| l.is_veth && l.link_netnsid == Some(net.nsid))
-            .filter_map(|l| l.iflink.map(|p| (p, l)))
-            .collect();
-        let mut changed = Vec::new();
-        let mut away = Vec::new();
-        for (bdf, vf) in self.vfs.iter_mut() {
-            let now = vf
-                .link
-                .as_ref()
-                .and_then(|l| ours.get(&l.peer_index))
-                .map(|l| HostNetdev::from_link(l));
-            if let (Some(link), Some(h)) = (vf.link.as_mut(), now.as_ref()) {
-                link.last_name = h.name.clone();
-                link.last_index = h.ifindex;
-            }
-            if vf.link.is_some() && now.is_none() {
-                away.push(*bdf);
-            }
-            if now != vf.host {
-                vf.host = now;
-                changed.push(*bdf);
+        let peers = net
+            .private
+            .dump_links()
+            .map_err(nl_err("dump private links"))?;
+        let peers: HashMap<u32, &LinkView> = peers.iter().map(|p| (p.index, p)).collect();
+        // VFs whose end a peer places in the host, with that end's index there.
+        let mut asked: Vec<(Bdf, u32)> = Vec::new();
+        for (bdf, vf) in &self.vfs {
+            let Some(link) = vf.link.as_ref() else {
+                continue;
+            };
+            if let Some(p) = peers.get(&link.peer_index)
+                && p.link_netnsid == Some(net.host_nsid)
+                && let Some(index) = p.iflink
+            {
+                asked.push((*bdf, index));
             }
         }
+        let indexes: Vec<u32> = asked.iter().map(|(_, i)| *i).collect();
+        let found = net
+            .host
+            .links_by_index(&indexes)
+            .map_err(nl_err("look up VF links in the host"))?;
+        let mut in_host: HashMap<Bdf, LinkView> = HashMap::new();
+        for ((bdf, _), l) in asked.into_iter().zip(found) {
+            let peer_index = self.vfs[&bdf].link.as_ref().map(|l| l.peer_index);
+            // The end may have moved on since the peer was read: only ours counts.
+            if let (Some(l), Some(pi)) = (l, peer_index)
+                && net.is_our_end(&l, pi)
+            {
+                in_host.insert(bdf, l);
+            }
+        }
+        let mut changed = Vec::new();
         let mut dead = Vec::new();
-        if !away.is_empty() {
-            let peers = net
-                .private
-                .dump_links()
-                .map_err(nl_err("dump private links"))?;
-            let peers: HashMap<u32, &LinkView> = peers.iter().map(|p| (p.index, p)).collect();
-            for bdf in &away {
-                let Some(vf) = self.vfs.get_mut(bdf) else {
-                    continue;
-                };
-                let Some(link) = vf.link.as_mut() else {
-                    continue;
-                };
-                match peers.get(&link.peer_index) {
-                    None => dead.push(*bdf),
-                    Some(p) if track_away => {
+        for (bdf, vf) in self.vfs.iter_mut() {
+            let now = in_host.get(bdf).map(HostNetdev::from_link);
+            if let Some(link) = vf.link.as_mut() {
+                match (&now, peers.get(&link.peer_index)) {
+                    (Some(h), _) => {
+                        link.last_name = h.name.clone();
+                        link.last_index = h.ifindex;
+                    }
+                    // The pair died with the namespace holding the VF end.
+                    (None, None) => dead.push(*bdf),
+                    (None, Some(p)) if track_away => {
                         if let (Some(nsid), Some(idx)) = (p.link_netnsid, p.iflink)
                             && let Ok(Some(l)) = net.private.get_link_in(nsid, idx)
                         {
@@ -669,12 +685,16 @@ impl Node {
                             link.last_index = l.index;
                         }
                     }
-                    Some(_) => {}
+                    (None, Some(_)) => {}
                 }
+            }
+            if now != vf.host {
+                vf.host = now;
+                changed.push(*bdf);
             }
         }
         if !dead.is_empty() {
-            self.refund(&dead, &host)?;
+            self.refund(&dead)?;
             changed.extend(dead);
         }
         for b in changed {
@@ -689,8 +709,7 @@ impl Node {
     ///
     /// A VF whose re-creation fails keeps its dead link record, so the next reconcile
     /// (at most 50 ms later, the VF counts as away) tries again.
-    fn refund(&mut self, dead: &[Bdf], host: &[LinkView]) -> Result<()> {
-        let mut used: Vec<String> = host.iter().map(|l| l.name.clone()).collect();
+    fn refund(&mut self, dead: &[Bdf]) -> Result<()> {
         let mut first_err: Option<SimError> = None;
         for b in dead {
             let Some((last_name, last_index)) = self
@@ -704,22 +723,19 @@ impl Node {
             if let Some(vf) = self.vfs.get_mut(b) {
                 vf.host = None;
             }
-            let index = (!host.iter().any(|l| l.index == last_index)).then_some(last_index);
+            // Whether the name or the index is taken, the kernel (EEXIST, EBUSY) says; other
+            // sims and test binaries share the namespace, so asking first would race anyway.
             let fallback = format!("dev{last_index}");
-            // Names can be taken between our dump and the request (other sims and test
-            // binaries share the namespace): try the kernel's fallback, then without the
-            // ifindex wish.
-            let mut attempts = Vec::new();
-            if !used.contains(&last_name) {
-                attempts.push((last_name.clone(), index));
-            }
-            attempts.push((fallback.clone(), index));
-            attempts.push((fallback, None));
+            let attempts = [
+                (last_name.clone(), Some(last_index)),
+                (last_name, None),
+                (fallback.clone(), Some(last_index)),
+                (fallback, None),
+            ];
             let mut err = None;
             for (name, idx) in attempts {
-                match self.create_links_named(&[(*b, name.clone(), idx)]) {
+                match self.create_links_named(&[(*b, name, idx)]) {
                     Ok(()) => {
-                        used.push(name);
                         err = None;
                         break;
                     }
@@ -756,12 +772,16 @@ impl Node {
         drop(private);
         drop(private_ns);
         let deadline = Instant::now() + wait;
+        let indexes: Vec<u32> = ours.iter().map(|(i, _)| *i).collect();
         while Instant::now() < deadline {
-            let Ok(links) = host.dump_links() else { break };
-            if !links
+            let Ok(links) = host.links_by_index(&indexes) else {
+                break;
+            };
+            let left = links
                 .iter()
-                .any(|l| ours.iter().any(|(i, n)| *i == l.index && *n == l.name))
-            {
+                .zip(&ours)
+                .any(|(l, (_, name))| l.as_ref().is_some_and(|l| l.name == *name));
+            if !left {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -1771,14 +1791,20 @@ fn fnv1a(data: &[u8]) -> u64 {
 }
 
 impl Net {
-    pub fn new(host: Rtnl, private: Rtnl, private_ns: File, nsid: i32) -> Net {
+    pub fn new(host: Rtnl, private: Rtnl, private_ns: File, nsid: i32, host_nsid: i32) -> Net {
         Net {
             host,
             private,
             private_ns,
             nsid,
+            host_nsid,
             peer_seq: 0,
         }
+    }
+
+    /// Whether `l`, a host link, is the VF end of our peer `peer_index`.
+    fn is_our_end(&self, l: &LinkView, peer_index: u32) -> bool {
+        l.is_veth && l.link_netnsid == Some(self.nsid) && l.iflink == Some(peer_index)
     }
 }
 

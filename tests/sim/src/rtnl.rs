@@ -14,7 +14,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    State,
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -178,15 +179,19 @@ impl Rtnl {
         }
     }
 
-    /// Every link of the socket's namespace.
+    /// Every link of the socket's namespace. For namespaces only the sim or one test
+    /// changes (the private one, a test's pod): the host's, which every parallel test
+    /// churns, is asked link by link instead ([`Rtnl::links_by_index`]).
     pub fn dump_links(&mut self) -> io::Result<Vec<LinkView>> {
         // A dump interrupted by concurrent changes is inconsistent (entries may be missing,
-        // which the mirror would take for a vanished VF): ask again. Parallel tests churn
-        // links in the same namespace, so allow a generous time budget.
+        // which the mirror would take for a vanished VF): ask again.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         while std::time::Instant::now() < deadline {
+            let mut req = LinkMessage::default();
+            req.attributes
+                .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
             let (msgs, interrupted) = self.exec(
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                RouteNetlinkMessage::GetLink(req),
                 NLM_F_REQUEST | NLM_F_DUMP,
             )?;
             if !interrupted {
@@ -207,6 +212,20 @@ impl Rtnl {
         let mut req = LinkMessage::default();
         req.header.index = index;
         req.attributes.push(LinkAttribute::IfNetnsId(nsid));
+        self.get_link(req)
+    }
+
+    /// One link of the socket's namespace, by name.
+    pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<LinkView>> {
+        let mut req = LinkMessage::default();
+        req.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.get_link(req)
+    }
+
+    /// One link, as `req` names it; `None` when there is none (`ENODEV`).
+    fn get_link(&mut self, mut req: LinkMessage) -> io::Result<Option<LinkView>> {
+        req.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
         match self.exec(RouteNetlinkMessage::GetLink(req), NLM_F_REQUEST | NLM_F_ACK) {
             Ok((msgs, _)) => Ok(msgs.into_iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => LinkView::from_msg(l),
@@ -217,36 +236,99 @@ impl Rtnl {
         }
     }
 
+    /// Links of the socket's namespace by index, pipelined; `None` for an index with no
+    /// link. Unlike a dump, a request per link cannot be interrupted by other links
+    /// coming and going (parallel tests churn the host namespace).
+    pub fn links_by_index(&mut self, indexes: &[u32]) -> io::Result<Vec<Option<LinkView>>> {
+        // Replies the socket cannot queue are dropped, and a dropped reply would be waited
+        // for forever: keep what is in flight (~1.3 KB per link) well under its buffer.
+        const IN_FLIGHT: usize = 64;
+        let mut out = vec![None; indexes.len()];
+        let mut first_err = None;
+        for (chunk_no, chunk) in indexes.chunks(IN_FLIGHT).enumerate() {
+            let mut pending = std::collections::HashMap::with_capacity(chunk.len());
+            for (j, &index) in chunk.iter().enumerate() {
+                let mut req = LinkMessage::default();
+                req.header.index = index;
+                req.attributes
+                    .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+                let seq =
+                    self.send(RouteNetlinkMessage::GetLink(req), NLM_F_REQUEST | NLM_F_ACK)?;
+                pending.insert(seq, chunk_no * IN_FLIGHT + j);
+            }
+            while !pending.is_empty() {
+                for msg in self.recv()? {
+                    let seq = msg.header.sequence_number;
+                    let Some(&i) = pending.get(&seq) else {
+                        continue;
+                    };
+                    match msg.payload {
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                            out[i] = LinkView::from_msg(l);
+                        }
+                        NetlinkPayload::Error(e) => {
+                            pending.remove(&seq);
+                            let io = e.to_io();
+                            if e.code.is_some() && io.raw_os_error() != Some(libc::ENODEV) {
+                                first_err.get_or_insert(io);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        first_err.map_or(Ok(out), Err)
+    }
+
     /// Creates veth pairs, pipelined; one result per spec.
     pub fn create_veths(&mut self, specs: &[VethSpec]) -> Vec<io::Result<()>> {
-        let mut seqs = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let create = self.send(
-                RouteNetlinkMessage::NewLink(veth_msg(spec)),
+        let mut results = self.pipelined(specs.len(), |rt, i| {
+            rt.send(
+                RouteNetlinkMessage::NewLink(veth_msg(&specs[i])),
                 NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            );
-            // The kernel ignores IFLA_IFALIAS on create: set it in a second request.
+            )
+        });
+        // The kernel ignores IFLA_IFALIAS on create: set it in a second request, by name,
+        // and only on pairs that were created. Sent beside a create that fails (the name or
+        // index is taken), it would label whichever link has that name.
+        let created: Vec<usize> = (0..specs.len()).filter(|&i| results[i].is_ok()).collect();
+        let labelled = self.pipelined(created.len(), |rt, j| {
+            let spec = &specs[created[j]];
             let mut alias = LinkMessage::default();
             alias.attributes = vec![
                 LinkAttribute::IfName(spec.name.clone()),
                 LinkAttribute::IfAlias(spec.alias.clone()),
             ];
-            let set = self.send(
+            rt.send(
                 RouteNetlinkMessage::SetLink(alias),
                 NLM_F_REQUEST | NLM_F_ACK,
-            );
-            seqs.push((create, set));
+            )
+        });
+        for (j, r) in labelled.into_iter().enumerate() {
+            if r.is_err() {
+                results[created[j]] = r;
+            }
         }
+        results
+    }
+
+    /// Sends `n` requests (`send(self, i)` sends the i-th and returns its sequence number),
+    /// then collects their ACKs; one result per request.
+    fn pipelined(
+        &mut self,
+        n: usize,
+        mut send: impl FnMut(&mut Rtnl, usize) -> io::Result<u32>,
+    ) -> Vec<io::Result<()>> {
         let mut pending: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
-        let mut results: Vec<io::Result<()>> = Vec::with_capacity(specs.len());
-        for (i, (create, set)) in seqs.into_iter().enumerate() {
-            match (create, set) {
-                (Ok(c), Ok(s)) => {
-                    pending.insert(c, i);
-                    pending.insert(s, i);
+        let mut results: Vec<io::Result<()>> = Vec::with_capacity(n);
+        for i in 0..n {
+            match send(self, i) {
+                Ok(seq) => {
+                    pending.insert(seq, i);
                     results.push(Ok(()));
                 }
-                (Err(e), _) | (_, Err(e)) => results.push(Err(e)),
+                Err(e) => results.push(Err(e)),
             }
         }
         while !pending.is_empty() {
@@ -255,9 +337,7 @@ impl Rtnl {
                 Err(e) => {
                     let kind = e.kind();
                     for (_, i) in pending.drain() {
-                        if results[i].is_ok() {
-                            results[i] = Err(io::Error::new(kind, e.to_string()));
-                        }
+                        results[i] = Err(io::Error::new(kind, e.to_string()));
                     }
                     break;
                 }
@@ -268,7 +348,6 @@ impl Rtnl {
                 };
                 if let NetlinkPayload::Error(e) = msg.payload
                     && e.code.is_some()
-                    && results[i].is_ok()
                 {
                     results[i] = Err(e.to_io());
                 }
@@ -303,25 +382,13 @@ impl Rtnl {
         indexes: &[u32],
         req: impl Fn(u32) -> RouteNetlinkMessage,
     ) -> io::Result<()> {
-        let mut pending = std::collections::HashSet::new();
-        for &index in indexes {
-            pending.insert(self.send(req(index), NLM_F_REQUEST | NLM_F_ACK)?);
-        }
-        let mut first_err = None;
-        while !pending.is_empty() {
-            for msg in self.recv()? {
-                if !pending.remove(&msg.header.sequence_number) {
-                    continue;
-                }
-                if let NetlinkPayload::Error(e) = msg.payload {
-                    let io = e.to_io();
-                    if e.code.is_some() && io.raw_os_error() != Some(libc::ENODEV) {
-                        first_err.get_or_insert(io);
-                    }
-                }
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        self.pipelined(indexes.len(), |rt, i| {
+            rt.send(req(indexes[i]), NLM_F_REQUEST | NLM_F_ACK)
+        })
+        .into_iter()
+        .filter_map(Result::err)
+        .find(|e| e.raw_os_error() != Some(libc::ENODEV))
+        .map_or(Ok(()), Err)
     }
 
     /// The id this socket's namespace uses for the namespace behind `ns`, assigning one if

@@ -446,26 +446,32 @@ impl SimNode {
                 node.refresh_all()?;
                 return Ok((node, None, None));
             }
-            let (private_ns, private) =
+            let (private_ns, mut private) =
                 rtnl::private_netns().map_err(nl_err("create private netns"))?;
             let mut host = Rtnl::open().map_err(nl_err("open rtnetlink socket"))?;
             let nsid = host.nsid_of(&private_ns).map_err(nl_err("namespace id"))?;
+            // The socket above is in this thread's namespace: the host one.
+            let host_ns = std::fs::File::open("/proc/thread-self/ns/net")
+                .map_err(nl_err("open the host network namespace"))?;
+            let host_nsid = private
+                .nsid_of(&host_ns)
+                .map_err(nl_err("namespace id of the host"))?;
             // Subscribe before creating links so no event of ours is missed.
             let host_ev = rtnl::link_event_socket(None).map_err(nl_err("link event socket"))?;
             let priv_ev =
                 rtnl::link_event_socket(Some(&private_ns)).map_err(nl_err("link event socket"))?;
-            let taken: Vec<String> = host
-                .dump_links()
-                .map_err(nl_err("dump host links"))?
-                .into_iter()
-                .map(|l| l.name)
-                .collect();
-            node.attach_net(Net::new(host, private, private_ns, nsid));
-            let clash = node
-                .vfs
-                .values()
-                .find(|v| taken.contains(&v.netdev))
-                .map(|v| v.netdev.clone());
+            let mut clash = None;
+            for v in node.vfs.values() {
+                if host
+                    .link_by_name(&v.netdev)
+                    .map_err(nl_err("look up host links"))?
+                    .is_some()
+                {
+                    clash = Some(v.netdev.clone());
+                    break;
+                }
+            }
+            node.attach_net(Net::new(host, private, private_ns, nsid, host_nsid));
             let vfs: Vec<Bdf> = node.vfs.keys().copied().collect();
             let res = match clash {
                 Some(name) => Err(SimError::InvalidOption(format!(

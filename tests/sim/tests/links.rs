@@ -214,6 +214,18 @@ fn two_pods_with_the_same_vf_name_die_at_once() {
         names[1] == "net1" || names[1].starts_with("dev"),
         "{names:?}"
     );
+    // Each re-created link carries its own VF's alias (what tests identify VFs by): a try
+    // under a taken name must not label the link that has it.
+    for vf in [a, b] {
+        let name = sim.vf(vf).unwrap().host_netdev.unwrap().name;
+        let shown: serde_json::Value =
+            serde_json::from_str(&ip(&["-j", "link", "show", "dev", &name]).unwrap()).unwrap();
+        assert_eq!(
+            shown[0]["ifalias"],
+            format!("railvf-sim:{}:{vf}", sim.tag()),
+            "{name}"
+        );
+    }
 }
 
 #[test]
