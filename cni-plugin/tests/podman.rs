@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-
 use common::*;
 use railvf_sim::require_root;
 use railvf_testkit::podman::Podman;
@@ -35,17 +33,15 @@ fn podman_runs_a_container_with_the_vf_as_net1() {
     let plugins = t.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     let wrapper = plugins.join("railvf");
-    std::fs::write(
+    railvf_testkit::write_script(
         &wrapper,
-        format!(
-            "#!/bin/sh\nexport RAILVF_HOST_ROOT='{}' RAILVF_STATE_DIR='{}'\nexec '{}' \"$@\"\n",
+        &format!(
+            "export RAILVF_HOST_ROOT='{}' RAILVF_STATE_DIR='{}'\nexec '{}' \"$@\"",
             sim.root().display(),
             state.display(),
             railvf_bin().display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
 
     let netdir = t.join("net.d");
     std::fs::create_dir_all(&netdir).unwrap();

@@ -14,9 +14,7 @@ use railvf_sim::{SimNode, TestNetns, VfInfo, require_root};
 use reliability_support::*;
 
 fn script(dir: &Path, name: &str, body: &str) {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    railvf_testkit::write_script(&dir.join(name), body);
 }
 
 /// After a failed ADD: the spec error with `code` and `needle`, no panic, the VF home under
@@ -190,15 +188,13 @@ echo '{"cniVersion":"1.0.0","ips":[{"address":"10.70.0.300/24"}]}'"#,
 fn without_dac(cni: &Cni) -> Cni {
     let mut c = cni.clone();
     let wrapper = cni.state.parent().unwrap().join("railvf-nodac");
-    std::fs::write(
+    railvf_testkit::write_script(
         &wrapper,
-        format!(
-            "#!/bin/sh\nexec setpriv --bounding-set -dac_override,-dac_read_search --inh-caps -dac_override,-dac_read_search {} \"$@\"\n",
+        &format!(
+            "exec setpriv --bounding-set -dac_override,-dac_read_search --inh-caps -dac_override,-dac_read_search {} \"$@\"",
             cni.bin.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     c.bin = wrapper;
     c
 }
