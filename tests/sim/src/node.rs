@@ -637,8 +637,8 @@ impl Node {
             .dump_links()
             .map_err(nl_err("dump private links"))?;
         let peers: HashMap<u32, &LinkView> = peers.iter().map(|p| (p.index, p)).collect();
-        // VFs whose end a peer places in the host, with that end's index there.
-        let mut asked: Vec<(Bdf, u32)> = Vec::new();
+        // VFs whose end a peer places in the host: (VF, peer index, the end's index there).
+        let mut asked: Vec<(Bdf, u32, u32)> = Vec::new();
         for (bdf, vf) in &self.vfs {
             let Some(link) = vf.link.as_ref() else {
                 continue;
@@ -647,20 +647,19 @@ impl Node {
                 && p.link_netnsid == Some(net.host_nsid)
                 && let Some(index) = p.iflink
             {
-                asked.push((*bdf, index));
+                asked.push((*bdf, link.peer_index, index));
             }
         }
-        let indexes: Vec<u32> = asked.iter().map(|(_, i)| *i).collect();
+        let indexes: Vec<u32> = asked.iter().map(|(_, _, i)| *i).collect();
         let found = net
             .host
             .links_by_index(&indexes)
             .map_err(nl_err("look up VF links in the host"))?;
         let mut in_host: HashMap<Bdf, LinkView> = HashMap::new();
-        for ((bdf, _), l) in asked.into_iter().zip(found) {
-            let peer_index = self.vfs[&bdf].link.as_ref().map(|l| l.peer_index);
+        for ((bdf, peer_index, _), l) in asked.into_iter().zip(found) {
             // The end may have moved on since the peer was read: only ours counts.
-            if let (Some(l), Some(pi)) = (l, peer_index)
-                && net.is_our_end(&l, pi)
+            if let Some(l) = l
+                && net.is_our_end(&l, peer_index)
             {
                 in_host.insert(bdf, l);
             }

@@ -187,11 +187,8 @@ impl Rtnl {
         // which the mirror would take for a vanished VF): ask again.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         while std::time::Instant::now() < deadline {
-            let mut req = LinkMessage::default();
-            req.attributes
-                .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
             let (msgs, interrupted) = self.exec(
-                RouteNetlinkMessage::GetLink(req),
+                get_link_req(LinkMessage::default()),
                 NLM_F_REQUEST | NLM_F_DUMP,
             )?;
             if !interrupted {
@@ -223,10 +220,8 @@ impl Rtnl {
     }
 
     /// One link, as `req` names it; `None` when there is none (`ENODEV`).
-    fn get_link(&mut self, mut req: LinkMessage) -> io::Result<Option<LinkView>> {
-        req.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        match self.exec(RouteNetlinkMessage::GetLink(req), NLM_F_REQUEST | NLM_F_ACK) {
+    fn get_link(&mut self, req: LinkMessage) -> io::Result<Option<LinkView>> {
+        match self.exec(get_link_req(req), NLM_F_REQUEST | NLM_F_ACK) {
             Ok((msgs, _)) => Ok(msgs.into_iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => LinkView::from_msg(l),
                 _ => None,
@@ -245,37 +240,27 @@ impl Rtnl {
         const IN_FLIGHT: usize = 64;
         let mut out = vec![None; indexes.len()];
         let mut first_err = None;
-        for (chunk_no, chunk) in indexes.chunks(IN_FLIGHT).enumerate() {
-            let mut pending = std::collections::HashMap::with_capacity(chunk.len());
-            for (j, &index) in chunk.iter().enumerate() {
-                let mut req = LinkMessage::default();
-                req.header.index = index;
-                req.attributes
-                    .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-                let seq =
-                    self.send(RouteNetlinkMessage::GetLink(req), NLM_F_REQUEST | NLM_F_ACK)?;
-                pending.insert(seq, chunk_no * IN_FLIGHT + j);
-            }
-            while !pending.is_empty() {
-                for msg in self.recv()? {
-                    let seq = msg.header.sequence_number;
-                    let Some(&i) = pending.get(&seq) else {
-                        continue;
-                    };
-                    match msg.payload {
-                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                            out[i] = LinkView::from_msg(l);
-                        }
-                        NetlinkPayload::Error(e) => {
-                            pending.remove(&seq);
-                            let io = e.to_io();
-                            if e.code.is_some() && io.raw_os_error() != Some(libc::ENODEV) {
-                                first_err.get_or_insert(io);
-                            }
-                        }
-                        _ => {}
+        for (c, chunk) in indexes.chunks(IN_FLIGHT).enumerate() {
+            let found = &mut out[c * IN_FLIGHT..];
+            let results = self.pipelined(
+                chunk.len(),
+                |rt, j| {
+                    let mut req = LinkMessage::default();
+                    req.header.index = chunk[j];
+                    rt.send(get_link_req(req), NLM_F_REQUEST | NLM_F_ACK)
+                },
+                |j, m| {
+                    if let RouteNetlinkMessage::NewLink(l) = m {
+                        found[j] = LinkView::from_msg(l);
                     }
-                }
+                },
+            );
+            if let Some(e) = results
+                .into_iter()
+                .filter_map(Result::err)
+                .find(|e| e.raw_os_error() != Some(libc::ENODEV))
+            {
+                first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(out), Err)
@@ -283,28 +268,36 @@ impl Rtnl {
 
     /// Creates veth pairs, pipelined; one result per spec.
     pub fn create_veths(&mut self, specs: &[VethSpec]) -> Vec<io::Result<()>> {
-        let mut results = self.pipelined(specs.len(), |rt, i| {
-            rt.send(
-                RouteNetlinkMessage::NewLink(veth_msg(&specs[i])),
-                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            )
-        });
+        let mut results = self.pipelined(
+            specs.len(),
+            |rt, i| {
+                rt.send(
+                    RouteNetlinkMessage::NewLink(veth_msg(&specs[i])),
+                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                )
+            },
+            |_, _| {},
+        );
         // The kernel ignores IFLA_IFALIAS on create: set it in a second request, by name,
         // and only on pairs that were created. Sent beside a create that fails (the name or
         // index is taken), it would label whichever link has that name.
         let created: Vec<usize> = (0..specs.len()).filter(|&i| results[i].is_ok()).collect();
-        let labelled = self.pipelined(created.len(), |rt, j| {
-            let spec = &specs[created[j]];
-            let mut alias = LinkMessage::default();
-            alias.attributes = vec![
-                LinkAttribute::IfName(spec.name.clone()),
-                LinkAttribute::IfAlias(spec.alias.clone()),
-            ];
-            rt.send(
-                RouteNetlinkMessage::SetLink(alias),
-                NLM_F_REQUEST | NLM_F_ACK,
-            )
-        });
+        let labelled = self.pipelined(
+            created.len(),
+            |rt, j| {
+                let spec = &specs[created[j]];
+                let mut alias = LinkMessage::default();
+                alias.attributes = vec![
+                    LinkAttribute::IfName(spec.name.clone()),
+                    LinkAttribute::IfAlias(spec.alias.clone()),
+                ];
+                rt.send(
+                    RouteNetlinkMessage::SetLink(alias),
+                    NLM_F_REQUEST | NLM_F_ACK,
+                )
+            },
+            |_, _| {},
+        );
         for (j, r) in labelled.into_iter().enumerate() {
             if r.is_err() {
                 results[created[j]] = r;
@@ -314,11 +307,13 @@ impl Rtnl {
     }
 
     /// Sends `n` requests (`send(self, i)` sends the i-th and returns its sequence number),
-    /// then collects their ACKs; one result per request.
+    /// then collects their ACKs; one result per request. Data replies (a GET's answer) go
+    /// to `on_reply(i, message)` as they come, before the i-th ACK.
     fn pipelined(
         &mut self,
         n: usize,
         mut send: impl FnMut(&mut Rtnl, usize) -> io::Result<u32>,
+        mut on_reply: impl FnMut(usize, RouteNetlinkMessage),
     ) -> Vec<io::Result<()>> {
         let mut pending: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
         let mut results: Vec<io::Result<()>> = Vec::with_capacity(n);
@@ -343,13 +338,19 @@ impl Rtnl {
                 }
             };
             for msg in msgs {
-                let Some(i) = pending.remove(&msg.header.sequence_number) else {
+                let seq = msg.header.sequence_number;
+                let Some(&i) = pending.get(&seq) else {
                     continue;
                 };
-                if let NetlinkPayload::Error(e) = msg.payload
-                    && e.code.is_some()
-                {
-                    results[i] = Err(e.to_io());
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(m) => on_reply(i, m),
+                    NetlinkPayload::Error(e) => {
+                        pending.remove(&seq);
+                        if e.code.is_some() {
+                            results[i] = Err(e.to_io());
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -382,9 +383,11 @@ impl Rtnl {
         indexes: &[u32],
         req: impl Fn(u32) -> RouteNetlinkMessage,
     ) -> io::Result<()> {
-        self.pipelined(indexes.len(), |rt, i| {
-            rt.send(req(indexes[i]), NLM_F_REQUEST | NLM_F_ACK)
-        })
+        self.pipelined(
+            indexes.len(),
+            |rt, i| rt.send(req(indexes[i]), NLM_F_REQUEST | NLM_F_ACK),
+            |_, _| {},
+        )
         .into_iter()
         .filter_map(Result::err)
         .find(|e| e.raw_os_error() != Some(libc::ENODEV))
@@ -430,6 +433,13 @@ impl Rtnl {
             _ => Err(io::Error::other("the kernel assigned no namespace id")),
         }
     }
+}
+
+/// A link request without statistics (smaller answers; the sim reads none of them).
+fn get_link_req(mut req: LinkMessage) -> RouteNetlinkMessage {
+    req.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    RouteNetlinkMessage::GetLink(req)
 }
 
 fn veth_msg(spec: &VethSpec) -> LinkMessage {
