@@ -377,24 +377,15 @@ async fn allocate_answers_in_pci_order_whatever_the_order_of_the_ids() {
     assert_eq!(answers[2], answers[0], "shuffled order");
 }
 
-/// The device-info files in `dir`: file name → JSON. The writer's temporary files
-/// (`.<name>.<random>.tmp`, renamed into place) are not device-info files: counted, a slow
-/// rename made "64 files" true with one VF's file still missing.
-fn devinfo_files(dir: &std::path::Path) -> BTreeMap<String, serde_json::Value> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .map(|e| {
-                    let body = std::fs::read(e.path()).unwrap_or_default();
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-                    )
-                })
-                .collect()
+/// The device-info files: file name → JSON.
+fn devinfo_files(dirs: &Dirs) -> BTreeMap<String, serde_json::Value> {
+    dirs.devinfo_files()
+        .into_iter()
+        .map(|(name, body)| {
+            let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            (name, json)
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// Waits until the device-info files satisfy `pred`; returns them.
@@ -405,7 +396,7 @@ async fn wait_devinfo(
 ) -> BTreeMap<String, serde_json::Value> {
     let deadline = std::time::Instant::now() + GUARD;
     loop {
-        let files = devinfo_files(&e.dirs.devinfo);
+        let files = devinfo_files(&e.dirs);
         if pred(&files) {
             return files;
         }
@@ -465,7 +456,7 @@ async fn device_info_files_are_written_at_start_and_follow_the_device_list() {
     // Stopped, the plugin removes them; started again (a reboot emptied /var/run as well),
     // it writes them again without any Allocate.
     assert!(e.plugin.terminate().success());
-    assert!(devinfo_files(&e.dirs.devinfo).is_empty());
+    assert!(devinfo_files(&e.dirs).is_empty());
     e.plugin = start_plugin(e.sim.root(), &e.dirs, None, &[]);
     let _ = registration(&mut e.kubelet, &e.plugin).await;
     wait_devinfo(&mut e, "64 files after a restart", |f| {
@@ -545,7 +536,7 @@ async fn a_device_info_file_that_cannot_be_written_at_start_is_warned_about() {
         "{line}"
     );
     // The others were written; the plugin serves.
-    assert_eq!(devinfo_files(&dirs.devinfo).len(), 64);
+    assert_eq!(dirs.devinfo_files().len(), 64);
     client
         .allocate(alloc_req(&["0000:40:00.3"]))
         .await

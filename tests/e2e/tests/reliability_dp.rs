@@ -10,7 +10,6 @@
 
 mod reliability_support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use railvf_proto::fake_kubelet::FakeKubelet;
@@ -47,29 +46,13 @@ async fn sigkill_and_restart_while_vfs_are_in_pods_keeps_ids_health_and_allocati
     let ids: Vec<String> = vfs.iter().map(|v| v.pci.to_string()).collect();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     client.allocate(alloc_req(&id_refs)).await.unwrap();
-    let devinfo = |dirs: &Dirs| -> BTreeMap<String, String> {
-        std::fs::read_dir(&dirs.devinfo)
-            .map(|rd| {
-                rd.flatten()
-                    // The writer's temporary files (`.<name>.<random>.tmp`) are not ones.
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .map(|e| {
-                        (
-                            e.file_name().to_string_lossy().into_owned(),
-                            std::fs::read_to_string(e.path()).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     // Every advertised VF has its file (written at start); the 8 allocated ones are
     // followed across the restarts.
     let deadline = std::time::Instant::now() + dp::GUARD;
-    let mut devinfo_before = devinfo(&dirs);
+    let mut devinfo_before = dirs.devinfo_files();
     while devinfo_before.len() < 64 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        devinfo_before = devinfo(&dirs);
+        devinfo_before = dirs.devinfo_files();
     }
     assert_eq!(devinfo_before.len(), 64, "{:?}", devinfo_before.keys());
     devinfo_before.retain(|f, _| ids.iter().any(|id| f.contains(id.as_str())));
@@ -112,7 +95,7 @@ async fn sigkill_and_restart_while_vfs_are_in_pods_keeps_ids_health_and_allocati
                 "round {round}: VF {id} left its pod"
             );
         }
-        let now = devinfo(&dirs);
+        let now = dirs.devinfo_files();
         for (f, body) in &devinfo_before {
             assert_eq!(now.get(f), Some(body), "round {round}: {f} kept as written");
         }

@@ -39,6 +39,25 @@ impl Dirs {
         std::fs::create_dir_all(&d.kubelet).unwrap();
         d
     }
+
+    /// The device-info files: file name → contents. The writer's temporary files
+    /// (`.<name>.<random>.tmp`, renamed into place) are not device-info files: counted, a
+    /// slow rename made "64 files" true with one VF's file still missing.
+    pub fn devinfo_files(&self) -> std::collections::BTreeMap<String, String> {
+        std::fs::read_dir(&self.devinfo)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .map(|e| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            std::fs::read_to_string(e.path()).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// A running plugin process; SIGKILLed on drop if still running.
