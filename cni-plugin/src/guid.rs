@@ -70,6 +70,17 @@ fn ofed_dir(root: &HostRoot, pf: &PciAddr, index: u32) -> PathBuf {
     root.pci_device(pf).join("sriov").join(index.to_string())
 }
 
+/// The OFED files of a VF's GUIDs, in the order they are written.
+const OFED_FILES: [&str; 2] = ["node", "port"];
+
+/// The GUID an OFED file (`node` or `port`) holds; `None` when unreadable or not a GUID.
+fn ofed_guid(root: &HostRoot, vf: &VfId, file: &str) -> Option<Guid> {
+    host::read_attr(&ofed_dir(root, &vf.pf, vf.index).join(file))
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Which way this host sets GUIDs.
 pub fn method(root: &HostRoot, vf: &VfId) -> GuidMethod {
     if ofed_dir(root, &vf.pf, vf.index).join("node").exists() {
@@ -81,11 +92,10 @@ pub fn method(root: &HostRoot, vf: &VfId) -> GuidMethod {
 
 /// The VF's current node GUID: the OFED file when present, else its RDMA device's.
 pub fn current(root: &HostRoot, vf: &VfId, method: GuidMethod) -> Option<Guid> {
-    let path = match method {
-        GuidMethod::OfedSysfs => ofed_dir(root, &vf.pf, vf.index).join("node"),
-        GuidMethod::Netlink => return effective(root, &vf.addr),
-    };
-    host::read_attr(&path).ok()?.parse().ok()
+    match method {
+        GuidMethod::OfedSysfs => ofed_guid(root, vf, "node"),
+        GuidMethod::Netlink => effective(root, &vf.addr),
+    }
 }
 
 /// The node GUID the VF runs with: its RDMA device's, `None` while it has none (unbound,
@@ -109,12 +119,9 @@ pub fn in_effect(root: &HostRoot, vf: &VfId, method: GuidMethod, guid: Guid) -> 
     effective(root, &vf.addr) == Some(guid)
         && match method {
             GuidMethod::Netlink => true,
-            GuidMethod::OfedSysfs => ["node", "port"].iter().all(|f| {
-                host::read_attr(&ofed_dir(root, &vf.pf, vf.index).join(f))
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    == Some(guid)
-            }),
+            GuidMethod::OfedSysfs => OFED_FILES
+                .iter()
+                .all(|f| ofed_guid(root, vf, f) == Some(guid)),
         }
 }
 
@@ -137,7 +144,7 @@ pub fn set(
     match method {
         GuidMethod::OfedSysfs => {
             let dir = ofed_dir(root, pf, index);
-            for f in ["node", "port"] {
+            for f in OFED_FILES {
                 let path = dir.join(f);
                 write_attr(&path, &format!("{}\n", guid.to_colon_bytes()))
                     .map_err(|source| GuidError::Sysfs { guid, path, source })?;
