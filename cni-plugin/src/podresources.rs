@@ -163,7 +163,7 @@ async fn query(path: PathBuf, pod: &PodRef) -> Result<PodDevices, PodResourcesEr
             .await
             .map_err(|e| PodResourcesError::Connect {
                 path: path.clone(),
-                why: error_chain(&e),
+                why: e.to_string(),
             })?;
     let mut client =
         PodResourcesListerClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -229,22 +229,6 @@ fn devices(via: Via, p: &PodResourcesMsg) -> PodDevices {
         })
         .collect();
     PodDevices { via, devices }
-}
-
-/// "transport error: No such file or directory (os error 2)" rather than the outer
-/// "transport error" alone.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub enum RegisterError {
     Connect {
         path: PathBuf,
         #[source]
-        source: tonic::transport::Error,
+        source: railvf_proto::ConnectError,
     },
     #[error("kubelet refused the registration: {0}")]
     Rejected(#[from] tonic::Status),
@@ -388,5 +388,29 @@ async fn serve(listener: UnixListener, svc: PluginService, mut stop: watch::Rece
         .await;
     if let Err(e) = r {
         tracing::warn!("device plugin server ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kubelet that crashed leaves its socket file behind: the operator must read
+    /// "refused" (a stale socket), not tonic's bare "transport error".
+    #[tokio::test]
+    async fn a_stale_kubelet_socket_is_reported_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(std::os::unix::net::UnixListener::bind(dir.path().join(KUBELET_SOCKET)).unwrap());
+        let req = RegisterRequest {
+            version: VERSION.into(),
+            endpoint: "railvf-x.sock".into(),
+            resource_name: "nvidia.com/x".into(),
+            options: Some(options()),
+        };
+        let err = register(dir.path(), req).await.unwrap_err();
+        assert!(matches!(err, RegisterError::Connect { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("Connection refused"), "{msg}");
+        assert!(msg.contains("kubelet.sock"), "{msg}");
     }
 }

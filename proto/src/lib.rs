@@ -44,11 +44,43 @@ pub const KUBELET_SOCKET: &str = "kubelet.sock";
 /// Where kubelet keeps plugin sockets.
 pub const DEVICE_PLUGIN_PATH: &str = "/var/lib/kubelet/device-plugins";
 
+/// Why [`connect_unix`] failed. tonic's own message is only "transport error"; this one
+/// carries the causes too ("transport error: Connection refused (os error 111)"), which is
+/// what an operator needs to tell a stale socket from a permission problem.
+#[derive(Debug)]
+pub struct ConnectError(String);
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl ConnectError {
+    /// The error and its sources, each once: hyper and tonic repeat an inner message in
+    /// their own.
+    fn from_chain(e: &dyn std::error::Error) -> Self {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(inner) = cur {
+            let t = inner.to_string();
+            if !s.contains(&t) {
+                s.push_str(": ");
+                s.push_str(&t);
+            }
+            cur = inner.source();
+        }
+        ConnectError(s)
+    }
+}
+
 /// A gRPC channel over the unix socket at `path`.
 ///
 /// The `:authority` is `localhost`, which is what kubelet (grpc-go) sends since 1.26; the
 /// URI is only a placeholder, the connector decides where bytes go.
-pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, tonic::transport::Error> {
+pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, ConnectError> {
     let path = path.as_ref().to_path_buf();
     Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -56,6 +88,7 @@ pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, tonic::tran
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
         }))
         .await
+        .map_err(|e| ConnectError::from_chain(&e))
 }
 
 #[cfg(test)]
