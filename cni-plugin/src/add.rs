@@ -110,9 +110,19 @@ fn locked(
 ) -> Result<CniResult, CniError> {
     let root = ctx.root();
     let addr = vf.function.addr;
-    if settle(ctx, &vf, cid, ifname)? {
-        vf = vf::resolve(root, addr)?;
-    }
+    settle(ctx, &vf, cid, ifname)?;
+    // Read again under the lock: until it was ours, a DEL, GC or takeover of this VF may
+    // have rebound its driver (a GUID restore), and the RDMA device name read before may
+    // since belong to another VF.
+    vf = vf::resolve(root, addr)?;
+    // The device's own checks first: a VF bound to vfio-pci or to no driver has no netdev
+    // either, and the wait below would blame a namespace for it.
+    preflight(
+        ctx,
+        conf,
+        &vf,
+        &[Check::Driver, Check::Rdma, Check::LinkLayer],
+    )?;
     // A short wait covers a VF still on its way back from a netns being destroyed.
     let link = vf::wait_in_host(root, ctx.links, &addr, HOST_WAIT)?.ok_or_else(|| {
         CniError::new(
@@ -122,12 +132,12 @@ fn locked(
                 root.pci_device(&addr).display()
             ),
             format!(
-                "another CNI plugin or a person moved it into a namespace; `ip netns identify` / `ip -all netns exec ip link` finds it; railvf's state is in {}",
+                "another CNI plugin or a person moved it into a namespace (`ip -all netns exec ip link` finds it; railvf's state is in {}), or, on an InfiniBand VF, ib_ipoib is not loaded (modprobe ib_ipoib): without it the VF has no netdev",
                 ctx.state.path().display()
             ),
         )
     })?;
-    preflight(ctx, conf, &vf)?;
+    preflight(ctx, conf, &vf, &[Check::Ownership])?;
     // A missing IPAM plugin is known before anything changes.
     if let Some(t) = &conf.ipam_type {
         Plugin::find(t, &ctx.env.cni_path)?;
@@ -644,17 +654,13 @@ fn only_changed(
 }
 
 /// Checks that cannot be fixed by ADD and must hold before anything changes.
-fn preflight(ctx: &Ctx<'_>, conf: &NetConf, vf: &Vf) -> Result<(), CniError> {
+/// Checks that waiting cannot fix, made before anything changes.
+fn preflight(ctx: &Ctx<'_>, conf: &NetConf, vf: &Vf, checks: &[Check]) -> Result<(), CniError> {
     let r = railvf_host::readiness::evaluate(
         ctx.root(),
         &vf.function,
         &conf.readiness.expectations,
-        &[
-            Check::Driver,
-            Check::Rdma,
-            Check::LinkLayer,
-            Check::Ownership,
-        ],
+        checks,
     );
     if r.is_ready() {
         return Ok(());
@@ -670,10 +676,9 @@ fn preflight(ctx: &Ctx<'_>, conf: &NetConf, vf: &Vf) -> Result<(), CniError> {
 
 /// Deals with older state naming this VF or this attachment: a live attachment of another
 /// pod is refused; anything stale (an ADD killed midway, a pod whose netns is gone, a
-/// repeated ADD) is torn down first. Returns whether anything was torn down.
-fn settle(ctx: &Ctx<'_>, vf: &Vf, cid: &str, ifname: &str) -> Result<bool, CniError> {
+/// repeated ADD) is torn down first.
+fn settle(ctx: &Ctx<'_>, vf: &Vf, cid: &str, ifname: &str) -> Result<(), CniError> {
     let addr = vf.function.addr;
-    let mut settled = false;
     // Only the files of this VF or of this attachment are read (the name says which).
     let entries = ctx
         .state
@@ -758,7 +763,6 @@ fn settle(ctx: &Ctx<'_>, vf: &Vf, cid: &str, ifname: &str) -> Result<bool, CniEr
             ));
         }
         ctx.state.remove(&other.container_id, &other.ifname)?;
-        settled = true;
     }
-    Ok(settled)
+    Ok(())
 }

@@ -798,6 +798,25 @@ fn wrong_devices_are_refused() {
     b.sync_sysfs();
     let e = b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap_err();
     assert_eq!(e.code, 102, "{e}");
+    assert!(e.details.contains("ib_ipoib"), "{e:?}");
+}
+
+/// A VF bound to vfio-pci (a DPDK pool) has no netdev either: ADD names its driver, at
+/// once, instead of waiting for the netdev and blaming a namespace.
+#[test]
+fn a_vf_on_another_driver_is_refused_for_its_driver_not_its_missing_netdev() {
+    let b = Bench::new(1);
+    let d = b.vf_dir(0);
+    fs::create_dir_all(b.root().join("sys/bus/pci/drivers/vfio-pci")).unwrap();
+    fs::remove_file(d.join("driver")).unwrap();
+    std::os::unix::fs::symlink("../../drivers/vfio-pci", d.join("driver")).unwrap();
+    fs::remove_dir_all(d.join("net")).unwrap();
+    fs::create_dir_all(d.join("net")).unwrap();
+    let e = b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap_err();
+    assert_eq!(e.code, 11, "{e}");
+    assert!(e.msg.contains("driver: found driver vfio-pci"), "{e}");
+    assert_eq!(b.links.count(FakeOp::MoveLink), 0);
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
 }
 
 #[test]
@@ -958,6 +977,55 @@ fn gc_reaps_only_attachments_not_listed() {
 /// A GC whose list the runtime made before an ADD began cannot name that ADD's attachment:
 /// while another railvf holds the VF's lock (the ADD still running), GC leaves the
 /// attachment to the next GC instead of tearing it down once the ADD returns.
+/// Waits until some thread is blocked on a `flock` of `dir` (the kernel lists a waiter in
+/// /proc/locks with "->"); panics after 10 s.
+fn wait_for_flock_waiter(dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = format!(":{}", fs::metadata(dir).unwrap().ino());
+    for _ in 0..10_000 {
+        let locks = fs::read_to_string("/proc/locks").unwrap();
+        if locks
+            .lines()
+            .any(|l| l.contains("->") && l.split_whitespace().any(|f| f.ends_with(&ino)))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("nobody waited for the lock of {}", dir.display());
+}
+
+/// ADD reads the VF again once its lock is ADD's own: the DEL or GC that held it may have
+/// rebound the VF's driver (a GUID restore) meanwhile, so what ADD read before is stale.
+#[test]
+fn add_reads_the_vf_again_once_it_holds_the_lock() {
+    let b = Bench::new(1);
+    let d = b.vf_dir(0);
+    let away = b.state_dir().with_file_name("infiniband-away");
+    // Unbound, as in the middle of a rebind: no driver, no RDMA device.
+    fs::remove_file(d.join("driver")).unwrap();
+    fs::rename(d.join("infiniband"), &away).unwrap();
+    let (state_dir, root) = (b.state_dir(), b.root());
+    let (held, is_held) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let root = railvf_host::HostRoot::new(root).unwrap();
+        let lock = StateDir::new(state_dir)
+            .lock_vf(&root, &vf_addr(0))
+            .unwrap();
+        held.send(()).unwrap();
+        wait_for_flock_waiter(&d);
+        // The rebind ends while ADD waits: bound again, its RDMA device back.
+        std::os::unix::fs::symlink("../../drivers/mlx5_core", d.join("driver")).unwrap();
+        fs::rename(&away, d.join("infiniband")).unwrap();
+        drop(lock);
+    });
+    is_held.recv().unwrap();
+    let out = b.run("ADD", "c1", Some(&b.pod), &conf(0, ""));
+    holder.join().unwrap();
+    out.unwrap();
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
+}
+
 #[test]
 fn gc_leaves_an_attachment_whose_vf_is_busy_to_the_next_gc() {
     let b = Bench::new(1);
