@@ -18,24 +18,16 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
     let cid = ctx.env.require_container_id()?;
     let ifname = ctx.env.require_ifname()?;
     let mut errors: Vec<String> = Vec::new();
-
-    // IPAM is released even without state or netns: the runtime calls DEL after any ADD
-    // failure, and IPAM plugins treat an unknown attachment as released.
-    if let Some(t) = &conf.ipam_type {
-        let call = Call {
-            command: "DEL",
-            container_id: Some(cid),
-            netns: ctx.env.netns.as_deref(),
-            ifname: Some(ifname),
-            args: ctx.env.args.as_deref(),
-            cni_path: &ctx.env.cni_path,
-        };
-        if let Err(e) = Plugin::find(t, &ctx.env.cni_path).and_then(|p| p.run(&call, &conf.raw)) {
-            crate::log_warn!("{e}");
-            errors.push(e.to_string());
+    // IPAM is released even without state or netns (the runtime calls DEL after any ADD
+    // failure, and IPAM plugins treat an unknown attachment as released); with state, under
+    // the VF's lock, so an ADD of this attachment still running (its runtime timed out and
+    // sent DEL) cannot allocate after the release.
+    let mut released = false;
+    let mut release = |errors: &mut Vec<String>| {
+        if !std::mem::replace(&mut released, true) {
+            release_ipam(ctx, conf, cid, ifname, errors);
         }
-        crate::log::step("ipam");
-    }
+    };
 
     let mut kept = false;
     // The config's deviceID names the VF, and with it the state file: lock that VF and
@@ -50,7 +42,9 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
         match ctx.state.load_of(&d, cid, ifname) {
             Ok(Some(st)) => {
                 crate::log::step("lock");
-                kept = return_home(ctx, conf, &st, &mut errors)?;
+                let home = return_home(ctx, conf, &st, &mut errors);
+                release(&mut errors);
+                kept = home?;
                 done = true;
             }
             Ok(None) | Err(StateError::Corrupt { .. }) => {}
@@ -77,12 +71,15 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
                 let _lock = ctx.state.lock_vf(ctx.root(), &st.vf)?;
                 crate::log::step("lock");
                 if let Some(st) = ctx.state.load_of(&st.vf, cid, ifname)? {
-                    kept = return_home(ctx, conf, &st, &mut errors)?;
+                    let home = return_home(ctx, conf, &st, &mut errors);
+                    release(&mut errors);
+                    kept = home?;
                 }
             }
             None => crate::log_debug!("no state for {cid}/{ifname}: nothing to return"),
         }
     }
+    release(&mut errors);
 
     if errors.is_empty() {
         Ok(())
@@ -103,6 +100,26 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
             },
         ))
     }
+}
+
+/// IPAM DEL with DEL's own config; a failure is collected, DEL goes on.
+fn release_ipam(ctx: &Ctx<'_>, conf: &NetConf, cid: &str, ifname: &str, errors: &mut Vec<String>) {
+    let Some(t) = &conf.ipam_type else {
+        return;
+    };
+    let call = Call {
+        command: "DEL",
+        container_id: Some(cid),
+        netns: ctx.env.netns.as_deref(),
+        ifname: Some(ifname),
+        args: ctx.env.args.as_deref(),
+        cni_path: &ctx.env.cni_path,
+    };
+    if let Err(e) = Plugin::find(t, &ctx.env.cni_path).and_then(|p| p.run(&call, &conf.raw)) {
+        crate::log_warn!("{e}");
+        errors.push(e.to_string());
+    }
+    crate::log::step("ipam");
 }
 
 /// Returns the VF of `st` to the host (its lock held by the caller) and removes the state

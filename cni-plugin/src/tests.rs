@@ -1026,6 +1026,37 @@ fn add_reads_the_vf_again_once_it_holds_the_lock() {
     assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
 }
 
+/// DEL releases the address only once it holds the VF's lock: an ADD of the same
+/// attachment still running (its runtime timed out and sent DEL) would otherwise allocate
+/// after the release, and the address would leak.
+#[test]
+fn del_releases_ipam_under_the_vf_lock() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    let (state_dir, root, d) = (b.state_dir(), b.root(), b.vf_dir(0));
+    let log = b.dir.path().join("ipam.log");
+    let (held, is_held) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let root = railvf_host::HostRoot::new(root).unwrap();
+        let lock = StateDir::new(state_dir)
+            .lock_vf(&root, &vf_addr(0))
+            .unwrap();
+        held.send(()).unwrap();
+        wait_for_flock_waiter(&d);
+        let seen = fs::read_to_string(&log).unwrap_or_default();
+        drop(lock);
+        seen
+    });
+    is_held.recv().unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &conf(0, &ipam)).unwrap();
+    let seen_while_waiting = holder.join().unwrap();
+    assert_eq!(
+        seen_while_waiting, "",
+        "IPAM DEL ran before DEL held the lock"
+    );
+    assert_eq!(ipam_log(&b), vec!["DEL c1 net1"]);
+}
+
 #[test]
 fn gc_leaves_an_attachment_whose_vf_is_busy_to_the_next_gc() {
     let b = Bench::new(1);
