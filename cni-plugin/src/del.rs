@@ -47,7 +47,14 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
                 kept = home?;
                 done = true;
             }
-            Ok(None) | Err(StateError::Corrupt { .. }) => {}
+            // An ADD killed inside its first save leaves only the temporary file: not
+            // worth failing a DEL that has nothing else to do.
+            Ok(None) => {
+                if let Err(e) = ctx.state.remove_interrupted_save(&d, cid, ifname) {
+                    crate::log_warn!("{e}");
+                }
+            }
+            Err(StateError::Corrupt { .. }) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -225,9 +232,17 @@ pub(crate) fn unreadable(
     let rdma_home = rdma_device
         .as_ref()
         .is_none_or(|d| vf::rdma_device(root, &addr).as_ref() == Some(d));
+    // What the file still says ADD changed (the GUID, the VF settings, the MTU) is restored
+    // by the teardown below, even when the VF is already home.
+    let guid: Option<crate::state::GuidChange> = salvage(&text, "guid");
+    let vf_settings: Option<crate::state::VfChange> = salvage(&text, "vfSettings");
     if let Some(l) = &found
-        && host.as_ref().is_none_or(|h| h.name == l.name)
+        && host
+            .as_ref()
+            .is_none_or(|h| h.name == l.name && (h.mtu == 0 || h.mtu == l.mtu))
         && rdma_home
+        && guid.is_none()
+        && vf_settings.is_none()
     {
         return gone(&format!("VF {addr} is on the host as {}", l.name));
     }
@@ -291,8 +306,8 @@ pub(crate) fn unreadable(
         pf: v.pf,
         vf_index: v.index,
         host,
-        guid: salvage(&text, "guid"),
-        vf_settings: salvage(&text, "vfSettings"),
+        guid,
+        vf_settings,
         moving: salvage(&text, "moving"),
         pod_ifindex: in_pod.as_ref().map(|l| l.ifindex),
         rdma_device,

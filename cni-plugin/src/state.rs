@@ -367,9 +367,20 @@ impl StateDir {
     /// by name: what [`StateDir::remove`] does without listing the directory, for a caller
     /// that has just read `a` from its file.
     pub fn remove_attachment(&self, a: &Attachment) -> Result<(), StateError> {
-        let name = Self::name(&a.vf, &a.container_id, &a.ifname);
-        self.remove_path(&self.dir.join(format!(".{name}.tmp")))?;
-        self.remove_path(&self.dir.join(name))
+        self.remove_interrupted_save(&a.vf, &a.container_id, &a.ifname)?;
+        self.remove_path(&self.dir.join(Self::name(&a.vf, &a.container_id, &a.ifname)))
+    }
+
+    /// Removes the temporary file a save of this attachment killed before its rename left
+    /// (the caller holds the VF's lock, so no save of it is under way).
+    pub fn remove_interrupted_save(
+        &self,
+        vf: &PciAddr,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<(), StateError> {
+        let name = Self::name(vf, container_id, ifname);
+        self.remove_path(&self.dir.join(format!(".{name}.tmp")))
     }
 
     /// Every state file, parsed; a corrupt one is returned as an error with its path.

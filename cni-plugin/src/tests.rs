@@ -1026,6 +1026,26 @@ fn add_reads_the_vf_again_once_it_holds_the_lock() {
     assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
 }
 
+/// An ADD killed inside its first state save (before the rename) leaves only the
+/// temporary file; DEL of that attachment removes it.
+#[test]
+fn del_removes_the_temporary_file_of_a_save_killed_before_its_rename() {
+    let b = Bench::new(1);
+    fs::create_dir_all(b.state_dir()).unwrap();
+    let tmp = b
+        .state_dir()
+        .join(format!(".{}_c1@net1.json.tmp", vf_addr(0)));
+    fs::write(&tmp, "{\"schema\":").unwrap();
+    // Another attachment's temporary file is not DEL's to remove.
+    let other = b
+        .state_dir()
+        .join(format!(".{}_c2@net1.json.tmp", vf_addr(0)));
+    fs::write(&other, "{").unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &conf(0, "")).unwrap();
+    assert!(!tmp.exists());
+    assert!(other.exists());
+}
+
 /// DEL releases the address only once it holds the VF's lock: an ADD of the same
 /// attachment still running (its runtime timed out and sent DEL) would otherwise allocate
 /// after the release, and the address would leak.
@@ -1753,6 +1773,25 @@ fn a_del_that_keeps_an_unreadable_state_says_so() {
     assert_eq!(e.code, 106, "{e}");
     assert!(e.details.contains("is kept"), "{e:?}");
     assert!(file.exists());
+}
+
+/// ADD killed just after it applied the VF settings (the VF still on the host under its
+/// own name), its state file then cut after `vfSettings`: DEL restores the settings the
+/// file still holds, rather than taking a VF on the host for done.
+#[test]
+fn an_unreadable_state_of_a_vf_on_the_host_still_restores_its_vf_settings() {
+    let b = Bench::new(1);
+    let before = b.links.vf(b.pf_ifindex, 0).unwrap().settings;
+    let c = conf(0, r#""vlan":100"#);
+    killed(&b, "ADD", FakeOp::SetVf, 1, Inject::KillAfterEffect, &c);
+    assert_ne!(b.links.vf(b.pf_ifindex, 0).unwrap().settings, before);
+    let file = b.state_dir().join(&b.state_files()[0]);
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, &text[..text.find("\n  \"moving\"").unwrap()]).unwrap();
+    assert!(is_home(&b, 0));
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(b.links.vf(b.pf_ifindex, 0).unwrap().settings, before);
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
 }
 
 #[test]
