@@ -687,13 +687,17 @@ fn settle(ctx: &Ctx<'_>, vf: &Vf, cid: &str, ifname: &str) -> Result<(), CniErro
         let other = match entry {
             Ok(a) => a,
             Err(e) => {
-                // A corrupt file of this very attachment is ours to replace.
                 let mine = path
                     .file_name()
                     .and_then(|n| n.to_str())
                     .and_then(|n| n.get(13..))
                     .is_some_and(|t| StateDir::is_attachment(t, cid, ifname));
                 if mine {
+                    // A corrupt file of this very attachment is ours to replace; one a
+                    // newer railvf wrote (or one that cannot be read) is not.
+                    if !matches!(e, crate::state::StateError::Corrupt { .. }) {
+                        return Err(e.into());
+                    }
                     crate::log_warn!("replacing unreadable state: {e}");
                     ctx.state.remove_path(&path)?;
                 }

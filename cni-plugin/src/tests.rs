@@ -1046,6 +1046,25 @@ fn del_removes_the_temporary_file_of_a_save_killed_before_its_rename() {
     assert!(other.exists());
 }
 
+/// A repeated ADD that finds its attachment's file written by a newer railvf refuses with
+/// code 5 and leaves the file and the VF alone, as DEL does; only a corrupt file is
+/// replaced.
+#[test]
+fn a_repeated_add_leaves_a_newer_railvf_s_state_alone() {
+    let b = Bench::new(1);
+    b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap();
+    let file = b.state_dir().join(&b.state_files()[0]);
+    let text = fs::read_to_string(&file)
+        .unwrap()
+        .replacen("\"schema\": 1", "\"schema\": 99", 1);
+    fs::write(&file, &text).unwrap();
+    let e = b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap_err();
+    assert_eq!(e.code, 5, "{e}");
+    assert!(e.msg.contains("newer railvf"), "{e}");
+    assert_eq!(fs::read_to_string(&file).unwrap(), text);
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&b.pod)]);
+}
+
 /// DEL releases the address only once it holds the VF's lock: an ADD of the same
 /// attachment still running (its runtime timed out and sent DEL) would otherwise allocate
 /// after the release, and the address would leak.
