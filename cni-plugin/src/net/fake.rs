@@ -1011,9 +1011,11 @@ impl LinkOps for FakeLinks {
                     ));
                 }
                 let l = link_mut(st, ns, ifindex)?;
-                if !l.addrs.iter().any(|a| a.addr == addr.addr) {
-                    l.addrs.push(addr);
+                // The real request carries NLM_F_EXCL.
+                if l.addrs.iter().any(|a| a.addr == addr.addr) {
+                    return Err(kerr(format!("{what} (already there)"), libc::EEXIST));
                 }
+                l.addrs.push(addr);
                 Ok(())
             },
         )
