@@ -409,6 +409,7 @@ fn attach(
         mtu: Some(moved.mtu),
         sandbox: Some(netns_path.display().to_string()),
         pci_id: Some(st.vf.to_string()),
+        extra: serde_json::Map::new(),
     }];
     for ip in &mut result.ips {
         ip.interface = Some(0);

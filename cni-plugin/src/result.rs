@@ -26,6 +26,9 @@ fn bad(what: impl Into<String>, expected: &'static str, found: &Value) -> Result
     }
 }
 
+/// The interface members railvf reads itself.
+const INTERFACE_MEMBERS: [&str; 5] = ["name", "mac", "mtu", "sandbox", "pciID"];
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interface {
     pub name: String,
@@ -33,6 +36,9 @@ pub struct Interface {
     pub mtu: Option<u32>,
     pub sandbox: Option<String>,
     pub pci_id: Option<String>,
+    /// Every other member (`socketPath`, say) of a previous plugin's interface: printed
+    /// back in a 1.1.0 result, as a plugin in a chain must pass its `prevResult` through.
+    pub extra: Map<String, Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +147,13 @@ impl CniResult {
                     mtu: it.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
                     sandbox: s("sandbox").filter(|x| !x.is_empty()),
                     pci_id: s("pciID"),
+                    extra: it
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(k, _)| !INTERFACE_MEMBERS.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                 });
             }
         }
@@ -243,10 +256,13 @@ impl CniResult {
                 if let Some(s) = &i.sandbox {
                     o.insert("sandbox".into(), json!(s));
                 }
-                if version.is_1_1()
-                    && let Some(p) = &i.pci_id
-                {
-                    o.insert("pciID".into(), json!(p));
+                if version.is_1_1() {
+                    if let Some(p) = &i.pci_id {
+                        o.insert("pciID".into(), json!(p));
+                    }
+                    for (k, v) in &i.extra {
+                        o.insert(k.clone(), v.clone());
+                    }
                 }
                 Value::Object(o)
             })
@@ -353,6 +369,7 @@ mod tests {
             mtu: Some(4092),
             sandbox: Some("/var/run/netns/p".into()),
             pci_id: Some("0000:18:00.1".into()),
+            extra: Map::new(),
         });
         for ip in &mut r.ips {
             ip.interface = Some(0);

@@ -187,7 +187,7 @@ fn add_attaches_and_del_returns_everything() {
 fn a_previous_plugins_result_is_passed_through_before_ours() {
     let b = Bench::new(2);
     let ipam = with_ipam(&b);
-    let prev = r#""prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mac":"0a:58:0a:80:00:05","sandbox":"/x"}],"ips":[{"address":"10.128.0.5/23","gateway":"10.128.0.1","interface":0}],"routes":[{"dst":"0.0.0.0/0","gw":"10.128.0.1"}],"dns":{"nameservers":["172.30.0.10"]}}"#;
+    let prev = r#""prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mac":"0a:58:0a:80:00:05","sandbox":"/x","socketPath":"/run/vhu0.sock"}],"ips":[{"address":"10.128.0.5/23","gateway":"10.128.0.1","interface":0}],"routes":[{"dst":"0.0.0.0/0","gw":"10.128.0.1"}],"dns":{"nameservers":["172.30.0.10"]}}"#;
     let out = b
         .run(
             "ADD",
@@ -199,6 +199,7 @@ fn a_previous_plugins_result_is_passed_through_before_ours() {
         .unwrap();
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["interfaces"][0]["name"], "eth0");
+    assert_eq!(r["interfaces"][0]["socketPath"], "/run/vhu0.sock");
     assert_eq!(r["interfaces"][1]["name"], "net1");
     assert_eq!(r["interfaces"][1]["pciID"], "0000:18:00.1");
     assert_eq!(r["ips"][0]["address"], "10.128.0.5/23");
