@@ -11,12 +11,14 @@
 //!
 //! `logFile` rule: an absolute path without `.`/`..`, below the log directory (`/var/log`,
 //! or `RAILVF_LOG_DIR`), opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` so no
-//! symlink can lead outside it; created with mode 0600 when absent, appended to otherwise.
+//! symlink can lead outside it; its name must end in `.log`, and it must be a regular file
+//! with one link; created with mode 0600 when absent, appended to otherwise.
 
 use std::fmt;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -293,7 +295,7 @@ pub fn open_log_file(path: &Path, log_dir: &Path) -> Result<File, CniError> {
             code::INVALID_CONFIG,
             format!("\"logFile\" {} cannot be used: {why}", path.display()),
             format!(
-                "logFile must be a file below {} (symlinks are not followed); remove logFile to log to stderr",
+                "logFile must be a regular file named *.log below {} (symlinks are not followed, hard-linked files are refused); remove logFile to log to stderr",
                 log_dir.display()
             ),
         )
@@ -303,6 +305,13 @@ pub fn open_log_file(path: &Path, log_dir: &Path) -> Result<File, CniError> {
         .map_err(|_| refuse(format!("it is not below {}", log_dir.display())))?;
     if rel.as_os_str().is_empty() {
         return Err(refuse("it names the log directory itself".into()));
+    }
+    // Other daemons' record files share the directory (wtmp, btmp, lastlog, the journal's
+    // *.journal): JSON lines appended to them would corrupt them.
+    if path.extension().is_none_or(|e| e != "log") {
+        return Err(refuse(
+            "its name does not end in .log (other programs' files live there too)".into(),
+        ));
     }
     let dir: OwnedFd = open(
         log_dir,
@@ -316,12 +325,31 @@ pub fn open_log_file(path: &Path, log_dir: &Path) -> Result<File, CniError> {
                 | OFlag::O_APPEND
                 | OFlag::O_CREAT
                 | OFlag::O_CLOEXEC
-                | OFlag::O_NOFOLLOW,
+                | OFlag::O_NOFOLLOW
+                // A FIFO would block the open (and every write) until a reader comes.
+                | OFlag::O_NONBLOCK,
         )
         .mode(Mode::from_bits_truncate(0o600))
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
     let fd = openat2(&dir, rel, how).map_err(|e| refuse(format!("open failed: {e}")))?;
-    Ok(File::from(fd))
+    let file = File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| refuse(format!("cannot stat it: {e}")))?;
+    if !meta.file_type().is_file() {
+        return Err(refuse(format!(
+            "it is not a regular file (found {:?})",
+            meta.file_type()
+        )));
+    }
+    // A second name elsewhere (a hard link) would take the lines out of the directory.
+    if meta.nlink() != 1 {
+        return Err(refuse(format!(
+            "it has {} hard links; a log file has one",
+            meta.nlink()
+        )));
+    }
+    Ok(file)
 }
 
 fn timestamp() -> String {
@@ -376,6 +404,34 @@ mod tests {
 
         let e = open_log_file(Path::new("/etc/railvf.log"), &logs).unwrap_err();
         assert!(e.msg.contains("not below"), "{e}");
+    }
+
+    /// Other programs' files in the log directory are not appended to, and a FIFO does
+    /// not block the open.
+    #[test]
+    fn log_file_is_a_regular_log_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path();
+        std::fs::write(logs.join("wtmp"), b"\0\0binary records").unwrap();
+        let e = open_log_file(&logs.join("wtmp"), logs).unwrap_err();
+        assert_eq!(e.code, 7, "{e}");
+        assert!(e.msg.contains(".log"), "{e}");
+        assert_eq!(
+            std::fs::read(logs.join("wtmp")).unwrap(),
+            b"\0\0binary records"
+        );
+
+        nix::unistd::mkfifo(&logs.join("pipe.log"), Mode::from_bits_truncate(0o600)).unwrap();
+        let e = open_log_file(&logs.join("pipe.log"), logs).unwrap_err();
+        assert_eq!(e.code, 7, "{e}");
+
+        std::fs::create_dir(logs.join("dir.log")).unwrap();
+        assert!(open_log_file(&logs.join("dir.log"), logs).is_err());
+
+        std::fs::write(logs.join("a.log"), b"").unwrap();
+        std::fs::hard_link(logs.join("a.log"), logs.join("b.log")).unwrap();
+        let e = open_log_file(&logs.join("b.log"), logs).unwrap_err();
+        assert!(e.msg.contains("hard links"), "{e}");
     }
 
     #[test]
