@@ -500,6 +500,20 @@ impl<'de> Deserialize<'de> for ResourceList {
                         "resourceList is empty: list at least one resource, or remove the file to get the default resource",
                     ));
                 }
+                let served: Vec<(&str, &str)> = out
+                    .iter()
+                    .filter(|(_, skip)| skip.is_none())
+                    .map(|(r, _)| {
+                        let prefix = r
+                            .resource_prefix
+                            .as_ref()
+                            .map_or(DEFAULT_PREFIX, |p| p.0.as_str());
+                        (prefix, r.resource_name.0.as_str())
+                    })
+                    .collect();
+                if let Some(why) = socket_clash(&served) {
+                    return Err(de::Error::custom(why));
+                }
                 if out.iter().all(|(_, skip)| skip.is_some()) {
                     return Err(de::Error::custom(format!(
                         "every resource in resourceList has a deviceType other than netDevice ({}): railvf would advertise nothing; give railvf's resources deviceType \"netDevice\" (or none), or remove the file to get the default resource",
@@ -668,24 +682,51 @@ impl Config {
     /// Socket file name of each resource: `railvf-<name>.sock`, or
     /// `railvf-<prefix>_<name>.sock` when two resources share a name under different prefixes.
     pub fn socket_names(&self) -> Vec<String> {
-        let mut seen = BTreeSet::new();
-        let dup: BTreeSet<&str> = self
+        let names: Vec<(&str, &str)> = self
             .resources
             .iter()
-            .filter(|r| !seen.insert(r.name.as_str()))
-            .map(|r| r.name.as_str())
+            .map(|r| (r.prefix.as_str(), r.name.as_str()))
             .collect();
-        self.resources
-            .iter()
-            .map(|r| {
-                if dup.contains(r.name.as_str()) {
-                    format!("railvf-{}_{}.sock", r.prefix, r.name)
-                } else {
-                    format!("railvf-{}.sock", r.name)
-                }
-            })
-            .collect()
+        socket_names_of(&names)
     }
+}
+
+/// [`Config::socket_names`] of `(prefix, name)` pairs.
+fn socket_names_of(resources: &[(&str, &str)]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let dup: BTreeSet<&str> = resources
+        .iter()
+        .filter(|(_, n)| !seen.insert(*n))
+        .map(|(_, n)| *n)
+        .collect();
+    resources
+        .iter()
+        .map(|(prefix, name)| {
+            if dup.contains(name) {
+                format!("railvf-{prefix}_{name}.sock")
+            } else {
+                format!("railvf-{name}.sock")
+            }
+        })
+        .collect()
+}
+
+/// Two served resources whose sockets would have the same file name (`a/x` and `b/x` get
+/// `railvf-a_x.sock` and `railvf-b_x.sock`, and a third named `a_x` `railvf-a_x.sock`):
+/// the second could never serve.
+fn socket_clash(served: &[(&str, &str)]) -> Option<String> {
+    let sockets = socket_names_of(served);
+    for (j, s) in sockets.iter().enumerate() {
+        if let Some(i) = sockets[..j].iter().position(|t| t == s) {
+            let full = |k: usize| format!("{}/{}", served[k].0, served[k].1);
+            return Some(format!(
+                "resources {:?} and {:?} would both serve on the socket {s}: rename one of them",
+                full(i),
+                full(j)
+            ));
+        }
+    }
+    None
 }
 
 /// What to say about `ncclIbHca`: the resources it defaulted to false for (several
@@ -953,6 +994,21 @@ mod tests {
                 "railvf-nvidia.com_b.sock",
                 "railvf-example.com_b.sock"
             ]
+        );
+    }
+
+    #[test]
+    fn resources_whose_sockets_would_clash_are_refused() {
+        let e = parse(
+            r#"{"resourceList":[{"resourceName":"x","resourcePrefix":"a"},{"resourceName":"x","resourcePrefix":"b"},{"resourceName":"a_x","resourcePrefix":"nvidia.com"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "\"a/x\" and \"nvidia.com/a_x\" would both serve on the socket railvf-a_x.sock"
+            ),
+            "{e}"
         );
     }
 

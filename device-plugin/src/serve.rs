@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
@@ -39,6 +39,8 @@ pub enum ServeError {
     Scan(#[from] ScanError),
     #[error(transparent)]
     CdiKind(#[from] KindError),
+    #[error("{0}")]
+    SocketPath(String),
     #[error("--log-level {0:?}: {1}")]
     LogLevel(String, String),
     #[error("cannot set up logging: {0}")]
@@ -161,6 +163,27 @@ fn check_cdi_kinds(config: &Config, cdi: bool) -> Result<BTreeSet<String>, KindE
         .iter()
         .map(|r| crate::cdi::kind_of(&r.full_name()))
         .collect()
+}
+
+/// The longest path a unix socket can be bound at (`sun_path` holds 108 bytes, NUL
+/// included).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Every resource's socket path must fit a unix socket address: checked before a config is
+/// served, at start and at every reload (a resource that cannot bind would retry for good).
+fn check_socket_paths(config: &Config, kubelet_dir: &Path) -> Result<(), String> {
+    for (r, name) in config.resources.iter().zip(config.socket_names()) {
+        let path = kubelet_dir.join(&name);
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(format!(
+                "resource {:?} would serve on {} ({len} bytes), longer than a unix socket path can be ({MAX_SOCKET_PATH} bytes): shorten its resourceName, or --kubelet-dir",
+                r.full_name(),
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Sets up logging on stderr: JSON lines (`--log-format json`, or `auto` when stderr is
@@ -442,6 +465,7 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         path: kubelet_dir.clone(),
         error,
     })?;
+    check_socket_paths(&config, &kubelet_dir).map_err(ServeError::SocketPath)?;
     let cdi_dir = args.cdi_dir(&root);
     let kinds = check_cdi_kinds(&config, cdi_dir.is_some())?;
     if let Some(dir) = &cdi_dir {
@@ -582,7 +606,10 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
                         }
                         Reload::Apply(new) => {
                             log_findings(&new);
-                            if let Err(why) = check_cdi_kinds(&new, cdi_dir.is_some()) {
+                            if let Err(why) = check_cdi_kinds(&new, cdi_dir.is_some())
+                                .map_err(|e| e.to_string())
+                                .and_then(|_| check_socket_paths(&new, &kubelet_dir))
+                            {
                                 metrics.config_reload(false);
                                 tracing::error!(config = %source.path().display(), "config rejected, keeping the previous configuration: {why}");
                                 continue;
@@ -672,4 +699,28 @@ async fn wait_for_signal() -> Result<(), ServeError> {
 /// [`ConfigSource::load`], which also remembers the text for reloads).
 pub fn load_config(args: &ServeArgs) -> Result<(Config, String), ConfigError> {
     ConfigSource::load(args.config.as_deref()).map(|(_, c, o)| (c, o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_path_too_long_for_a_unix_socket_is_refused() {
+        let dir = Path::new("/host/var/lib/kubelet/device-plugins");
+        let config = |name: &str| {
+            Config::parse(
+                &format!(r#"{{"resourceList":[{{"resourceName":"{name}"}}]}}"#),
+                Path::new("config.json"),
+            )
+            .unwrap()
+        };
+        // 36 + "/railvf-" + 58 + ".sock" = 107 bytes: the longest that fits.
+        assert_eq!(check_socket_paths(&config(&"a".repeat(58)), dir), Ok(()));
+        let e = check_socket_paths(&config(&"a".repeat(59)), dir).unwrap_err();
+        assert!(
+            e.contains("108 bytes") && e.contains("shorten its resourceName"),
+            "{e}"
+        );
+    }
 }
