@@ -150,9 +150,11 @@ impl DevicePlugin for PluginService {
         self.ctx
             .metrics
             .observe_preferred(name, result_label(&r), started.elapsed());
+        // The first few: a hostile request's list must not make a megabyte log line.
         let sizes: Vec<i32> = req
             .container_requests
             .iter()
+            .take(8)
             .map(|c| c.allocation_size)
             .collect();
         let available: usize = req
@@ -236,16 +238,30 @@ impl DevicePlugin for PluginService {
     }
 }
 
+/// kubelet sends one container per call; a request of more is refused before any work
+/// (each container's answer reads sysfs and may write files).
+const MAX_CONTAINER_REQUESTS: usize = 64;
+
+fn check_container_count(n: usize) -> Result<(), Status> {
+    if n == 0 {
+        return Err(Status::invalid_argument(
+            "the request has no container_requests",
+        ));
+    }
+    if n > MAX_CONTAINER_REQUESTS {
+        return Err(Status::invalid_argument(format!(
+            "the request has {n} container_requests, more than the {MAX_CONTAINER_REQUESTS} railvf answers (kubelet sends one)"
+        )));
+    }
+    Ok(())
+}
+
 impl PluginService {
     fn preferred(
         &self,
         req: &PreferredAllocationRequest,
     ) -> Result<Response<PreferredAllocationResponse>, Status> {
-        if req.container_requests.is_empty() {
-            return Err(Status::invalid_argument(
-                "the request has no container_requests",
-            ));
-        }
+        check_container_count(req.container_requests.len())?;
         let set = self.ctx.devices.borrow().clone();
         let mut container_responses = Vec::with_capacity(req.container_requests.len());
         let name = &self.ctx.full_name;
@@ -296,10 +312,17 @@ impl PluginService {
     }
 
     fn allocate_all(&self, req: &AllocateRequest) -> Result<Response<AllocateResponse>, Status> {
-        if req.container_requests.is_empty() {
-            return Err(Status::invalid_argument(
-                "the request has no container_requests",
-            ));
+        check_container_count(req.container_requests.len())?;
+        // One VF goes to one container: within a container `allocate_container` refuses a
+        // repeat, across containers this does.
+        let mut handed = std::collections::HashSet::new();
+        for id in req.container_requests.iter().flat_map(|c| &c.devices_ids) {
+            if !handed.insert(id.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "device {} is asked for by more than one container of the request; kubelet gives each device to one container",
+                    allocate::logged_ids([id.as_str()])
+                )));
+            }
         }
         let set = self.ctx.devices.borrow().clone();
         let mut container_responses = Vec::with_capacity(req.container_requests.len());
@@ -452,6 +475,46 @@ mod tests {
         assert_eq!(stream.next().await.unwrap().unwrap().devices.len(), 2);
         stop.send(true).unwrap();
         assert!(stream.next().await.is_none(), "the stream ends on stop");
+    }
+
+    /// A request kubelet never sends (thousands of containers; one VF for two containers)
+    /// is refused before any work, and changes nothing.
+    #[tokio::test]
+    async fn requests_kubelet_never_sends_are_refused_up_front() {
+        use railvf_proto::v1beta1::{
+            ContainerAllocateRequest, ContainerPreferredAllocationRequest,
+        };
+        let (_tx, rx) = watch::channel(set(&[("0000:18:00.1", true)], false));
+        let (svc, _stop) = service(rx);
+        let many = PreferredAllocationRequest {
+            container_requests: vec![ContainerPreferredAllocationRequest::default(); 100_000],
+        };
+        let e = svc
+            .get_preferred_allocation(Request::new(many))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("100000 container_requests"), "{e}");
+
+        let one = || ContainerAllocateRequest {
+            devices_ids: vec!["0000:18:00.1".into()],
+        };
+        let twice = AllocateRequest {
+            container_requests: vec![one(), one()],
+        };
+        let e = svc.allocate(Request::new(twice)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("more than one container"), "{e}");
+        let vf = svc
+            .ctx
+            .devices
+            .borrow()
+            .devices
+            .values()
+            .next()
+            .unwrap()
+            .clone();
+        assert!(!svc.ctx.allocations.is_allocated(&vf));
     }
 
     #[tokio::test]
