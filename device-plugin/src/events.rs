@@ -39,8 +39,6 @@ pub const EVENT_VERSION: u32 = 1;
 pub const STALE_TEMP: Duration = Duration::from_secs(300);
 /// Scan interval when no inotify event arrives (a watch that cannot be set up, or missed).
 const RESCAN: Duration = Duration::from_secs(2);
-/// Files handled per scan before yielding to other work.
-const BATCH: usize = 1000;
 
 /// One event file's content. Unknown keys are ignored (a later CNI may add some).
 #[derive(Debug, Deserialize, PartialEq)]
@@ -241,10 +239,7 @@ pub fn scan(dir: &Path, metrics: &Metrics, warned_dirs: &mut HashSet<PathBuf>) -
     names.sort();
     let mut counted = 0;
     let mut dirs_seen = HashSet::new();
-    for (i, p) in names.iter().enumerate() {
-        if i > 0 && i.is_multiple_of(BATCH) {
-            std::thread::yield_now();
-        }
+    for p in &names {
         if p.extension().is_some_and(|e| e == "json") && p.is_dir() {
             if !warned_dirs.contains(p) {
                 tracing::warn!(path = %p.display(), "a directory in the rail-events directory is not an event; leaving it");
@@ -258,6 +253,26 @@ pub fn scan(dir: &Path, metrics: &Metrics, warned_dirs: &mut HashSet<PathBuf>) -
     }
     *warned_dirs = dirs_seen;
     counted
+}
+
+/// [`scan`] on a blocking thread: the gRPC servers share this runtime's only thread, and a
+/// backlog of thousands of files (stat, read, parse, unlink each) must not hold up
+/// `Allocate` or the first registration.
+async fn scan_off_thread(dir: &Path, metrics: &Arc<Metrics>, warned_dirs: &mut HashSet<PathBuf>) {
+    let (d, m, mut w) = (
+        dir.to_path_buf(),
+        metrics.clone(),
+        std::mem::take(warned_dirs),
+    );
+    match tokio::task::spawn_blocking(move || {
+        scan(&d, &m, &mut w);
+        w
+    })
+    .await
+    {
+        Ok(w) => *warned_dirs = w,
+        Err(e) => tracing::warn!(dir = %dir.display(), "rail-events scan failed: {e}"),
+    }
 }
 
 /// Watches `dir` (creating it if needed) and handles event files as they arrive, until
@@ -290,7 +305,7 @@ pub async fn run(dir: PathBuf, metrics: Arc<Metrics>, mut stop: watch::Receiver<
                 tracing::info!(dir = %dir.display(), "reading rail-alignment events from the CNI");
                 announced = false;
                 // Files written before the watch existed.
-                scan(&dir, &metrics, &mut warned_dirs);
+                scan_off_thread(&dir, &metrics, &mut warned_dirs).await;
                 loop {
                     tokio::select! {
                         ev = events.next() => match ev {
@@ -298,7 +313,6 @@ pub async fn run(dir: PathBuf, metrics: Arc<Metrics>, mut stop: watch::Receiver<
                                 if ev.mask.intersects(inotify::EventMask::DELETE_SELF | inotify::EventMask::MOVE_SELF | inotify::EventMask::IGNORED) {
                                     break;
                                 }
-                                scan(&dir, &metrics, &mut warned_dirs);
                             }
                             Some(Err(e)) => {
                                 tracing::warn!(dir = %dir.display(), "inotify: {e}");
@@ -306,11 +320,10 @@ pub async fn run(dir: PathBuf, metrics: Arc<Metrics>, mut stop: watch::Receiver<
                             }
                             None => break,
                         },
-                        _ = tokio::time::sleep(RESCAN) => {
-                            scan(&dir, &metrics, &mut warned_dirs);
-                        }
+                        _ = tokio::time::sleep(RESCAN) => {}
                         _ = stop.wait_for(|s| *s) => return,
                     }
+                    scan_off_thread(&dir, &metrics, &mut warned_dirs).await;
                 }
             }
             Err(e) => {
@@ -318,7 +331,7 @@ pub async fn run(dir: PathBuf, metrics: Arc<Metrics>, mut stop: watch::Receiver<
                     tracing::warn!(dir = %dir.display(), "cannot watch the rail-events directory ({e}); checking every {RESCAN:?}");
                     announced = true;
                 }
-                scan(&dir, &metrics, &mut warned_dirs);
+                scan_off_thread(&dir, &metrics, &mut warned_dirs).await;
             }
         }
         tokio::select! {
