@@ -588,21 +588,15 @@ pub(crate) fn apply_ipam(
     res: &CniResult,
 ) -> Result<(), CniError> {
     for ip in &res.ips {
-        match links.add_address(ns, idx, ip.address) {
-            Ok(()) => {}
-            // The VF came in with no address of IPAM's: IPAM listed this one twice (static
-            // `addresses` and `runtimeConfig.ips`, say), and what was asked holds.
-            Err(e) if e.errno() == Some(libc::EEXIST) => {}
-            Err(e) => {
-                return Err(net_err(
-                    format!(
-                        "adding {} to {ifname}",
-                        crate::result::fmt_ipnet(&ip.address)
-                    ),
-                    e,
-                ));
-            }
-        }
+        links.add_address(ns, idx, ip.address).map_err(|e| {
+            net_err(
+                format!(
+                    "adding {} to {ifname}",
+                    crate::result::fmt_ipnet(&ip.address)
+                ),
+                e,
+            )
+        })?;
     }
     let gw4 = res
         .ips

@@ -820,37 +820,6 @@ fn a_vf_on_another_driver_is_refused_for_its_driver_not_its_missing_netdev() {
     assert!(b.state_files().is_empty(), "{:?}", b.state_files());
 }
 
-/// IPAM that lists an address twice (static `addresses` and `runtimeConfig.ips`, say):
-/// the address is on the interface once and ADD succeeds, as with a route listed twice.
-#[test]
-fn an_address_ipam_lists_twice_is_added_once() {
-    let b = Bench::new(1);
-    b.ipam_script(
-        "twice-ipam",
-        r#"cat >/dev/null
-[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.1.0","ips":[{"address":"10.1.0.5/24"},{"address":"10.1.0.5/24"}]}'
-exit 0"#,
-    );
-    b.run(
-        "ADD",
-        "c1",
-        Some(&b.pod),
-        &conf(0, r#""ipam":{"type":"twice-ipam"}"#),
-    )
-    .unwrap();
-    let pod = Netns::path(&b.pod);
-    let l = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
-    let addrs = b.links.addresses(&pod, l.ifindex).unwrap();
-    assert_eq!(
-        addrs
-            .iter()
-            .filter(|a| a.addr.to_string() == "10.1.0.5")
-            .count(),
-        1,
-        "{addrs:?}"
-    );
-}
-
 #[test]
 fn check_compares_with_prev_result_and_readiness() {
     let b = Bench::new(1);
