@@ -589,13 +589,22 @@ pub(crate) fn apply_ipam(
 ) -> Result<(), CniError> {
     for ip in &res.ips {
         links.add_address(ns, idx, ip.address).map_err(|e| {
-            net_err(
-                format!(
-                    "adding {} to {ifname}",
-                    crate::result::fmt_ipnet(&ip.address)
-                ),
-                e,
-            )
+            let what = format!(
+                "adding {} to {ifname}",
+                crate::result::fmt_ipnet(&ip.address)
+            );
+            // The same address and prefix twice is no error (the link layer skips it);
+            // EEXIST here is the address under another prefix, which is IPAM's doing, not
+            // the interface name's.
+            if e.errno() == Some(libc::EEXIST) {
+                CniError::new(
+                    code::KERNEL,
+                    format!("{what}: {e}"),
+                    "the IPAM result gives this address twice with different prefixes: make the IPAM config agree",
+                )
+            } else {
+                net_err(what, e)
+            }
         })?;
     }
     let gw4 = res

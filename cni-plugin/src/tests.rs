@@ -820,6 +820,54 @@ fn a_vf_on_another_driver_is_refused_for_its_driver_not_its_missing_netdev() {
     assert!(b.state_files().is_empty(), "{:?}", b.state_files());
 }
 
+/// IPAM that gives an address twice: under the same prefix it is added once and ADD
+/// succeeds; under two prefixes ADD fails, rolled back, with a hint about IPAM (not the
+/// one about interface names that other EEXISTs get).
+#[test]
+fn an_address_ipam_gives_twice_is_added_once_or_refused_naming_ipam() {
+    let b = Bench::new(1);
+    for (name, second) in [("same-ipam", "10.1.0.5/24"), ("other-ipam", "10.1.0.5/16")] {
+        b.ipam_script(
+            name,
+            &format!(
+                r#"cat >/dev/null
+[ "$CNI_COMMAND" = ADD ] && echo '{{"cniVersion":"1.1.0","ips":[{{"address":"10.1.0.5/24"}},{{"address":"{second}"}}]}}'
+exit 0"#
+            ),
+        );
+    }
+    b.run(
+        "ADD",
+        "c1",
+        Some(&b.pod),
+        &conf(0, r#""ipam":{"type":"same-ipam"}"#),
+    )
+    .unwrap();
+    let pod = Netns::path(&b.pod);
+    let l = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
+    assert_eq!(b.links.addresses(&pod, l.ifindex).unwrap().len(), 1);
+    b.run(
+        "DEL",
+        "c1",
+        Some(&b.pod),
+        &conf(0, r#""ipam":{"type":"same-ipam"}"#),
+    )
+    .unwrap();
+
+    let e = b
+        .run(
+            "ADD",
+            "c2",
+            Some(&b.pod),
+            &conf(0, r#""ipam":{"type":"other-ipam"}"#),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, 103, "{e}");
+    assert!(e.details.contains("IPAM"), "{e:?}");
+    assert!(!e.details.contains("CNI_IFNAME"), "{e:?}");
+    assert!(is_home(&b, 0));
+}
+
 #[test]
 fn check_compares_with_prev_result_and_readiness() {
     let b = Bench::new(1);

@@ -1011,8 +1011,17 @@ impl LinkOps for FakeLinks {
                     ));
                 }
                 let l = link_mut(st, ns, ifindex)?;
-                if !l.addrs.iter().any(|a| a.addr == addr.addr) {
-                    l.addrs.push(addr);
+                // As the real one: the very same address and prefix is nothing to do, the
+                // address under another prefix is EEXIST.
+                match l.addrs.iter().find(|a| a.addr == addr.addr) {
+                    Some(a) if a.prefix == addr.prefix => {}
+                    Some(a) => {
+                        return Err(kerr(
+                            format!("{what} (the link already has {}/{})", a.addr, a.prefix),
+                            libc::EEXIST,
+                        ));
+                    }
+                    None => l.addrs.push(addr),
                 }
                 Ok(())
             },
