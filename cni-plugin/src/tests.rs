@@ -1044,6 +1044,30 @@ fn wait_for_flock_waiter(dir: &std::path::Path) {
     panic!("nobody waited for the lock of {}", dir.display());
 }
 
+/// Holds VF `i`'s lock in another thread until a verb waits for it, then runs `then` and
+/// lets the lock go. Returns once the lock is held; the handle gives `then`'s result.
+fn hold_the_lock_until_waited_for<T: Send + 'static>(
+    b: &Bench,
+    i: u32,
+    then: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let (state_dir, root, d) = (b.state_dir(), b.root(), b.vf_dir(i));
+    let (held, is_held) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let root = railvf_host::HostRoot::new(root).unwrap();
+        let lock = StateDir::new(state_dir)
+            .lock_vf(&root, &vf_addr(i))
+            .unwrap();
+        held.send(()).unwrap();
+        wait_for_flock_waiter(&d);
+        let out = then();
+        drop(lock);
+        out
+    });
+    is_held.recv().unwrap();
+    holder
+}
+
 /// ADD reads the VF again once its lock is ADD's own: the DEL or GC that held it may have
 /// rebound the VF's driver (a GUID restore) meanwhile, so what ADD read before is stale.
 #[test]
@@ -1054,21 +1078,11 @@ fn add_reads_the_vf_again_once_it_holds_the_lock() {
     // Unbound, as in the middle of a rebind: no driver, no RDMA device.
     fs::remove_file(d.join("driver")).unwrap();
     fs::rename(d.join("infiniband"), &away).unwrap();
-    let (state_dir, root) = (b.state_dir(), b.root());
-    let (held, is_held) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let root = railvf_host::HostRoot::new(root).unwrap();
-        let lock = StateDir::new(state_dir)
-            .lock_vf(&root, &vf_addr(0))
-            .unwrap();
-        held.send(()).unwrap();
-        wait_for_flock_waiter(&d);
+    let holder = hold_the_lock_until_waited_for(&b, 0, move || {
         // The rebind ends while ADD waits: bound again, its RDMA device back.
         std::os::unix::fs::symlink("../../drivers/mlx5_core", d.join("driver")).unwrap();
         fs::rename(&away, d.join("infiniband")).unwrap();
-        drop(lock);
     });
-    is_held.recv().unwrap();
     let out = b.run("ADD", "c1", Some(&b.pod), &conf(0, ""));
     holder.join().unwrap();
     out.unwrap();
@@ -1121,21 +1135,9 @@ fn a_repeated_add_leaves_a_newer_railvf_s_state_alone() {
 fn del_releases_ipam_under_the_vf_lock() {
     let b = Bench::new(1);
     let ipam = with_ipam(&b);
-    let (state_dir, root, d) = (b.state_dir(), b.root(), b.vf_dir(0));
     let log = b.dir.path().join("ipam.log");
-    let (held, is_held) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let root = railvf_host::HostRoot::new(root).unwrap();
-        let lock = StateDir::new(state_dir)
-            .lock_vf(&root, &vf_addr(0))
-            .unwrap();
-        held.send(()).unwrap();
-        wait_for_flock_waiter(&d);
-        let seen = fs::read_to_string(&log).unwrap_or_default();
-        drop(lock);
-        seen
-    });
-    is_held.recv().unwrap();
+    let holder =
+        hold_the_lock_until_waited_for(&b, 0, move || fs::read_to_string(&log).unwrap_or_default());
     b.run("DEL", "c1", Some(&b.pod), &conf(0, &ipam)).unwrap();
     let seen_while_waiting = holder.join().unwrap();
     assert_eq!(
