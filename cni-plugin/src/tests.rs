@@ -836,23 +836,15 @@ exit 0"#
             ),
         );
     }
-    b.run(
-        "ADD",
-        "c1",
-        Some(&b.pod),
-        &conf(0, r#""ipam":{"type":"same-ipam"}"#),
-    )
-    .unwrap();
-    let pod = Netns::path(&b.pod);
-    let l = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
-    assert_eq!(b.links.addresses(&pod, l.ifindex).unwrap().len(), 1);
-    b.run(
-        "DEL",
-        "c1",
-        Some(&b.pod),
-        &conf(0, r#""ipam":{"type":"same-ipam"}"#),
-    )
-    .unwrap();
+    let same = conf(0, r#""ipam":{"type":"same-ipam"}"#);
+    for verb in ["ADD", "DEL"] {
+        b.run(verb, "c1", Some(&b.pod), &same).unwrap();
+        if verb == "ADD" {
+            let pod = Netns::path(&b.pod);
+            let l = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
+            assert_eq!(b.links.addresses(&pod, l.ifindex).unwrap().len(), 1);
+        }
+    }
 
     let e = b
         .run(
