@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use railvf_host::{Check, LinkLayer, Vf};
+use railvf_host::{Check, LinkLayer, PciAddr, Vf};
 
 use crate::Ctx;
 use crate::error::{CniError, code};
@@ -90,7 +90,7 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<String, CniError> {
     let rail = crate::rail::guard(ctx, conf, &vf, cid, ifname)?;
     let _lock = ctx.state.lock_vf(ctx.root(), &addr)?;
     crate::log::step("lock");
-    let ours = locked(ctx, conf, vf, cid, ifname, network, netns)?;
+    let ours = locked(ctx, conf, addr, cid, ifname, network, netns)?;
     let result = match prev {
         Some(prev) => ours.chained_after(prev),
         None => ours,
@@ -99,22 +99,22 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<String, CniError> {
     Ok(crate::rail::report(ctx, rail, cid, ifname, out))
 }
 
+/// ADD's work once the VF's lock is held.
 fn locked(
     ctx: &Ctx<'_>,
     conf: &NetConf,
-    mut vf: Vf,
+    addr: PciAddr,
     cid: &str,
     ifname: &str,
     network: &str,
     netns: &Path,
 ) -> Result<CniResult, CniError> {
     let root = ctx.root();
-    let addr = vf.function.addr;
-    settle(ctx, &vf, cid, ifname)?;
+    settle(ctx, addr, cid, ifname)?;
     // Read again under the lock: until it was ours, a DEL, GC or takeover of this VF may
     // have rebound its driver (a GUID restore), and the RDMA device name read before may
     // since belong to another VF.
-    vf = vf::resolve(root, addr)?;
+    let vf = vf::resolve(root, addr)?;
     // The device's own checks first: a VF bound to vfio-pci or to no driver has no netdev
     // either, and the wait below would blame a namespace for it.
     preflight(
@@ -663,7 +663,6 @@ fn only_changed(
     }
 }
 
-/// Checks that cannot be fixed by ADD and must hold before anything changes.
 /// Checks that waiting cannot fix, made before anything changes.
 fn preflight(ctx: &Ctx<'_>, conf: &NetConf, vf: &Vf, checks: &[Check]) -> Result<(), CniError> {
     let r = railvf_host::readiness::evaluate(
@@ -687,8 +686,7 @@ fn preflight(ctx: &Ctx<'_>, conf: &NetConf, vf: &Vf, checks: &[Check]) -> Result
 /// Deals with older state naming this VF or this attachment: a live attachment of another
 /// pod is refused; anything stale (an ADD killed midway, a pod whose netns is gone, a
 /// repeated ADD) is torn down first.
-fn settle(ctx: &Ctx<'_>, vf: &Vf, cid: &str, ifname: &str) -> Result<(), CniError> {
-    let addr = vf.function.addr;
+fn settle(ctx: &Ctx<'_>, addr: PciAddr, cid: &str, ifname: &str) -> Result<(), CniError> {
     // Only the files of this VF or of this attachment are read (the name says which).
     let entries = ctx
         .state
