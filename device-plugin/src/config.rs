@@ -457,6 +457,15 @@ struct RawResource {
     selectors: Option<Selectors>,
 }
 
+impl RawResource {
+    /// `resourcePrefix`, or the default one.
+    fn prefix(&self) -> &str {
+        self.resource_prefix
+            .as_ref()
+            .map_or(DEFAULT_PREFIX, |p| p.0.as_str())
+    }
+}
+
 /// `resourceList`, with the checks that span entries (duplicate names) done while
 /// reading, so they too carry a line number.
 struct ResourceList(Vec<(RawResource, Option<String>)>);
@@ -473,11 +482,7 @@ impl<'de> Deserialize<'de> for ResourceList {
                 let mut out: Vec<(RawResource, Option<String>)> = Vec::new();
                 let mut names: Vec<String> = Vec::new();
                 while let Some(r) = seq.next_element::<RawResource>()? {
-                    let prefix = r
-                        .resource_prefix
-                        .as_ref()
-                        .map_or(DEFAULT_PREFIX, |p| p.0.as_str());
-                    let full = format!("{prefix}/{}", r.resource_name.0);
+                    let full = format!("{}/{}", r.prefix(), r.resource_name.0);
                     if let Some(first) = names.iter().position(|n| *n == full) {
                         return Err(de::Error::custom(format!(
                             "resourceList[{}] repeats resource {full:?} of resourceList[{first}]: resource names must be unique",
@@ -503,13 +508,7 @@ impl<'de> Deserialize<'de> for ResourceList {
                 let served: Vec<(&str, &str)> = out
                     .iter()
                     .filter(|(_, skip)| skip.is_none())
-                    .map(|(r, _)| {
-                        let prefix = r
-                            .resource_prefix
-                            .as_ref()
-                            .map_or(DEFAULT_PREFIX, |p| p.0.as_str());
-                        (prefix, r.resource_name.0.as_str())
-                    })
+                    .map(|(r, _)| (r.prefix(), r.resource_name.0.as_str()))
                     .collect();
                 if let Some(why) = socket_clash(&served) {
                     return Err(de::Error::custom(why));
@@ -633,9 +632,7 @@ impl Config {
                         warnings.push(why);
                         continue;
                     }
-                    let prefix = r
-                        .resource_prefix
-                        .map_or_else(|| DEFAULT_PREFIX.to_string(), |p| p.0);
+                    let prefix = r.prefix().to_string();
                     let raw_selectors = r.selectors.map(|s| s.0).unwrap_or_default();
                     let mut selectors = Vec::new();
                     for (j, s) in raw_selectors.into_iter().enumerate() {
