@@ -248,8 +248,9 @@ pub fn preferred(
         numa: Option<u32>,
         pf: usize,
         /// Still in a pod's netns (kubelet thinks it free: a DEL that failed, a lost
-        /// checkpoint): Allocate would refuse it, so it is picked last.
-        in_pod: bool,
+        /// checkpoint), or Unhealthy before kubelet has heard so from ListAndWatch:
+        /// Allocate would refuse it, so it is picked last.
+        refused: bool,
     }
     // Known must-include devices are candidates too (taken first below), even when kubelet
     // did not also list them as available.
@@ -262,7 +263,7 @@ pub fn preferred(
                 rail: d.rail,
                 numa: d.numa,
                 pf: pf_index[&d.pf],
-                in_pod: d.in_pod,
+                refused: d.in_pod || !d.health.is_healthy(),
             }
         })
         .collect();
@@ -304,9 +305,10 @@ pub fn preferred(
     let wanted = size - (must_ids.len() - must_known.len());
     // With nothing chosen yet, start on the NUMA node with the most distinct rails free
     // (ties: more devices, then the lower node), so a small request can stay on one node.
+    // Candidates Allocate would refuse are picked last, so they do not count here.
     let seed_numa = if p.numas.is_empty() {
         let mut per_numa: BTreeMap<u32, (BTreeSet<u32>, usize)> = BTreeMap::new();
-        for c in &cands {
+        for c in cands.iter().filter(|c| !c.refused) {
             if let Some(n) = c.numa {
                 let e = per_numa.entry(n).or_default();
                 if let Some(r) = c.rail {
@@ -343,7 +345,7 @@ pub fn preferred(
                     _ => 1,
                 };
                 (
-                    c.in_pod,
+                    c.refused,
                     rail_rank,
                     numa_rank,
                     p.pf_chosen[c.pf],
@@ -655,6 +657,43 @@ mod tests {
         // Still offered when nothing else is left.
         let got = preferred(&s, "r", &[first[0].clone()], &[], 1).unwrap().ids;
         assert_eq!(got, first);
+    }
+
+    #[test]
+    fn an_unhealthy_vf_kubelet_still_offers_is_picked_last() {
+        let mut s = dgx(2);
+        let first = preferred(&s, "r", &ids(&s), &[], 1).unwrap().ids;
+        let a: PciAddr = first[0].parse().unwrap();
+        // The poller saw its port go down; kubelet has not applied ListAndWatch yet.
+        s.devices.get_mut(&a).unwrap().health = Health::Unhealthy("port_state".into());
+        let got = preferred(&s, "r", &ids(&s), &[], 1).unwrap().ids;
+        assert_ne!(got, first);
+        let got = preferred(&s, "r", &[first[0].clone()], &[], 1).unwrap().ids;
+        assert_eq!(got, first, "still offered when nothing else is left");
+    }
+
+    #[test]
+    fn vfs_allocate_would_refuse_do_not_choose_the_numa_node() {
+        let mut s = dgx(2);
+        // kubelet offers NUMA 0's rails 0-2 (rail 3 is taken), enough for three VFs on one
+        // node, and all of NUMA 1's rails 4-7, but only one VF there (rail 4) is neither
+        // in a pod nor unhealthy.
+        for (a, d) in s.devices.iter_mut() {
+            if d.rail == Some(5) {
+                d.health = Health::Unhealthy("port_state".into());
+            } else if d.numa == Some(1) && a.to_string() != "0000:9a:00.1" {
+                d.in_pod = true;
+            }
+        }
+        let mut avail = ids(&s);
+        avail.retain(|i| !i.starts_with("0000:5e:"));
+        let got = preferred(&s, "r", &avail, &[], 3).unwrap().ids;
+        let numas: BTreeSet<u32> = got
+            .iter()
+            .map(|i| s.devices[&i.parse::<PciAddr>().unwrap()].numa.unwrap())
+            .collect();
+        assert_eq!(numas, BTreeSet::from([0]), "{got:?}");
+        assert_eq!(rails(&s, &got), vec![0, 1, 2]);
     }
 
     #[test]

@@ -521,6 +521,11 @@ fn function_for(addr: PciAddr, obs: &Observation) -> PciFunction {
 /// Judges a VF. A VF in a pod keeps its driver check and borrows its PF's port for
 /// `link_layer` and `port_state` (a VF's port follows its PF's), since its own RDMA device
 /// is out of sight: it is in use, not broken.
+///
+/// A RoCE VF in the host borrows its PF's `port_state` too. mlx5 reports a RoCE port
+/// ACTIVE only while its netdev runs with carrier (`mlx5_query_port_roce`), and a free VF's
+/// netdev is down in the host until the CNI brings it up in a pod: its own port reads
+/// `1: DOWN` / `3: Disabled` while the link it will use is fine.
 pub fn judge(
     root: &HostRoot,
     addr: PciAddr,
@@ -540,22 +545,24 @@ pub fn judge_checks(
     pf: Option<(PciAddr, &Observation)>,
     exp: &Expectations,
 ) -> (Health, FailedChecks) {
+    // The PF, when it shows an RDMA device whose port can stand in for the VF's.
+    let pf_port = pf.filter(|(_, o)| o.rdma.is_some());
     let readiness = if obs.in_pod(pf.map(|(_, o)| o)) {
         let mut r = readiness::evaluate(root, &function_for(addr, obs), exp, &[Check::Driver]);
-        if let Some((pf_addr, pf_obs)) = pf
-            && pf_obs.rdma.is_some()
-        {
-            let pf_r = readiness::evaluate(
-                root,
-                &function_for(pf_addr, pf_obs),
-                exp,
-                &[Check::LinkLayer, Check::PortState],
-            );
-            for mut o in pf_r.outcomes {
-                o.observed = format!("PF {pf_addr} {}", o.observed);
-                r.outcomes.push(o);
-            }
+        if let Some((pf_addr, pf_obs)) = pf_port {
+            borrow_pf(root, &mut r, pf_addr, pf_obs, exp, &[Check::LinkLayer, Check::PortState]);
         }
+        r
+    } else if exp.link_layer == LinkLayer::Ethernet
+        && let Some((pf_addr, pf_obs)) = pf_port
+    {
+        let own: Vec<Check> = Check::HEALTH
+            .iter()
+            .copied()
+            .filter(|c| *c != Check::PortState)
+            .collect();
+        let mut r = readiness::evaluate(root, &function_for(addr, obs), exp, &own);
+        borrow_pf(root, &mut r, pf_addr, pf_obs, exp, &[Check::PortState]);
         r
     } else {
         readiness::evaluate(root, &function_for(addr, obs), exp, &Check::HEALTH)
@@ -565,6 +572,22 @@ pub fn judge_checks(
         (Health::Healthy, failed)
     } else {
         (Health::Unhealthy(readiness.failure_summary()), failed)
+    }
+}
+
+/// Adds the PF's outcomes of `checks` to a VF's readiness, each saying it is the PF's.
+fn borrow_pf(
+    root: &HostRoot,
+    r: &mut readiness::Readiness,
+    pf_addr: PciAddr,
+    pf_obs: &Observation,
+    exp: &Expectations,
+    checks: &[Check],
+) {
+    let pf_r = readiness::evaluate(root, &function_for(pf_addr, pf_obs), exp, checks);
+    for mut o in pf_r.outcomes {
+        o.observed = format!("PF {pf_addr} {}", o.observed);
+        r.outcomes.push(o);
     }
 }
 
@@ -651,6 +674,71 @@ mod tests {
             panic!("unbound must be unhealthy")
         };
         assert!(why.contains("driver"), "{why}");
+    }
+
+    #[test]
+    fn a_free_roce_vf_whose_netdev_is_down_is_judged_by_its_pfs_port() {
+        let t = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(t.path()).unwrap();
+        let exp = Expectations {
+            link_layer: LinkLayer::Ethernet,
+            ..Expectations::default()
+        };
+        let d = function_dir(t.path(), "0000:18:00.1", "mlx5_12", "ens24f0v0");
+        let pf_d = function_dir(t.path(), "0000:18:00.0", "mlx5_0", "ens24f0np0");
+        // What mlx5 shows for a RoCE VF whose netdev is down in the host.
+        let port = d.join("infiniband/mlx5_12/ports/1");
+        write(&port.join("link_layer"), "Ethernet\n");
+        write(&port.join("state"), "1: DOWN\n");
+        write(&port.join("phys_state"), "3: Disabled\n");
+        let pf_port = pf_d.join("infiniband/mlx5_0/ports/1");
+        write(&pf_port.join("link_layer"), "Ethernet\n");
+        let addr: PciAddr = "0000:18:00.1".parse().unwrap();
+        let pf_addr: PciAddr = "0000:18:00.0".parse().unwrap();
+        let o = observe(&d);
+        let pf_obs = observe(&pf_d);
+        assert!(!o.in_pod(Some(&pf_obs)), "{o:?}");
+        assert_eq!(
+            judge(&root, addr, &o, Some((pf_addr, &pf_obs)), &exp),
+            Health::Healthy
+        );
+        // The PF's port going down is the VF's port going down.
+        write(&pf_port.join("state"), "1: DOWN\n");
+        let pf_obs = observe(&pf_d);
+        let Health::Unhealthy(why) = judge(&root, addr, &o, Some((pf_addr, &pf_obs)), &exp)
+        else {
+            panic!("a RoCE VF whose PF port is down must be unhealthy")
+        };
+        assert!(
+            why.contains("port_state") && why.contains("PF 0000:18:00.0"),
+            "{why}"
+        );
+        // Its own checks still count: the VF's port running InfiniBand is a link-layer fault.
+        write(&pf_port.join("state"), "4: ACTIVE\n");
+        let pf_obs = observe(&pf_d);
+        write(&port.join("link_layer"), "InfiniBand\n");
+        let Health::Unhealthy(why) =
+            judge(&root, addr, &observe(&d), Some((pf_addr, &pf_obs)), &exp)
+        else {
+            panic!("a VF on the wrong link layer must be unhealthy")
+        };
+        assert!(why.contains("link_layer"), "{why}");
+        // An InfiniBand VF keeps its own port: IB ports do not follow the netdev.
+        let ib_d = function_dir(t.path(), "0000:19:00.1", "mlx5_13", "ibp25s0v0");
+        let ib_port = ib_d.join("infiniband/mlx5_13/ports/1");
+        write(&ib_port.join("state"), "1: DOWN\n");
+        let ib_pf = observe(&function_dir(t.path(), "0000:19:00.0", "mlx5_1", "ibp25s0"));
+        let ib_pf_addr: PciAddr = "0000:19:00.0".parse().unwrap();
+        assert!(
+            !judge(
+                &root,
+                "0000:19:00.1".parse().unwrap(),
+                &observe(&ib_d),
+                Some((ib_pf_addr, &ib_pf)),
+                &Expectations::default()
+            )
+            .is_healthy()
+        );
     }
 
     /// Moves the VF's RDMA device and netdev into a "pod" the way the kernel does: their

@@ -315,9 +315,11 @@ impl PluginService {
         check_container_count(req.container_requests.len())?;
         // One VF goes to one container: within a container `allocate_container` refuses a
         // repeat, across containers this does.
-        let mut handed = std::collections::HashSet::new();
+        // By address where the ID is one: `0000:1A:00.1` is `0000:1a:00.1`.
+        let mut handed = std::collections::BTreeSet::new();
         for id in req.container_requests.iter().flat_map(|c| &c.devices_ids) {
-            if !handed.insert(id.as_str()) {
+            let key = id.parse::<railvf_host::PciAddr>().map_err(|_| id.as_str());
+            if !handed.insert(key) {
                 return Err(Status::invalid_argument(format!(
                     "device {} is asked for by more than one container of the request; kubelet gives each device to one container",
                     allocate::logged_ids([id.as_str()])
@@ -503,6 +505,18 @@ mod tests {
             container_requests: vec![one(), one()],
         };
         let e = svc.allocate(Request::new(twice)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("more than one container"), "{e}");
+        // Another spelling of the same address is the same VF.
+        let (_tx2, rx2) = watch::channel(set(&[("0000:1a:00.1", true)], false));
+        let (svc2, _stop2) = service(rx2);
+        let spelled = |id: &str| ContainerAllocateRequest {
+            devices_ids: vec![id.into()],
+        };
+        let twice = AllocateRequest {
+            container_requests: vec![spelled("0000:1a:00.1"), spelled("0000:1A:00.1")],
+        };
+        let e = svc2.allocate(Request::new(twice)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("more than one container"), "{e}");
         let vf = svc
