@@ -549,12 +549,12 @@ pub fn judge_checks(
     let pf_port = pf.filter(|(_, o)| o.rdma.is_some());
     let readiness = if obs.in_pod(pf.map(|(_, o)| o)) {
         let mut r = readiness::evaluate(root, &function_for(addr, obs), exp, &[Check::Driver]);
-        if let Some((pf_addr, pf_obs)) = pf_port {
-            borrow_pf(root, &mut r, pf_addr, pf_obs, exp, &[Check::LinkLayer, Check::PortState]);
+        if let Some(pf) = pf_port {
+            borrow_pf(root, &mut r, pf, exp, &[Check::LinkLayer, Check::PortState]);
         }
         r
     } else if exp.link_layer == LinkLayer::Ethernet
-        && let Some((pf_addr, pf_obs)) = pf_port
+        && let Some(pf) = pf_port
     {
         let own: Vec<Check> = Check::HEALTH
             .iter()
@@ -562,7 +562,7 @@ pub fn judge_checks(
             .filter(|c| *c != Check::PortState)
             .collect();
         let mut r = readiness::evaluate(root, &function_for(addr, obs), exp, &own);
-        borrow_pf(root, &mut r, pf_addr, pf_obs, exp, &[Check::PortState]);
+        borrow_pf(root, &mut r, pf, exp, &[Check::PortState]);
         r
     } else {
         readiness::evaluate(root, &function_for(addr, obs), exp, &Check::HEALTH)
@@ -579,8 +579,7 @@ pub fn judge_checks(
 fn borrow_pf(
     root: &HostRoot,
     r: &mut readiness::Readiness,
-    pf_addr: PciAddr,
-    pf_obs: &Observation,
+    (pf_addr, pf_obs): (PciAddr, &Observation),
     exp: &Expectations,
     checks: &[Check],
 ) {
@@ -705,8 +704,7 @@ mod tests {
         // The PF's port going down is the VF's port going down.
         write(&pf_port.join("state"), "1: DOWN\n");
         let pf_obs = observe(&pf_d);
-        let Health::Unhealthy(why) = judge(&root, addr, &o, Some((pf_addr, &pf_obs)), &exp)
-        else {
+        let Health::Unhealthy(why) = judge(&root, addr, &o, Some((pf_addr, &pf_obs)), &exp) else {
             panic!("a RoCE VF whose PF port is down must be unhealthy")
         };
         assert!(
