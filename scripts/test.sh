@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 # One clean build, nothing to reuse: incremental state would only take disk (1.7 GB of it
 # with full debug info).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-scripts/setup-debian.sh
+# Sourced: a Rust toolchain it installs goes on this shell's PATH.
+. scripts/setup-debian.sh
 # A clean run writes 2.5 GB into target/, and cargo-deny's first build 0.3 GB into the
 # temporary directory; a full disk shows up as an LLVM "IO failure" deep in the build.
 free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
