@@ -235,7 +235,6 @@ fn devices(via: Via, p: &PodResourcesMsg) -> PodDevices {
 mod tests {
     use super::*;
     use railvf_proto::fake_podresources::{FakePodResources, GetMode};
-    use std::time::Instant;
 
     fn pod() -> PodRef {
         PodRef {
@@ -329,10 +328,9 @@ mod tests {
             socket: fake.socket().to_path_buf(),
             timeout: Duration::from_millis(200),
         };
-        let t = Instant::now();
+        // The answer comes after 30 s: an error at all means the bound cut it short.
         let e = k.pod_devices(&pod()).unwrap_err();
         assert!(matches!(e, PodResourcesError::Timeout { .. }), "{e}");
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     }
 
     #[test]

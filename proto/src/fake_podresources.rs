@@ -336,9 +336,9 @@ mod tests {
         while fake.list_calls() == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let t = std::time::Instant::now();
         drop(fake);
-        assert!(t.elapsed() < Duration::from_secs(5));
+        // A stop that waited for the call in flight would have delivered its answer (Ok,
+        // after 30 s); a stop that cut it short fails it.
         assert!(client.join().unwrap().is_err(), "the pending call fails");
     }
 }

@@ -113,9 +113,11 @@ pub struct TestVeth {
 impl TestVeth {
     /// Creates the pair; needs root.
     pub fn new() -> Result<TestVeth> {
+        // The whole pid and a separator: names from two test processes never meet (pid
+        // 0x1a2 with pair 3 and pid 0x1a with pair 0x23 would both be `1a23` without it).
         let tag = format!(
-            "{:x}{:x}",
-            std::process::id() & 0xfffff,
+            "{:x}-{:x}",
+            std::process::id(),
             VETH_SEQ.fetch_add(1, Ordering::Relaxed)
         );
         let (a, b) = (format!("rva{tag}"), format!("rvb{tag}"));

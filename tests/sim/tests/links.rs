@@ -41,7 +41,6 @@ fn sixty_four_veths_with_the_fixture_names() {
         "64-VF node with links built in {took:?} (sim says {:?})",
         sim.build_time()
     );
-    assert!(took < Duration::from_secs(5), "building took {took:?}");
     let vfs = sim.vfs();
     assert_eq!(vfs.len(), 64);
     for vf in &vfs {
