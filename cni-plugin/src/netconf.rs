@@ -635,13 +635,19 @@ fn readiness(m: &Map<String, Value>) -> Result<ReadinessConf, CniError> {
 /// The attachments GC must keep. The key is `cni.dev/valid-attachments` in the released
 /// 1.1.0 spec; its first text called it `cni.dev/attachments`, and libcni since 1.2.1 sends
 /// both. Either is accepted; with both, an attachment listed in either is kept (keeping one
-/// too many is harmless, tearing down a live one is not).
+/// too many is harmless, tearing down a live one is not). An explicit `null` is an empty
+/// list: libcni sends the runtime's nil Go slice as `null` when no pod uses the network
+/// (CRI-O does), exactly when every attachment is stale.
 fn valid_attachments(m: &Map<String, Value>) -> Result<Option<Vec<AttachmentKey>>, CniError> {
     let mut out: Option<Vec<AttachmentKey>> = None;
     for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
-        let Some(v) = m.get(key).filter(|v| !v.is_null()) else {
+        let Some(v) = m.get(key) else {
             continue;
         };
+        if v.is_null() {
+            out.get_or_insert_with(Vec::new);
+            continue;
+        }
         let Some(list) = v.as_array() else {
             return Err(invalid(key, "an array of {containerID, ifname}", v));
         };

@@ -875,14 +875,15 @@ fn check_compares_with_prev_result_and_readiness() {
         .unwrap();
     assert!(ipam_log(&b).contains(&"CHECK c1 net1".to_string()));
 
+    // Above what ADD set: IPoIB (the bench's VFs) never raises it by itself.
     let pod = Netns::path(&b.pod);
     let l = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
-    b.links.set_mtu(&pod, l.ifindex, 3000).unwrap();
+    b.links.set_mtu(&pod, l.ifindex, 5000).unwrap();
     let e = b
         .run("CHECK", "c1", Some(&b.pod), &with_prev(&out))
         .unwrap_err();
     assert_eq!(e.code, 107);
-    assert!(e.msg.contains("MTU 3000"), "{e}");
+    assert!(e.msg.contains("MTU 5000"), "{e}");
     b.links.set_mtu(&pod, l.ifindex, 4000).unwrap();
 
     b.set_port(0, "lid", "0x0");
@@ -979,6 +980,189 @@ fn check_of_an_isolated_rdma_device_reads_its_port_in_the_pod() {
         e.msg.contains(&format!("RDMA device {} ", ibdev(0))) && e.msg.contains("is not in"),
         "{e}"
     );
+}
+
+/// The result of ADD with `prevResult` member `key` replaced, as CHECK's config.
+fn with_prev_member(c: &str, out: &str, key: &str, value: Value) -> String {
+    let mut prev: Value = serde_json::from_str(out).unwrap();
+    prev[key] = value;
+    let mut v: Value = serde_json::from_str(c).unwrap();
+    v["prevResult"] = prev;
+    v.to_string()
+}
+
+/// Without our entry in `prevResult` (named CNI_IFNAME, in CNI_NETNS) there is no MAC or
+/// MTU to compare and no telling which addresses are ours: CHECK fails, naming what it
+/// looked for and what the list holds, as the reference host-device plugin does.
+#[test]
+fn check_fails_when_prev_result_has_no_interface_named_cni_ifname_in_cni_netns() {
+    let b = Bench::new(1);
+    let c = conf(0, "");
+    let out = b.run("ADD", "c1", Some(&b.pod), &c).unwrap().unwrap();
+    let ours: Value = serde_json::from_str::<Value>(&out).unwrap()["interfaces"][0].clone();
+    let check = |interfaces: Value| {
+        b.run(
+            "CHECK",
+            "c1",
+            Some(&b.pod),
+            &with_prev_member(&c, &out, "interfaces", interfaces),
+        )
+    };
+    let looked_for = format!("no interface net1 in sandbox {}", b.pod.display());
+
+    // Our name in another pod's sandbox, with a MAC that is not ours either.
+    let mut elsewhere = ours.clone();
+    elsewhere["sandbox"] = "/var/run/netns/some-other-pod".into();
+    elsewhere["mac"] = "02:de:ad:be:ef:01".into();
+    let e = check(serde_json::json!([elsewhere])).unwrap_err();
+    assert_eq!(e.code, 107, "{e}");
+    assert!(e.msg.contains(&looked_for), "{e}");
+    assert!(
+        e.msg
+            .contains("it lists net1 in sandbox /var/run/netns/some-other-pod"),
+        "{e}"
+    );
+    assert!(e.details.contains("recreate the pod"), "{e}");
+
+    // Another name in our sandbox.
+    let mut renamed = ours.clone();
+    renamed["name"] = "eth0".into();
+    let e = check(serde_json::json!([renamed])).unwrap_err();
+    assert_eq!(e.code, 107, "{e}");
+    assert!(e.msg.contains(&looked_for), "{e}");
+    assert!(
+        e.msg
+            .contains(&format!("it lists eth0 in sandbox {}", b.pod.display())),
+        "{e}"
+    );
+
+    // Our name without a sandbox: a host interface, as the spec has it.
+    let mut on_host = ours.clone();
+    on_host.as_object_mut().unwrap().remove("sandbox");
+    let e = check(serde_json::json!([on_host])).unwrap_err();
+    assert_eq!(e.code, 107, "{e}");
+    assert!(e.msg.contains("it lists net1 (no sandbox)"), "{e}");
+
+    // No interfaces at all.
+    let e = check(serde_json::json!([])).unwrap_err();
+    assert_eq!(e.code, 107, "{e}");
+    assert!(e.msg.contains("it lists no interfaces"), "{e}");
+
+    // The entry ADD made, after another plugin's.
+    let mut theirs = ours.clone();
+    theirs["name"] = "eth0".into();
+    check(serde_json::json!([theirs, ours])).unwrap();
+}
+
+/// Routes carry no interface: CHECK looks up each route of `prevResult` in the pod's
+/// tables (destination, gateway when given, table), through any link, as host-device does.
+#[test]
+fn check_fails_naming_a_route_of_prev_result_that_is_not_in_the_pod() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    let c = conf(0, &ipam);
+    let out = b.run("ADD", "c1", Some(&b.pod), &c).unwrap().unwrap();
+    let check = |routes: Value| {
+        b.run(
+            "CHECK",
+            "c1",
+            Some(&b.pod),
+            &with_prev_member(&c, &out, "routes", routes),
+        )
+    };
+    // ADD's own routes: the default one without a gateway in the result, one with.
+    let added = serde_json::from_str::<Value>(&out).unwrap()["routes"].clone();
+    assert_eq!(added.as_array().map(Vec::len), Some(2), "{added}");
+    check(added).unwrap();
+    // Host bits in the destination are no difference (ADD cleared them).
+    check(serde_json::json!([{"dst":"10.2.3.4/16","gw":"10.1.0.254"}])).unwrap();
+
+    // A route ADD never made.
+    let e =
+        check(serde_json::json!([{"dst":"0.0.0.0/0"},{"dst":"192.168.77.0/24","gw":"10.1.0.77"}]))
+            .unwrap_err();
+    assert_eq!(e.code, 107, "{e}");
+    assert!(
+        e.msg
+            .contains("route 192.168.77.0/24 via 10.1.0.77 from prevResult is not in")
+            && e.msg
+                .contains("found no route to 192.168.77.0/24 in any table"),
+        "{e}"
+    );
+    assert!(e.details.contains("recreate the pod"), "{e}");
+
+    // The destination through another gateway, or in another table: what is there is named.
+    let e = check(serde_json::json!([{"dst":"10.2.0.0/16","gw":"10.1.0.99"}])).unwrap_err();
+    assert_eq!(e.code, 107, "{e}");
+    assert!(
+        e.msg.contains("route 10.2.0.0/16 via 10.1.0.99")
+            && e.msg
+                .contains("found only 10.2.0.0/16 via 10.1.0.254 dev net1 table 254"),
+        "{e}"
+    );
+    let e = check(serde_json::json!([{"dst":"10.2.0.0/16","table":101}])).unwrap_err();
+    assert!(e.msg.contains("route 10.2.0.0/16 table 101"), "{e}");
+
+    // A route of another link of the pod (a previous plugin's): found.
+    let pod = Netns::path(&b.pod);
+    let eth0 = b.links.add_link(&pod, "eth0");
+    b.links.set_up(&pod, eth0, true).unwrap();
+    b.links
+        .add_route(
+            &pod,
+            eth0,
+            crate::result::parse_ipnet("172.16.0.0/12").unwrap(),
+            None,
+        )
+        .unwrap();
+    check(serde_json::json!([{"dst":"172.16.0.0/12"},{"dst":"0.0.0.0/0"}])).unwrap();
+}
+
+/// IPoIB lowers its netdev's MTU to the broadcast group's when the port joins the fabric,
+/// possibly after ADD returned (config 4092, group 2048: 2044). CHECK takes an IPoIB MTU at
+/// or below the expected one, from prevResult and from the config, and refuses one above;
+/// an Ethernet (RoCE) interface's must be exact.
+#[test]
+fn check_takes_an_ipoib_mtu_the_fabric_lowered_refuses_a_raised_one_and_keeps_ethernet_exact() {
+    let b = Bench::new(2);
+    b.roce(1);
+    let pod_b = b.netns("pod-b");
+    let check = |cid: &str, pod: &std::path::Path, c: &str, out: &str| {
+        let mut v: Value = serde_json::from_str(c).unwrap();
+        v["prevResult"] = serde_json::from_str(out).unwrap();
+        b.run("CHECK", cid, Some(pod), &v.to_string())
+    };
+
+    let c_ib = conf(0, r#""mtu":4092"#);
+    let out_ib = b.run("ADD", "ib", Some(&b.pod), &c_ib).unwrap().unwrap();
+    let pod = Netns::path(&b.pod);
+    let l = b.links.link_by_name(&pod, "net1").unwrap().unwrap();
+    assert!(l.is_ipoib(), "{l:?}");
+    check("ib", &b.pod, &c_ib, &out_ib).unwrap();
+    b.links.set_mtu(&pod, l.ifindex, 2044).unwrap();
+    check("ib", &b.pod, &c_ib, &out_ib).unwrap();
+    b.links.set_mtu(&pod, l.ifindex, 4093).unwrap();
+    let e = check("ib", &b.pod, &c_ib, &out_ib).unwrap_err();
+    assert_eq!(e.code, 107, "{e}");
+    assert!(
+        e.msg
+            .contains("net1 (IPoIB) has MTU 4093, expected 1 to 4092"),
+        "{e}"
+    );
+
+    let c_roce = conf(1, r#""mtu":4092,"readiness":{"linkLayer":"Ethernet"}"#);
+    let out_roce = b
+        .run("ADD", "roce", Some(&pod_b), &c_roce)
+        .unwrap()
+        .unwrap();
+    let pb = Netns::path(&pod_b);
+    let l = b.links.link_by_name(&pb, "net1").unwrap().unwrap();
+    assert!(!l.is_ipoib(), "{l:?}");
+    check("roce", &pod_b, &c_roce, &out_roce).unwrap();
+    b.links.set_mtu(&pb, l.ifindex, 2044).unwrap();
+    let e = check("roce", &pod_b, &c_roce, &out_roce).unwrap_err();
+    assert_eq!(e.code, 107, "{e}");
+    assert!(e.msg.contains("net1 has MTU 2044, expected 4092"), "{e}");
 }
 
 #[test]
@@ -1211,6 +1395,49 @@ fn gc_takes_the_attachment_list_under_its_first_1_1_0_name_too() {
         b.state_files(),
         vec!["0000:18:00.1_keep@net1.json".to_string()]
     );
+}
+
+/// libcni sends the runtime's nil list as `null` (both keys) when no pod uses the network,
+/// as CRI-O does: every attachment of the network is stale then. A config without the list
+/// still cannot tell stale from live and is refused.
+#[test]
+fn gc_with_a_null_valid_attachments_list_tears_down_every_attachment_and_forwards_gc_to_ipam() {
+    let b = Bench::new(2);
+    let log = b.dir.path().join("ipam.log");
+    b.ipam_script(
+        "gc-ipam",
+        &format!(
+            r#"cat >/dev/null; echo "$CNI_COMMAND $CNI_CONTAINERID" >> {}
+case "$CNI_COMMAND" in
+ADD) echo '{{"cniVersion":"1.1.0","ips":[{{"address":"10.1.0.5/24"}}]}}' ;;
+VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;;
+esac
+exit 0"#,
+            log.display()
+        ),
+    );
+    let ipam = r#""ipam":{"type":"gc-ipam"}"#;
+    let pod_b = b.netns("pod-b");
+    b.run("ADD", "a", Some(&b.pod), &conf(0, ipam)).unwrap();
+    b.run("ADD", "b", Some(&pod_b), &conf(1, ipam)).unwrap();
+    let mut gc: Value = serde_json::from_str(&conf(0, ipam)).unwrap();
+    gc["cni.dev/valid-attachments"] = Value::Null;
+    gc["cni.dev/attachments"] = Value::Null;
+    b.run("GC", "x", None, &gc.to_string()).unwrap();
+    assert!(is_home(&b, 0) && is_home(&b, 1));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+    let calls = ipam_log(&b);
+    for want in ["DEL a", "DEL b", "GC "] {
+        assert!(calls.iter().any(|c| c == want), "{want:?} in {calls:?}");
+    }
+
+    b.run("ADD", "c", Some(&b.pod), &conf(0, ipam)).unwrap();
+    let o = gc.as_object_mut().unwrap();
+    o.remove("cni.dev/valid-attachments");
+    o.remove("cni.dev/attachments");
+    let e = b.run("GC", "x", None, &gc.to_string()).unwrap_err();
+    assert_eq!(e.code, 7, "{e}");
+    assert_eq!(b.state_files().len(), 1, "{:?}", b.state_files());
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::Ctx;
 use crate::env::Env;
 use crate::error::CniError;
 use crate::net::fake::FakeLinks;
-use crate::net::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
+use crate::net::{IpNet, KernelRoute, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings};
 use crate::netconf::NetConf;
 use railvf_host::Guid;
 use std::net::{IpAddr, Ipv4Addr};
@@ -457,6 +457,9 @@ impl LinkOps for Mirror<'_> {
     }
     fn addresses(&self, ns: &Netns, ifindex: u32) -> Result<Vec<IpNet>, NetError> {
         self.0.links.addresses(ns, ifindex)
+    }
+    fn list_routes(&self, ns: &Netns) -> Result<Vec<KernelRoute>, NetError> {
+        self.0.links.list_routes(ns)
     }
     fn add_route_with(
         &self,

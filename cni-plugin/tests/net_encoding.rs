@@ -16,7 +16,9 @@ use railvf_cni::net::netns::{
 use railvf_cni::net::rdma::{self, NetnsMode, PortView, RdmaDev};
 use railvf_cni::net::rtnl;
 use railvf_cni::net::vf::{self, VfInfo};
-use railvf_cni::net::{IpNet, VfSettings};
+use railvf_cni::net::{
+    ARPHRD_ETHER, ARPHRD_INFINIBAND, ARPHRD_LOOPBACK, IpNet, KernelRoute, VfSettings,
+};
 use railvf_host::Guid;
 
 fn u32le(v: u32) -> [u8; 4] {
@@ -680,6 +682,111 @@ fn parses_links_and_addresses() {
         rtnl::parse_addr(&a6).unwrap().1.addr,
         "fd00::5".parse::<std::net::IpAddr>().unwrap()
     );
+}
+
+/// The hardware type CHECK tells an IPoIB netdev by (`ifi_type`), from a header encoded by
+/// `netlink-packet-route`.
+#[test]
+fn the_link_header_says_whether_a_netdev_is_ipoib() {
+    use netlink_packet_route::link::{LinkLayerType, LinkMessage};
+    assert_eq!(
+        (
+            u16::from(LinkLayerType::Infiniband),
+            u16::from(LinkLayerType::Ether),
+            u16::from(LinkLayerType::Loopback)
+        ),
+        (ARPHRD_INFINIBAND, ARPHRD_ETHER, ARPHRD_LOOPBACK)
+    );
+    for (ty, ipoib) in [
+        (LinkLayerType::Infiniband, true),
+        (LinkLayerType::Ether, false),
+    ] {
+        let mut m = LinkMessage::default();
+        m.header.index = 12;
+        m.header.link_layer_type = ty;
+        m.attributes = vec![
+            LinkAttribute::IfName("net1".into()),
+            LinkAttribute::Mtu(2044),
+        ];
+        let mut b = vec![0u8; m.buffer_len()];
+        m.emit(&mut b);
+        let l = rtnl::parse_link(&b).unwrap();
+        assert_eq!((l.ifindex, l.name.as_str(), l.mtu), (12, "net1", 2044));
+        assert_eq!((l.hw_type, l.is_ipoib()), (u16::from(ty), ipoib));
+    }
+}
+
+/// Route dump answers as `netlink-packet-route` encodes them: an IPv6 route with two
+/// gateways (one message, `RTA_MULTIPATH`) is two routes; a table above 255 is read from
+/// `RTA_TABLE`; a default route has no `RTA_DST`; a local route is no unicast route.
+#[test]
+fn route_dump_answers_decode_to_one_route_per_nexthop() {
+    use netlink_packet_route::route::{
+        RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteType,
+    };
+    let emit = |m: &RouteMessage| {
+        let mut b = vec![0u8; m.buffer_len()];
+        m.emit(&mut b);
+        b
+    };
+    let addr = |s: &str| RouteAddress::from(s.parse::<std::net::IpAddr>().unwrap());
+    let hop = |ifindex: u32, gw: &str| {
+        let mut h = RouteNextHop::default();
+        h.interface_index = ifindex;
+        h.attributes = vec![RouteAttribute::Gateway(addr(gw))];
+        h
+    };
+    let route = |dst: &str, gw: &str, oif: u32, table: u32| KernelRoute {
+        dst: net(dst),
+        gw: Some(gw.parse().unwrap()),
+        oif: Some(oif),
+        table,
+    };
+
+    let mut m6 = RouteMessage::default();
+    m6.header.address_family = AddressFamily::Inet6;
+    m6.header.destination_prefix_length = 64;
+    m6.header.table = 254;
+    m6.header.kind = RouteType::Unicast;
+    m6.attributes = vec![
+        RouteAttribute::Table(254),
+        RouteAttribute::Destination(addr("fd00:90::")),
+        RouteAttribute::MultiPath(vec![hop(7, "fd00:79::1"), hop(8, "fd00:79::2")]),
+    ];
+    assert_eq!(
+        rtnl::parse_routes(&emit(&m6)),
+        vec![
+            route("fd00:90::/64", "fd00:79::1", 7, 254),
+            route("fd00:90::/64", "fd00:79::2", 8, 254),
+        ]
+    );
+
+    let mut m4 = RouteMessage::default();
+    m4.header.address_family = AddressFamily::Inet;
+    m4.header.table = 252; // RT_TABLE_COMPAT: the real table is in RTA_TABLE
+    m4.header.kind = RouteType::Unicast;
+    m4.attributes = vec![
+        RouteAttribute::Table(1000),
+        RouteAttribute::Gateway(addr("10.79.0.1")),
+        RouteAttribute::Oif(7),
+    ];
+    assert_eq!(
+        rtnl::parse_routes(&emit(&m4)),
+        vec![route("0.0.0.0/0", "10.79.0.1", 7, 1000)]
+    );
+    let mut local = m4.clone();
+    local.header.kind = RouteType::Local;
+    assert_eq!(rtnl::parse_routes(&emit(&local)), vec![]);
+    // Cut short: nothing, no panic.
+    assert_eq!(rtnl::parse_routes(&emit(&m6)[..6]), vec![]);
+}
+
+fn net(s: &str) -> IpNet {
+    let (a, p) = s.split_once('/').unwrap();
+    IpNet {
+        addr: a.parse().unwrap(),
+        prefix: p.parse().unwrap(),
+    }
 }
 
 #[test]

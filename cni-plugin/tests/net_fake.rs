@@ -7,7 +7,7 @@ use railvf_cni::net::fake::{
 };
 use railvf_cni::net::rtnl::moved_under_old_name;
 use railvf_cni::net::vf::{ETH_P_8021AD, ETH_P_8021Q};
-use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, VfSettings};
+use railvf_cni::net::{IpNet, KernelRoute, LinkOps, NetError, Netns, VfSettings};
 use railvf_host::Guid;
 
 fn pod() -> Netns {
@@ -123,10 +123,21 @@ fn a_move_drops_addresses_routes_and_the_up_flag() {
         Some("10.0.0.1".parse().unwrap()),
     )
     .unwrap();
+    // The dump CHECK reads: the route as added, in the main table.
+    assert_eq!(
+        f.list_routes(&Netns::Host).unwrap(),
+        vec![KernelRoute {
+            dst: net("10.9.0.0/16"),
+            gw: Some("10.0.0.1".parse().unwrap()),
+            oif: Some(vf),
+            table: 254,
+        }]
+    );
     let l = f.move_link(&Netns::Host, vf, &pod(), "net1").unwrap();
     assert!(!l.up);
     assert!(f.addresses(&pod(), l.ifindex).unwrap().is_empty());
     assert!(f.routes(&Netns::Host).is_empty());
+    assert!(f.list_routes(&Netns::Host).unwrap().is_empty());
 }
 
 #[test]
@@ -454,6 +465,7 @@ fn moving_an_infiniband_rdma_device_recreates_its_netdev() {
         f.set_ipoib_netns(at);
         // The netdev went into the pod first and was configured there.
         let l = f.move_link(&Netns::Host, vf, &pod(), "net1").unwrap();
+        assert!(l.is_ipoib(), "{l:?}");
         f.set_mtu(&pod(), l.ifindex, 4000).unwrap();
         f.set_up(&pod(), l.ifindex, true).unwrap();
         f.add_address(&pod(), l.ifindex, net("10.1.0.5/24"))
@@ -472,6 +484,7 @@ fn moving_an_infiniband_rdma_device_recreates_its_netdev() {
         let (ns, n) = f.ipoib_netdev("mlx5_15").unwrap();
         assert_eq!(ns, where_, "{at:?}");
         assert_eq!(n.name, "ib0", "{at:?}");
+        assert!(n.is_ipoib(), "{at:?}");
         assert!(!n.up, "{at:?}");
         assert_eq!(n.mtu, 2044, "{at:?}");
         assert_ne!(n.ifindex, l.ifindex, "{at:?}");
@@ -505,6 +518,7 @@ fn ethernet_netdevs_stay_when_their_rdma_device_moves() {
     let (f, vf) = ipoib_setup();
     f.forget_ipoib("mlx5_15");
     let l = f.move_link(&Netns::Host, vf, &pod(), "net1").unwrap();
+    assert!(!l.is_ipoib(), "{l:?}");
     f.move_rdma_device("mlx5_15", &Netns::Host, &pod()).unwrap();
     assert_eq!(f.link_by_name(&pod(), "net1").unwrap(), Some(l));
     assert_eq!(f.ipoib_netdev("mlx5_15"), None);

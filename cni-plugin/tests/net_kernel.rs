@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use railvf_cni::net::netns::{self, Msg, NlSocket, nest_begin, nest_end, put_attr};
 use railvf_cni::net::rtnl::{self, Rtnl, moved_under_old_name};
 use railvf_cni::net::vf;
-use railvf_cni::net::{IpNet, LinkOps, NetError, Netns, PodLink, RouteAttrs, VfSettings};
+use railvf_cni::net::{
+    IpNet, KernelRoute, LinkOps, NetError, Netns, PodLink, RouteAttrs, VfSettings,
+};
 use railvf_host::Guid;
 use railvf_sim::{TestNetns, TestVeth, require_root};
 use railvf_testkit::ip::{ip_json, sysctl_in};
@@ -685,6 +687,113 @@ fn routes_on_a_down_link_and_missing_links() {
     assert!(matches!(e, NetError::NoSuchLink { .. }), "{e:?}");
     let e = rt.move_link(&Netns::Host, 999_999, &pod, "x").unwrap_err();
     assert!(matches!(e, NetError::NoSuchLink { .. }), "{e:?}");
+}
+
+/// What CHECK compares a result's routes with: one dump of the pod's tables, both families,
+/// every table, unicast routes only, each nexthop of a multipath route on its own. Also the
+/// hardware type CHECK tells IPoIB by: a veth is `ARPHRD_ETHER`.
+#[test]
+fn the_route_dump_lists_both_families_every_table_and_each_nexthop() {
+    if !require_root() {
+        return;
+    }
+    let ns = test_ns();
+    let veth = test_veth();
+    let rt = Rtnl::new();
+    let pod = netns_of(&ns);
+    let l = rt
+        .move_link(&Netns::Host, a_index(&veth, &rt), &pod, "net1")
+        .unwrap();
+    assert_eq!(l.hw_type, railvf_cni::net::ARPHRD_ETHER);
+    assert!(!l.is_ipoib());
+    let lo = rt.link_by_name(&pod, "lo").unwrap().unwrap();
+    assert_eq!(lo.hw_type, railvf_cni::net::ARPHRD_LOOPBACK);
+    rt.set_up(&pod, l.ifindex, true).unwrap();
+    rt.add_address(&pod, l.ifindex, net("10.79.0.5/24"))
+        .unwrap();
+    ip(&[
+        "-n",
+        ns.name(),
+        "addr",
+        "add",
+        "fd00:79::5/64",
+        "dev",
+        "net1",
+        "nodad",
+    ]);
+    let gw4: IpAddr = "10.79.0.1".parse().unwrap();
+    rt.add_route(&pod, l.ifindex, net("0.0.0.0/0"), Some(gw4))
+        .unwrap();
+    let t101 = RouteAttrs {
+        table: Some(101),
+        ..RouteAttrs::default()
+    };
+    rt.add_route_with(
+        &pod,
+        l.ifindex,
+        net("10.80.0.0/16"),
+        Some("10.79.0.254".parse().unwrap()),
+        &t101,
+    )
+    .unwrap();
+    rt.add_route(
+        &pod,
+        l.ifindex,
+        net("::/0"),
+        Some("fe80::1".parse().unwrap()),
+    )
+    .unwrap();
+    // Two gateways of one IPv6 destination: the kernel dumps them as one RTA_MULTIPATH.
+    for (verb, gw) in [("add", "fd00:79::1"), ("append", "fd00:79::2")] {
+        ip(&[
+            "-n",
+            ns.name(),
+            "-6",
+            "route",
+            verb,
+            "fd00:90::/64",
+            "via",
+            gw,
+            "dev",
+            "net1",
+        ]);
+    }
+    let shown = ip(&["-n", ns.name(), "-6", "route", "show", "fd00:90::/64"]);
+    assert!(shown.contains("nexthop"), "one multipath route: {shown}");
+
+    let routes = rt.list_routes(&pod).unwrap();
+    println!("{routes:#?}");
+    let has = |dst: &str, gw: Option<&str>, table: u32| {
+        let want = KernelRoute {
+            dst: net(dst),
+            gw: gw.map(|g| g.parse().unwrap()),
+            oif: Some(l.ifindex),
+            table,
+        };
+        assert!(routes.contains(&want), "{want:?} in {routes:#?}");
+    };
+    has("0.0.0.0/0", Some("10.79.0.1"), 254);
+    has("10.80.0.0/16", Some("10.79.0.254"), 101);
+    has("::/0", Some("fe80::1"), 254);
+    has("fd00:90::/64", Some("fd00:79::1"), 254);
+    has("fd00:90::/64", Some("fd00:79::2"), 254);
+    // The kernel's own prefix route of the address.
+    has("10.79.0.0/24", None, 254);
+    // The local table's local and broadcast routes are no unicast routes.
+    assert!(
+        !routes
+            .iter()
+            .any(|r| r.dst == net("10.79.0.5/32") || r.dst == net("10.79.0.255/32")),
+        "{routes:#?}"
+    );
+    // Another netns's tables are not this one's.
+    let other = test_ns();
+    assert!(
+        !rt.list_routes(&netns_of(&other))
+            .unwrap()
+            .iter()
+            .any(|r| r.dst == net("10.80.0.0/16")),
+    );
 }
 
 #[test]

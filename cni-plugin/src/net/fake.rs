@@ -19,6 +19,9 @@
 //!   subnets or on-link routes (IPv4 `ENETUNREACH`, IPv6 `EHOSTUNREACH`), which a down link
 //!   does not have yet; a duplicate destination is `EEXIST`; adding an address the link
 //!   already has is not an error (as [`super::rtnl::Rtnl`]);
+//! * a namespace's route dump ([`LinkOps::list_routes`]) holds the routes added to it, and
+//!   unlike the kernel's not the routes the kernel adds itself (an address's prefix route,
+//!   the local table): look routes up with `contains` or `find`, not list equality;
 //! * unlike the kernel, no IPv6 link-local (`fe80::/64`) address appears when a link goes
 //!   up: compare address lists with `contains`, not equality, in code that also runs on
 //!   the real kernel;
@@ -30,7 +33,8 @@
 //!   the VF's PCI address), which it keeps when it moves: [`LinkOps::links_of_device`]
 //!   answers from it;
 //! * an InfiniBand VF's netdev is IPoIB's, a client of its RDMA device
-//!   ([`FakeLinks::set_ipoib`]): moving the RDMA device to another namespace re-creates it,
+//!   ([`FakeLinks::set_ipoib`]), of hardware type `ARPHRD_INFINIBAND` (every other link
+//!   but `lo` is `ARPHRD_ETHER`): moving the RDMA device to another namespace re-creates it,
 //!   as the kernel's `rdma_dev_change_netns()` does (`disable_device()` removes every
 //!   ib_client, IPoIB unregistering the netdev wherever it is; `enable_device_and_get()`
 //!   adds them back, IPoIB registering a new netdev): the netdev vanishes and a new one
@@ -58,7 +62,10 @@ use railvf_host::Guid;
 use super::rdma::PortView;
 use super::rtnl::{IFNAMSIZ_MAX, moved_error, network, ns_desc};
 use super::vf::{ETH_P_8021AD, ETH_P_8021Q, describe_settings};
-use super::{IpNet, Link, LinkOps, NetError, Netns, RouteAttrs, VfSettings, valid_ifname};
+use super::{
+    ARPHRD_ETHER, ARPHRD_INFINIBAND, ARPHRD_LOOPBACK, IpNet, KernelRoute, Link, LinkOps, NetError,
+    Netns, RouteAttrs, VfSettings, valid_ifname,
+};
 
 /// The operations of [`LinkOps`], to aim injected failures and to read the call log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +82,7 @@ pub enum FakeOp {
     EnableAddressNotify,
     AnnounceIpv4,
     Addresses,
+    ListRoutes,
     AddRoute,
     VfSettings,
     SetVf,
@@ -225,12 +233,22 @@ struct FLink {
 
 impl FLink {
     fn view(&self) -> Link {
+        // IPoIB's netdevs are the InfiniBand ones; `lo` (ifindex 1 in every namespace) is the
+        // only other kind the fake has.
+        let hw_type = if self.ipoib_of.is_some() {
+            ARPHRD_INFINIBAND
+        } else if self.ifindex == 1 && self.name == "lo" && !self.physical {
+            ARPHRD_LOOPBACK
+        } else {
+            ARPHRD_ETHER
+        };
         Link {
             ifindex: self.ifindex,
             name: self.name.clone(),
             mtu: self.mtu,
             mac: self.mac.clone(),
             up: self.up,
+            hw_type,
         }
     }
 }
@@ -1072,6 +1090,27 @@ impl LinkOps for FakeLinks {
                 ns_desc(ns)
             ),
             |st| Ok(link_mut(st, ns, ifindex)?.addrs.clone()),
+        )
+    }
+
+    fn list_routes(&self, ns: &Netns) -> Result<Vec<KernelRoute>, NetError> {
+        self.run(
+            FakeOp::ListRoutes,
+            format!("{ns:?}"),
+            &format!("list the routes in {}", ns_desc(ns)),
+            |st| {
+                Ok(ns_mut(st, ns)?
+                    .routes
+                    .iter()
+                    .map(|r| KernelRoute {
+                        dst: r.dst,
+                        gw: r.gw,
+                        oif: Some(r.oif),
+                        // As the kernel: no table, or table 0, is the main table.
+                        table: r.attrs.table.filter(|t| *t != 0).unwrap_or(254),
+                    })
+                    .collect())
+            },
         )
     }
 

@@ -30,6 +30,14 @@ impl Netns {
     }
 }
 
+/// `ARPHRD_ETHER` (`include/uapi/linux/if_arp.h`): the hardware type of an Ethernet
+/// netdev (a RoCE VF's, a veth).
+pub const ARPHRD_ETHER: u16 = 1;
+/// `ARPHRD_INFINIBAND`: the hardware type IPoIB gives its netdevs (`ipoib_setup_common()`).
+pub const ARPHRD_INFINIBAND: u16 = 32;
+/// `ARPHRD_LOOPBACK`.
+pub const ARPHRD_LOOPBACK: u16 = 772;
+
 /// A link as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
@@ -39,6 +47,29 @@ pub struct Link {
     /// Hardware address as `aa:bb:…` (20 bytes for IPoIB, 6 for Ethernet).
     pub mac: String,
     pub up: bool,
+    /// The hardware type (`ifi_type`, an `ARPHRD_*` value): [`ARPHRD_INFINIBAND`] for an
+    /// IPoIB netdev, [`ARPHRD_ETHER`] for an Ethernet one.
+    pub hw_type: u16,
+}
+
+impl Link {
+    /// Whether this is an IPoIB netdev (an InfiniBand VF's).
+    pub fn is_ipoib(&self) -> bool {
+        self.hw_type == ARPHRD_INFINIBAND
+    }
+}
+
+/// One route of a network namespace as a dump of its routing tables shows it; a route
+/// with several nexthops is one `KernelRoute` per nexthop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRoute {
+    /// The destination, host bits clear; `0.0.0.0/0` or `::/0` for a default route.
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+    /// The outgoing link, when the route names one.
+    pub oif: Option<u32>,
+    /// The routing table (`RT_TABLE_MAIN`, 254, unless a `table` was given).
+    pub table: u32,
 }
 
 /// What ADD sets on the VF's netdev as it moves it into the pod, before bringing it up.
@@ -226,6 +257,8 @@ pub trait LinkOps {
     /// Leaves no neighbour entry behind. See [`announce`].
     fn announce_ipv4(&self, ns: &Netns, ifindex: u32, addr: Ipv4Addr) -> Result<(), NetError>;
     fn addresses(&self, ns: &Netns, ifindex: u32) -> Result<Vec<IpNet>, NetError>;
+    /// The unicast routes of `ns`, both families, every table (`ip route show table all`).
+    fn list_routes(&self, ns: &Netns) -> Result<Vec<KernelRoute>, NetError>;
     /// Adds a route via `gw` (or on-link when `None`) out of `ifindex`, in the main table
     /// with the kernel's default metric.
     fn add_route(

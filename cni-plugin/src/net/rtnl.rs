@@ -31,6 +31,8 @@
 //!   without gateway (unless a scope is given), and treats a `0.0.0.0/0` / `::/0`
 //!   destination as the default route. Without `NLM_F_EXCL`, as the reference plugins:
 //!   another nexthop to a routed destination is added; an identical route is `EEXIST`.
+//! * `list_routes` dumps both families and every table in one request and keeps the unicast
+//!   routes, one entry per nexthop of a multipath route.
 //! * `enable_address_notify` is no netlink request: it writes sysctls under `/proc/sys/net`
 //!   with the thread inside the netns (no attribute sets `ndisc_notify`). `announce_ipv4`
 //!   adds a neighbour entry with `NTF_USE` and deletes it ([`super::announce`]).
@@ -54,7 +56,9 @@ use super::netns::{
 };
 use super::rdma::{self, NetnsMode};
 use super::vf::{self, PfVfs, RTEXT_FILTER_SKIP_STATS, RTEXT_FILTER_VF, VfInfo};
-use super::{IpNet, Link, LinkOps, NetError, Netns, PodLink, RouteAttrs, VfSettings, format_mac};
+use super::{
+    IpNet, KernelRoute, Link, LinkOps, NetError, Netns, PodLink, RouteAttrs, VfSettings, format_mac,
+};
 
 pub const RTM_NEWLINK: u16 = 16;
 pub const RTM_GETLINK: u16 = 18;
@@ -62,6 +66,7 @@ pub const RTM_SETLINK: u16 = 19;
 pub const RTM_NEWADDR: u16 = 20;
 pub const RTM_GETADDR: u16 = 22;
 pub const RTM_NEWROUTE: u16 = 24;
+pub const RTM_GETROUTE: u16 = 26;
 
 pub const IFLA_ADDRESS: u16 = 1;
 pub const IFLA_IFNAME: u16 = 3;
@@ -79,6 +84,7 @@ pub const RTA_OIF: u16 = 4;
 pub const RTA_GATEWAY: u16 = 5;
 pub const RTA_PRIORITY: u16 = 6;
 pub const RTA_METRICS: u16 = 8;
+pub const RTA_MULTIPATH: u16 = 9;
 pub const RTA_TABLE: u16 = 15;
 pub const RTAX_MTU: u16 = 2;
 pub const RTAX_ADVMSS: u16 = 8;
@@ -144,6 +150,7 @@ pub fn parse_link(payload: &[u8]) -> Option<Link> {
     if payload.len() < 16 {
         return None;
     }
+    let hw_type = u16::from_ne_bytes([payload[2], payload[3]]);
     let ifindex = get_u32(&payload[4..8])?;
     let flags = get_u32(&payload[8..12])?;
     let mut link = Link {
@@ -152,6 +159,7 @@ pub fn parse_link(payload: &[u8]) -> Option<Link> {
         mtu: 0,
         mac: String::new(),
         up: flags & IFF_UP != 0,
+        hw_type,
     };
     for (ty, v) in attrs(&payload[16..]) {
         match ty {
@@ -162,6 +170,82 @@ pub fn parse_link(payload: &[u8]) -> Option<Link> {
         }
     }
     Some(link)
+}
+
+/// Decodes an `RTM_NEWROUTE` payload (`struct rtmsg` + attributes): one [`KernelRoute`]
+/// per nexthop (an IPv6 route with several gateways of the same metric comes as one
+/// message with `RTA_MULTIPATH`). Nothing for a route that is not an IPv4 or IPv6 unicast
+/// one (local, broadcast, multicast, blackhole…): CNI results only give unicast routes.
+pub fn parse_routes(payload: &[u8]) -> Vec<KernelRoute> {
+    if payload.len() < 12 {
+        return vec![];
+    }
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+    let (family, dst_len, table, kind) = (payload[0], payload[1], payload[4], payload[7]);
+    if kind != RTN_UNICAST || !matches!(family, AF_INET | AF_INET6) {
+        return vec![];
+    }
+    let mut dst = None;
+    let mut gw = None;
+    let mut oif = None;
+    let mut table = u32::from(table);
+    let mut hops: Vec<(Option<u32>, Option<IpAddr>)> = Vec::new();
+    for (ty, v) in attrs(&payload[12..]) {
+        match ty {
+            RTA_DST => dst = ip_from(family, v),
+            RTA_GATEWAY => gw = ip_from(family, v),
+            RTA_OIF => oif = get_u32(v),
+            RTA_TABLE => table = get_u32(v).unwrap_or(table),
+            RTA_MULTIPATH => hops = parse_nexthops(family, v),
+            _ => {}
+        }
+    }
+    let dst = match dst {
+        Some(a) => IpNet {
+            addr: a,
+            prefix: dst_len,
+        },
+        // No RTA_DST: the default route of the family.
+        None if family == AF_INET => IpNet {
+            addr: Ipv4Addr::UNSPECIFIED.into(),
+            prefix: 0,
+        },
+        None => IpNet {
+            addr: std::net::Ipv6Addr::UNSPECIFIED.into(),
+            prefix: 0,
+        },
+    };
+    if hops.is_empty() {
+        hops.push((oif, gw));
+    }
+    hops.into_iter()
+        .map(|(oif, gw)| KernelRoute {
+            dst,
+            gw,
+            oif,
+            table,
+        })
+        .collect()
+}
+
+/// The nexthops of `RTA_MULTIPATH`: a `struct rtnexthop` (length, flags, hops, ifindex)
+/// each, followed by its own attributes (`RTA_GATEWAY`).
+fn parse_nexthops(family: u8, mut buf: &[u8]) -> Vec<(Option<u32>, Option<IpAddr>)> {
+    let mut out = Vec::new();
+    while buf.len() >= 8 {
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        if len < 8 || len > buf.len() {
+            break;
+        }
+        let ifindex = get_u32(&buf[4..8]).filter(|i| *i != 0);
+        let gw = attrs(&buf[8..len])
+            .find(|(ty, _)| *ty == RTA_GATEWAY)
+            .and_then(|(_, v)| ip_from(family, v));
+        out.push((ifindex, gw));
+        // RTNH_ALIGN: 4 bytes.
+        buf = buf.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    out
 }
 
 /// The `IFLA_PARENT_DEV_NAME` of an `RTM_NEWLINK` payload: the name of the netdev's
@@ -1143,6 +1227,19 @@ impl LinkOps for Rtnl {
             Err(e) if e.errno() == Some(libc::ENODEV) => Err(self.no_such(ns, ifindex)),
             Err(e) => Err(kernel(what(), e)),
         }
+    }
+
+    /// One `RTM_GETROUTE` dump of both families and every table (`rtm_table` 0).
+    fn list_routes(&self, ns: &Netns) -> Result<Vec<KernelRoute>, NetError> {
+        let mut m = Msg::new(RTM_GETROUTE, NLM_F_DUMP);
+        m.header(&rtmsg(AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0));
+        let what = || format!("list the routes in {}", ns_desc(ns));
+        let replies = self.route(ns, &m, &what)?.map_err(|e| kernel(what(), e))?;
+        Ok(replies
+            .iter()
+            .filter(|r| r.ty == RTM_NEWROUTE)
+            .flat_map(|r| parse_routes(&r.payload))
+            .collect())
     }
 
     fn add_route_with(
