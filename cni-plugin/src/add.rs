@@ -11,6 +11,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use railvf_host::inventory::{Attr, Netdev};
 use railvf_host::{Check, LinkLayer, PciAddr, Vf};
 
 use crate::Ctx;
@@ -114,7 +115,7 @@ fn locked(
     // Read again under the lock: until it was ours, a DEL, GC or takeover of this VF may
     // have rebound its driver (a GUID restore), and the RDMA device name read before may
     // since belong to another VF.
-    let vf = vf::resolve(root, addr)?;
+    let mut vf = vf::resolve(root, addr)?;
     // The device's own checks first: a VF bound to vfio-pci or to no driver has no netdev
     // either, and the wait below would blame a namespace for it.
     preflight(
@@ -137,6 +138,14 @@ fn locked(
             ),
         )
     })?;
+    // A netdev that arrived during the wait is the one a host network manager may be
+    // claiming right now: judge ownership on it, not on the empty read before.
+    if vf.function.netdev().is_none() {
+        vf.function.netdevs.push(Netdev {
+            name: link.name.clone(),
+            ifindex: Attr::Value(link.ifindex),
+        });
+    }
     preflight(ctx, conf, &vf, &[Check::Ownership])?;
     // A missing IPAM plugin is known before anything changes.
     if let Some(t) = &conf.ipam_type {

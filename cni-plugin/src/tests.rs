@@ -516,6 +516,61 @@ fn host_managed_vf_is_refused_before_any_change() {
     assert_eq!(b.links.count(FakeOp::MoveLink), 0);
 }
 
+#[test]
+fn a_netdev_that_arrives_during_the_host_wait_is_checked_for_ownership() {
+    let b = Bench::new(1);
+    let idx = b.vf_ifindex[0];
+    let links = b.root().join("run/systemd/netif/links");
+    fs::create_dir_all(&links).unwrap();
+    fs::write(links.join(idx.to_string()), "ADMIN_STATE=configured\n").unwrap();
+    // The VF on its way back from a netns being destroyed: sysfs lists no netdev yet, and
+    // lists it while ADD waits for it (the wait lasts up to a second).
+    let net = b.vf_dir(0).join("net");
+    let away = b.dir.path().join("net-away");
+    fs::rename(&net, &away).unwrap();
+    fs::create_dir_all(&net).unwrap();
+    let back = {
+        let (net, away) = (net.clone(), away.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            fs::remove_dir_all(&net).unwrap();
+            fs::rename(&away, &net).unwrap();
+        })
+    };
+    let r = b.run("ADD", "c1", Some(&b.pod), &conf(0, ""));
+    back.join().unwrap();
+    let e = r.expect_err("ADD attached a VF systemd-networkd manages");
+    assert_eq!(e.code, 11);
+    assert!(
+        e.msg.contains("ownership") && e.msg.contains("systemd-networkd"),
+        "{e}"
+    );
+    assert!(is_home(&b, 0));
+    assert_eq!(b.links.count(FakeOp::MoveLink), 0);
+}
+
+#[test]
+fn a_roce_vf_without_a_node_guid_is_told_how_mlx5_gives_it_one() {
+    let b = Bench::new(1);
+    b.roce(0);
+    fs::write(b.node_guid_file(0), "0000:0000:0000:0000\n").unwrap();
+    let c = conf(0, r#""readiness":{"linkLayer":"Ethernet","timeoutMs":100}"#);
+    let e = b.run("ADD", "c1", Some(&b.pod), &c).unwrap_err();
+    assert_eq!(e.code, 11);
+    // Only the node GUID counts on Ethernet, and the way to one is the admin MAC.
+    assert!(
+        e.msg.contains("guid: found node_guid 0000:0000:0000:0000")
+            && e.msg.contains("expected a node GUID that is neither"),
+        "{e}"
+    );
+    assert!(
+        e.details.contains("admin MAC") && e.details.contains("unbind"),
+        "{}",
+        e.details
+    );
+    assert!(is_home(&b, 0));
+}
+
 /// ADD "c1" of VF 0 with the pod GUID 02:…:aa:01, set through the OFED files under the
 /// fake driver: the GUID file as it was before, and the config.
 fn add_with_pod_guid(b: &Bench) -> (String, String) {

@@ -72,8 +72,10 @@ impl Check {
             Check::Rdma => {
                 "load mlx5_ib (modprobe mlx5_ib) and check dmesg: without it the VF has no RDMA device"
             }
+            // mlx5 has no way to set a RoCE VF's GUID (the Ethernet PF has no
+            // ndo_set_vf_guid): it derives the node GUID from the admin MAC at VF probe.
             Check::Guid => {
-                "assign a GUID to the VF: runtimeConfig.infinibandGUID or \"guid\" in the network config, or `railvf-device-plugin setup-vfs`"
+                "InfiniBand: assign a GUID to the VF: runtimeConfig.infinibandGUID or \"guid\" in the network config, or `railvf-device-plugin setup-vfs`; RoCE (Ethernet): mlx5 gives a VF its node GUID from its admin MAC when the VF driver binds: set an admin MAC on the PF (ip link set <pf> vf <n> mac <mac>), then unbind and bind the VF (echo <vf-pci> > /sys/bus/pci/drivers/mlx5_core/unbind, then .../bind)"
             }
             Check::LinkLayer => {
                 "the port runs the wrong link layer: for InfiniBand set LINK_TYPE_P1=1 with mlxconfig and power-cycle; for RoCE set readiness.linkLayer to \"Ethernet\""
@@ -418,7 +420,10 @@ fn expected(check: Check, exp: &Expectations) -> &'static str {
     match check {
         Check::Driver => "driver mlx5_core",
         Check::Rdma => "an RDMA device (mlx5_ib bound)",
-        Check::Guid => "node and port GUIDs that are neither all-zero nor all-ones",
+        Check::Guid => match exp.link_layer {
+            LinkLayer::InfiniBand => "node and port GUIDs that are neither all-zero nor all-ones",
+            LinkLayer::Ethernet => "a node GUID that is neither all-zero nor all-ones",
+        },
         Check::LinkLayer => match exp.link_layer {
             LinkLayer::InfiniBand => "InfiniBand",
             LinkLayer::Ethernet => "Ethernet",
