@@ -214,11 +214,7 @@ fn check_routes(
             addr: network(r.dst.addr, r.dst.prefix),
             prefix: r.dst.prefix,
         };
-        let table = r
-            .attrs
-            .table
-            .filter(|t| *t != 0)
-            .unwrap_or(RT_TABLE_MAIN.into());
+        let table = r.attrs.table_or_main();
         let found = have
             .iter()
             .any(|k| k.dst == dst && k.table == table && r.gw.is_none_or(|g| k.gw == Some(g)));

@@ -1106,8 +1106,7 @@ impl LinkOps for FakeLinks {
                         dst: r.dst,
                         gw: r.gw,
                         oif: Some(r.oif),
-                        // As the kernel: no table, or table 0, is the main table.
-                        table: r.attrs.table.filter(|t| *t != 0).unwrap_or(254),
+                        table: r.attrs.table_or_main(),
                     })
                     .collect())
             },

@@ -182,6 +182,16 @@ pub struct RouteAttrs {
     pub advmss: Option<u32>,
 }
 
+impl RouteAttrs {
+    /// The table the route is in: `table`, or the main one when none (or 0) is given, as
+    /// the kernel takes it.
+    pub fn table_or_main(&self) -> u32 {
+        self.table
+            .filter(|t| *t != 0)
+            .unwrap_or(rtnl::RT_TABLE_MAIN.into())
+    }
+}
+
 /// What the CNI verbs need from the kernel's networking.
 pub trait LinkOps {
     /// The link called `name` in `ns`, if any.

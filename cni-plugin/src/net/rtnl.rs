@@ -1289,10 +1289,7 @@ impl LinkOps for Rtnl {
             RT_SCOPE_UNIVERSE
         });
         // Tables above 255 only fit RTA_TABLE (as `ip route … table N` sends them).
-        let table = attrs
-            .table
-            .filter(|t| *t != 0)
-            .unwrap_or(RT_TABLE_MAIN.into());
+        let table = attrs.table_or_main();
         let header_table = u8::try_from(table).unwrap_or(0);
         // No NLM_F_EXCL, as the reference plugins: another nexthop to a destination already
         // routed is added beside it; only an identical route is refused (EEXIST).
