@@ -498,31 +498,30 @@ fn roce_vfs_gate_on_ethernet_without_lid() {
     b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
 }
 
-#[test]
-fn host_managed_vf_is_refused_before_any_change() {
-    let b = Bench::new(1);
-    let idx = b.vf_ifindex[0];
-    let links = b.root().join("run/systemd/netif/links");
-    fs::create_dir_all(&links).unwrap();
-    fs::write(links.join(idx.to_string()), "ADMIN_STATE=configured\n").unwrap();
-    let e = b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap_err();
+/// ADD of VF 0 refused for systemd-networkd managing it, before anything changed.
+fn assert_refused_as_networkd_managed(b: &Bench, e: &crate::error::CniError) {
     assert_eq!(e.code, 11);
     assert!(
         e.msg.contains("ownership") && e.msg.contains("systemd-networkd"),
         "{e}"
     );
-    assert!(is_home(&b, 0));
+    assert!(is_home(b, 0));
     assert!(b.state_files().iter().all(|f| f.ends_with(".lock")));
     assert_eq!(b.links.count(FakeOp::MoveLink), 0);
 }
 
 #[test]
+fn host_managed_vf_is_refused_before_any_change() {
+    let b = Bench::new(1);
+    b.networkd_manages(0);
+    let e = b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap_err();
+    assert_refused_as_networkd_managed(&b, &e);
+}
+
+#[test]
 fn a_netdev_that_arrives_during_the_host_wait_is_checked_for_ownership() {
     let b = Bench::new(1);
-    let idx = b.vf_ifindex[0];
-    let links = b.root().join("run/systemd/netif/links");
-    fs::create_dir_all(&links).unwrap();
-    fs::write(links.join(idx.to_string()), "ADMIN_STATE=configured\n").unwrap();
+    b.networkd_manages(0);
     // The VF on its way back from a netns being destroyed: sysfs lists no netdev yet, and
     // lists it while ADD waits for it (the wait lasts up to a second).
     let net = b.vf_dir(0).join("net");
@@ -540,13 +539,7 @@ fn a_netdev_that_arrives_during_the_host_wait_is_checked_for_ownership() {
     let r = b.run("ADD", "c1", Some(&b.pod), &conf(0, ""));
     back.join().unwrap();
     let e = r.expect_err("ADD attached a VF systemd-networkd manages");
-    assert_eq!(e.code, 11);
-    assert!(
-        e.msg.contains("ownership") && e.msg.contains("systemd-networkd"),
-        "{e}"
-    );
-    assert!(is_home(&b, 0));
-    assert_eq!(b.links.count(FakeOp::MoveLink), 0);
+    assert_refused_as_networkd_managed(&b, &e);
 }
 
 #[test]

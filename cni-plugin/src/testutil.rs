@@ -293,6 +293,17 @@ impl Bench {
         }
     }
 
+    /// Has systemd-networkd manage VF `i`'s netdev, as its per-link state file says.
+    pub fn networkd_manages(&self, i: u32) {
+        let links = self.root().join("run/systemd/netif/links");
+        fs::create_dir_all(&links).unwrap();
+        fs::write(
+            links.join(self.vf_ifindex[i as usize].to_string()),
+            "ADMIN_STATE=configured\n",
+        )
+        .unwrap();
+    }
+
     /// Makes VF `i` a RoCE VF: Ethernet link layer, a netdev that is no IPoIB one.
     pub fn roce(&self, i: u32) {
         self.set_port(i, "link_layer", "Ethernet");

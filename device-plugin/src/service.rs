@@ -498,11 +498,11 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("100000 container_requests"), "{e}");
 
-        let one = || ContainerAllocateRequest {
-            devices_ids: vec!["0000:18:00.1".into()],
+        let one = |id: &str| ContainerAllocateRequest {
+            devices_ids: vec![id.into()],
         };
         let twice = AllocateRequest {
-            container_requests: vec![one(), one()],
+            container_requests: vec![one("0000:18:00.1"), one("0000:18:00.1")],
         };
         let e = svc.allocate(Request::new(twice)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
@@ -510,11 +510,8 @@ mod tests {
         // Another spelling of the same address is the same VF.
         let (_tx2, rx2) = watch::channel(set(&[("0000:1a:00.1", true)], false));
         let (svc2, _stop2) = service(rx2);
-        let spelled = |id: &str| ContainerAllocateRequest {
-            devices_ids: vec![id.into()],
-        };
         let twice = AllocateRequest {
-            container_requests: vec![spelled("0000:1a:00.1"), spelled("0000:1A:00.1")],
+            container_requests: vec![one("0000:1a:00.1"), one("0000:1A:00.1")],
         };
         let e = svc2.allocate(Request::new(twice)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
