@@ -148,6 +148,46 @@ fn add_waits_for_the_subnet_manager_to_assign_a_lid_after_the_guid() {
     assert_eq!(sim.vf(VF).unwrap().node_guid, old, "DEL restores the GUID");
 }
 
+/// A RoCE VF's port is ACTIVE only once its netdev runs (mlx5 reports it so): the gate
+/// waits for the port the up in ADD brings, and DEL leaves it DOWN again in the host.
+#[test]
+fn a_roce_vf_is_ready_once_its_port_follows_the_link_up() {
+    let Some(s) = Setup::new(small()) else {
+        return;
+    };
+    let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
+    let v = sim.vf(VF).unwrap();
+    sim.set_link_layer(v.pf, railvf_sim::LinkLayer::Ethernet)
+        .unwrap();
+    let state = v
+        .sysfs_dir
+        .join(format!("infiniband/{}/ports/1/state", v.rdma_device));
+    let port_state = || std::fs::read_to_string(&state).unwrap_or_default();
+    assert!(eventually(Duration::from_secs(5), || port_state() == "1: DOWN\n"));
+    let conf = netconf(
+        "1.1.0",
+        "roce",
+        VF,
+        r#""readiness":{"linkLayer":"Ethernet","requireLid":false,"timeoutMs":5000}"#,
+    );
+    let r = cni
+        .run("ADD", "c-roce", Some(pod.path()), &conf)
+        .expect_ok();
+    assert_eq!(r.json()["interfaces"][0]["name"], "net1");
+    // ADD returned only once the port was ACTIVE.
+    assert_eq!(port_state(), "4: ACTIVE\n");
+    let l = link(Some(pod.name()), "net1").expect("net1 in the pod netns");
+    assert!(
+        l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{l}"
+    );
+    cni.run("DEL", "c-roce", Some(pod.path()), &conf)
+        .expect_ok();
+    assert!(link(None, &v.netdev).is_some(), "VF back in the host");
+    assert!(eventually(Duration::from_secs(5), || port_state() == "1: DOWN\n"));
+    assert!(cni.state_files().is_empty(), "{:?}", cni.state_files());
+}
+
 /// Checks the spec error, that the VF is home under its name, the address released and
 /// the state dir empty.
 fn assert_rolled_back(

@@ -736,6 +736,64 @@ async fn a_vf_moved_into_a_pod_namespace_survives_a_plugin_restart() {
     assert_eq!(health_of(&l, &vf.pci.to_string()), Some("Healthy"));
 }
 
+/// A RoCE resource on real links (needs root). A free VF's netdev is down in the host, so
+/// its own RoCE port reads DOWN (mlx5 reports a RoCE port ACTIVE only while its netdev
+/// runs): it is judged by its PF's port.
+#[tokio::test]
+async fn free_roce_vfs_are_judged_by_their_pfs_port() {
+    if !railvf_sim::require_root() {
+        return;
+    }
+    let sim = SimOptions::dgx_h200().build().expect("sim with links");
+    let pf = sim.pf("0000:40:00.0").unwrap();
+    sim.set_link_layer(pf.pci, railvf_sim::LinkLayer::Ethernet)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let config = tmp.path().join("roce.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"resourceList": [{
+            "resourceName": "roce_vfs",
+            "selectors": {"rootDevices": [pf.pci.to_string()], "linkTypes": ["ether"], "isRdma": true}
+        }]})
+        .to_string(),
+    )
+    .unwrap();
+    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let plugin = start_plugin(sim.root(), &dirs, Some(&config), &[]);
+    let reg = registration(&mut kubelet, &plugin).await;
+    assert_eq!(reg.request.resource_name, "nvidia.com/roce_vfs");
+    let mut client = reg.client;
+    let mut stream = list_and_watch(&mut client).await;
+    let l = wait_list(&mut stream, "8 devices", |l| l.len() == 8).await;
+    let vf = sim.vf(&l[0].id).unwrap();
+    let state = vf
+        .sysfs_dir
+        .join(format!("infiniband/{}/ports/1/state", vf.rdma_device));
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "1: DOWN\n");
+    assert!(
+        l.iter().all(|d| d.health == "Healthy"),
+        "{l:?}\nlog:\n{}",
+        plugin.log()
+    );
+
+    // The PF's port going down takes them all; back up, they are Healthy again.
+    let down = (railvf_sim::PortState::Down, railvf_sim::PhysState::Disabled);
+    sim.set_port_state(pf.pci, down.0, down.1).unwrap();
+    wait_list(&mut stream, "PF down", |l| {
+        l.iter().all(|d| d.health == "Unhealthy")
+    })
+    .await;
+    let up = (railvf_sim::PortState::Active, railvf_sim::PhysState::LinkUp);
+    sim.set_port_state(pf.pci, up.0, up.1).unwrap();
+    wait_list(&mut stream, "PF up", |l| {
+        l.iter().all(|d| d.health == "Healthy")
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "1: DOWN\n");
+}
+
 /// A second instance on the node (a DaemonSet surge, `serve` started by hand) leaves the
 /// first's socket alone and waits; it takes over once the first has gone.
 #[tokio::test]

@@ -202,7 +202,17 @@ fn each_injected_fault_fails_exactly_its_check_with_the_observed_value() {
     assert_eq!(vfs.len(), 64);
     for (addr, fault, check, observed) in cases {
         let vf = vfs[addr];
-        let failed = failed_checks(vf);
+        let mut failed = failed_checks(vf);
+        if fault == Fault::EthFallback {
+            // A port that fell back to Ethernet is a RoCE port: DOWN while the VF's netdev
+            // is down in the host, as mlx5 reports it. Its own check comes first.
+            assert_eq!(
+                failed.get(1).map(|f| f.0.as_str()),
+                Some("port_state"),
+                "{failed:?}"
+            );
+            failed.truncate(1);
+        }
         match check {
             Some(check) => {
                 assert_eq!(

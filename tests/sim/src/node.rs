@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use inotify::{WatchDescriptor, WatchMask, Watches};
+use netlink_packet_route::link::State;
 
 use crate::error::{Result, SimError, io_err, nl_err};
 use crate::fault::{Fault, PhysState, PortState};
@@ -138,6 +139,10 @@ pub(crate) struct Veth {
     /// Name and index of the VF end as last observed, in whatever namespace it was.
     pub last_name: String,
     pub last_index: u32,
+    /// The VF end is up with carrier, wherever it is: its peer (always up) is then up too.
+    /// A RoCE port follows it, as mlx5 reports a RoCE port ACTIVE only while its netdev
+    /// runs with carrier (`mlx5_query_port_roce`).
+    pub running: bool,
 }
 
 pub(crate) struct Vf {
@@ -568,6 +573,7 @@ impl Node {
                     peer_index,
                     last_name: l.name.clone(),
                     last_index: l.index,
+                    running: false,
                 });
                 vf.host = Some(HostNetdev::from_link(l));
             }
@@ -668,7 +674,13 @@ impl Node {
         let mut dead = Vec::new();
         for (bdf, vf) in self.vfs.iter_mut() {
             let now = in_host.get(bdf).map(HostNetdev::from_link);
+            let mut ran_changed = false;
             if let Some(link) = vf.link.as_mut() {
+                let running = peers
+                    .get(&link.peer_index)
+                    .is_some_and(|p| p.operstate == State::Up);
+                ran_changed = link.running != running;
+                link.running = running;
                 match (&now, peers.get(&link.peer_index)) {
                     (Some(h), _) => {
                         link.last_name = h.name.clone();
@@ -689,6 +701,8 @@ impl Node {
             }
             if now != vf.host {
                 vf.host = now;
+                changed.push(*bdf);
+            } else if ran_changed {
                 changed.push(*bdf);
             }
         }
@@ -1142,7 +1156,7 @@ impl Node {
             (_, Some(v)) => (&v.port, self.pfs[&v.pf].link_layer),
             _ => return 0,
         };
-        port_view(port, &self.effective_faults(b), ll).lid
+        port_view(port, &self.effective_faults(b), ll, true).lid
     }
 
     /// Renders the whole node (the initial build: files are written in place).
@@ -1346,6 +1360,7 @@ impl Node {
             link_layer: pf.link_layer,
             bound: !pf.port.unbound && !faults.contains(&Fault::Unbound),
             netdev_exists: true,
+            netdev_running: true,
             host: Some(&pf.netdev),
             hca: pf
                 .nic
@@ -1423,6 +1438,8 @@ impl Node {
             link_layer: pf.link_layer,
             bound,
             netdev_exists: self.net.is_none() || vf.link.is_some(),
+            // Without real links (a fixture only) the fake netdevs count as up.
+            netdev_running: self.net.is_none() || vf.link.as_ref().is_some_and(|l| l.running),
             host: vf.host.as_ref(),
             hca: format!("MT{}", pf.nic.vf_device_id),
             rate: pf
@@ -1498,7 +1515,7 @@ impl Node {
         if f.faults.contains(&Fault::NoRdma) {
             return;
         }
-        let p = port_view(f.port, f.faults, ll);
+        let p = port_view(f.port, f.faults, ll, f.netdev_running);
         let ib = dir.join(format!("infiniband/{}", f.port.rdma));
         t.insert(dir.join("infiniband"), Entry::Dir);
         t.insert(ib.clone(), Entry::Dir);
@@ -1613,6 +1630,8 @@ struct FnRender<'a> {
     link_layer: LinkLayer,
     bound: bool,
     netdev_exists: bool,
+    /// The netdev is up with carrier (a RoCE port's state follows it).
+    netdev_running: bool,
     host: Option<&'a HostNetdev>,
     hca: String,
     rate: String,
@@ -1628,12 +1647,19 @@ pub(crate) struct PortView {
     pub port_guid: u64,
 }
 
-/// What a port shows, from SM state, overrides and faults.
-pub(crate) fn port_view(port: &Port, faults: &BTreeSet<Fault>, base: LinkLayer) -> PortView {
+/// What a port shows, from SM state, overrides and faults. An Ethernet (RoCE) port is
+/// ACTIVE only while its netdev runs with carrier, as on mlx5 (`mlx5_query_port_roce`).
+pub(crate) fn port_view(
+    port: &Port,
+    faults: &BTreeSet<Fault>,
+    base: LinkLayer,
+    netdev_running: bool,
+) -> PortView {
     let eth = faults.contains(&Fault::EthFallback) || base == LinkLayer::Ethernet;
     let zero = faults.contains(&Fault::ZeroGuid);
     let (mut state, mut phys) = match port.sm {
-        _ if eth => (PortState::Active, PhysState::LinkUp),
+        _ if eth && netdev_running => (PortState::Active, PhysState::LinkUp),
+        _ if eth => (PortState::Down, PhysState::Disabled),
         Sm::NoGuid => (PortState::Down, PhysState::LinkUp),
         Sm::Pending(_) => (PortState::Init, PhysState::LinkUp),
         Sm::Assigned { .. } => (PortState::Active, PhysState::LinkUp),
@@ -1853,7 +1879,7 @@ mod tests {
             faults: BTreeSet::new(),
             unbound: false,
         };
-        let base = port_view(&port, &BTreeSet::new(), LinkLayer::InfiniBand);
+        let base = port_view(&port, &BTreeSet::new(), LinkLayer::InfiniBand, true);
         assert_eq!(
             (base.state, base.phys, base.lid, base.sm_lid),
             (PortState::Active, PhysState::LinkUp, 7, 1)
@@ -1862,6 +1888,7 @@ mod tests {
             &port,
             &BTreeSet::from([Fault::LidZero]),
             LinkLayer::InfiniBand,
+            true,
         );
         assert_eq!(
             (lid0.state, lid0.lid, lid0.sm_lid),
@@ -1871,12 +1898,14 @@ mod tests {
             &port,
             &BTreeSet::from([Fault::SmLidZero]),
             LinkLayer::InfiniBand,
+            true,
         );
         assert_eq!((sm0.lid, sm0.sm_lid), (7, 0));
         let down = port_view(
             &port,
             &BTreeSet::from([Fault::PortDown]),
             LinkLayer::InfiniBand,
+            true,
         );
         assert_eq!(
             (down.state, down.phys, down.lid),
@@ -1886,7 +1915,17 @@ mod tests {
             &port,
             &BTreeSet::from([Fault::EthFallback]),
             LinkLayer::InfiniBand,
+            true,
         );
         assert_eq!((eth.lid, eth.sm_lid, eth.state), (0, 0, PortState::Active));
+        // A RoCE port whose netdev is down (or without carrier) is DOWN; an InfiniBand
+        // port does not care.
+        let eth_down = port_view(&port, &BTreeSet::new(), LinkLayer::Ethernet, false);
+        assert_eq!(
+            (eth_down.state, eth_down.phys),
+            (PortState::Down, PhysState::Disabled)
+        );
+        let ib_down = port_view(&port, &BTreeSet::new(), LinkLayer::InfiniBand, false);
+        assert_eq!(ib_down.state, PortState::Active);
     }
 }

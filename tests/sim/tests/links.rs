@@ -152,6 +152,44 @@ fn mirror_follows_a_move_into_a_pod_a_rename_and_back() {
 }
 
 #[test]
+fn a_roce_port_is_active_only_while_its_netdev_runs() {
+    if !require_root() {
+        return;
+    }
+    let sim = SimOptions::dgx_h200().build().unwrap();
+    let vf = sim.vf(VF).unwrap();
+    let pf = sim.pf(vf.pf).unwrap();
+    sim.set_link_layer(vf.pf, railvf_sim::LinkLayer::Ethernet)
+        .unwrap();
+    let port =
+        |dir: &std::path::Path, rdma: &str| dir.join(format!("infiniband/{rdma}/ports/1/state"));
+    let vf_state = port(&vf.sysfs_dir, &vf.rdma_device);
+    let wait_state = |what: &str, want: &str| {
+        sim.wait_for(what, T, |_| read(&vf_state) == want).unwrap();
+    };
+    // A free VF's netdev is down in the host: its RoCE port is DOWN, its PF's ACTIVE.
+    wait_state("RoCE port down with its netdev", "1: DOWN\n");
+    assert_eq!(read(vf_state.with_file_name("phys_state")), "3: Disabled\n");
+    assert_eq!(read(port(&pf.sysfs_dir, &pf.rdma_device)), "4: ACTIVE\n");
+
+    ip(&["link", "set", "dev", &vf.netdev, "up"]).unwrap();
+    wait_state("RoCE port active with its netdev up", "4: ACTIVE\n");
+    // A move closes the netdev; up again in the pod, the port is ACTIVE again.
+    let pod = TestNetns::new().unwrap();
+    ip(&["link", "set", "dev", &vf.netdev, "netns", pod.name()]).unwrap();
+    wait_state("RoCE port down after the move", "1: DOWN\n");
+    pod.ip(&["link", "set", "dev", &vf.netdev, "up"]).unwrap();
+    wait_state("RoCE port active in the pod", "4: ACTIVE\n");
+
+    // An InfiniBand port does not follow its netdev.
+    pod.ip(&["link", "set", "dev", &vf.netdev, "down"]).unwrap();
+    wait_state("RoCE port down in the pod", "1: DOWN\n");
+    sim.set_link_layer(vf.pf, railvf_sim::LinkLayer::InfiniBand)
+        .unwrap();
+    wait_state("InfiniBand port active with its netdev down", "4: ACTIVE\n");
+}
+
+#[test]
 fn a_vf_returns_to_the_host_when_its_pod_netns_dies() {
     if !require_root() {
         return;
