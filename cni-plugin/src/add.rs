@@ -124,6 +124,13 @@ fn locked(
         &vf,
         &[Check::Driver, Check::Rdma, Check::LinkLayer],
     )?;
+    // A RoCE VF gets its node GUID from its admin MAC when its driver binds: nothing ADD
+    // does gives it one, so a missing one is refused before anything changes.
+    if is_ethernet(&vf.function) && conf.guid.is_none() {
+        railvf_host::inventory::refresh(root, &mut vf.function)
+            .map_err(|source| crate::vf::VfError::Host { addr, source })?;
+        preflight(ctx, conf, &vf, &[Check::Guid])?;
+    }
     // A short wait covers a VF still on its way back from a netns being destroyed.
     let link = vf::wait_in_host(root, ctx.links, &addr, HOST_WAIT)?.ok_or_else(|| {
         CniError::new(

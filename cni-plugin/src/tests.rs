@@ -561,6 +561,14 @@ fn a_roce_vf_without_a_node_guid_is_told_how_mlx5_gives_it_one() {
         "{}",
         e.details
     );
+    // Refused in pre-flight: no wait, nothing moved, no state written.
+    assert!(e.msg.contains("will not change by waiting"), "{e}");
+    assert!(
+        !b.links.calls().iter().any(|c| c.op == FakeOp::MoveLink),
+        "{:?}",
+        b.links.calls()
+    );
+    assert!(b.state_files().is_empty());
     assert!(is_home(&b, 0));
 }
 
