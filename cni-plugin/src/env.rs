@@ -14,9 +14,10 @@ use crate::error::{CniError, code};
 pub const STATE_DIR_ENV: &str = "RAILVF_STATE_DIR";
 /// Default state directory (beside the reference plugins' `/var/lib/cni/networks`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/railvf";
-/// Environment variable widening where `logFile` may point (default `/var/log`).
+/// Environment variable naming the directory `logFile` may point into (default
+/// `/var/log/railvf`: railvf's own, so no NAD can aim at another program's log).
 pub const LOG_DIR_ENV: &str = "RAILVF_LOG_DIR";
-pub const DEFAULT_LOG_DIR: &str = "/var/log";
+pub const DEFAULT_LOG_DIR: &str = "/var/log/railvf";
 
 /// The verbs of the CNI spec 1.1.0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

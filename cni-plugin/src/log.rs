@@ -9,24 +9,24 @@
 //! [`step`] marks the end of a step of ADD/DEL and [`finish`] writes one summary line with
 //! each step's duration in ms.
 //!
-//! `logFile` rule: an absolute path without `.`/`..`, below the log directory (`/var/log`,
-//! or `RAILVF_LOG_DIR`), opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` so no
-//! symlink can lead outside it; its name must end in `.log`, and it must be a regular file
-//! with one link; created with mode 0600 when absent, appended to otherwise.
+//! `logFile` rule: a file directly in railvf's log directory (`/var/log/railvf`, or
+//! `RAILVF_LOG_DIR`; created on first use), named `*.log`, opened with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` so no symlink is followed; it must be a
+//! regular file with one link; created with mode 0600 when absent, appended to otherwise.
+//! Any other `logFile` (one written for sriov-cni, a hostile one) is not opened: the call
+//! logs to stderr with a warning saying why, and goes on.
 
 use std::fmt;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Component, Path};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
 use nix::sys::stat::Mode;
-
-use crate::error::{CniError, code};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -37,13 +37,14 @@ pub enum Level {
 }
 
 impl Level {
-    /// sriov-cni's names; `panic` logs errors only.
+    /// sriov-cni's names, in any case as its logger takes them; `panic` logs errors only,
+    /// `verbose` is debug.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
+        Some(match s.to_ascii_lowercase().as_str() {
             "panic" | "error" => Level::Error,
             "warning" | "warn" => Level::Warning,
             "info" => Level::Info,
-            "debug" => Level::Debug,
+            "debug" | "verbose" => Level::Debug,
             _ => return None,
         })
     }
@@ -288,37 +289,44 @@ macro_rules! log_info { ($($t:tt)*) => { $crate::log::write($crate::log::Level::
 #[macro_export]
 macro_rules! log_debug { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) } }
 
-/// Opens `logFile` for appending, refusing anything outside `log_dir` (see the module docs).
-pub fn open_log_file(path: &Path, log_dir: &Path) -> Result<File, CniError> {
-    let refuse = |why: String| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            format!("\"logFile\" {} cannot be used: {why}", path.display()),
-            format!(
-                "logFile must be a regular file named *.log below {} (symlinks are not followed, hard-linked files are refused); remove logFile to log to stderr",
+/// Opens `logFile` for appending, or says why it will not (see the module docs). The
+/// caller logs to stderr then: a logging setting never stops a call.
+pub fn open_log_file(raw: &str, log_dir: &Path) -> Result<File, String> {
+    let path = Path::new(raw);
+    // Only a file directly in railvf's log directory: other programs' files and other
+    // pods' logs (`/var/log/pods/…`, the audit log) sit in directories of their own.
+    let name = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name))
+            if parent == log_dir
+                && !raw.contains('\0')
+                && path
+                    .components()
+                    .all(|c| matches!(c, Component::RootDir | Component::Normal(_))) =>
+        {
+            name
+        }
+        _ => {
+            return Err(format!(
+                "it is not a file directly in {}",
                 log_dir.display()
-            ),
-        )
+            ));
+        }
     };
-    let rel = path
-        .strip_prefix(log_dir)
-        .map_err(|_| refuse(format!("it is not below {}", log_dir.display())))?;
-    if rel.as_os_str().is_empty() {
-        return Err(refuse("it names the log directory itself".into()));
+    if Path::new(name).extension().is_none_or(|e| e != "log") {
+        return Err("its name does not end in .log".into());
     }
-    // Other daemons' record files share the directory (wtmp, btmp, lastlog, the journal's
-    // *.journal): JSON lines appended to them would corrupt them.
-    if path.extension().is_none_or(|e| e != "log") {
-        return Err(refuse(
-            "its name does not end in .log (other programs' files live there too)".into(),
-        ));
+    // Created on first use (one level: its parent is the node's).
+    match std::fs::DirBuilder::new().mode(0o750).create(log_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", log_dir.display())),
     }
     let dir: OwnedFd = open(
         log_dir,
         OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| refuse(format!("cannot open {}: {e}", log_dir.display())))?;
+    .map_err(|e| format!("cannot open {}: {e}", log_dir.display()))?;
     let how = OpenHow::new()
         .flags(
             OFlag::O_WRONLY
@@ -331,23 +339,23 @@ pub fn open_log_file(path: &Path, log_dir: &Path) -> Result<File, CniError> {
         )
         .mode(Mode::from_bits_truncate(0o600))
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let fd = openat2(&dir, rel, how).map_err(|e| refuse(format!("open failed: {e}")))?;
+    let fd = openat2(&dir, name, how).map_err(|e| format!("open failed: {e}"))?;
     let file = File::from(fd);
     let meta = file
         .metadata()
-        .map_err(|e| refuse(format!("cannot stat it: {e}")))?;
+        .map_err(|e| format!("cannot stat it: {e}"))?;
     if !meta.file_type().is_file() {
-        return Err(refuse(format!(
+        return Err(format!(
             "it is not a regular file (found {:?})",
             meta.file_type()
-        )));
+        ));
     }
     // A second name elsewhere (a hard link) would take the lines out of the directory.
     if meta.nlink() != 1 {
-        return Err(refuse(format!(
+        return Err(format!(
             "it has {} hard links; a log file has one",
             meta.nlink()
-        )));
+        ));
     }
     Ok(file)
 }
@@ -384,26 +392,48 @@ pub fn rfc3339(at: SystemTime) -> String {
 mod tests {
     use super::*;
 
+    fn open(p: &Path, logs: &Path) -> Result<File, String> {
+        open_log_file(p.to_str().unwrap(), logs)
+    }
+
     #[test]
-    fn log_file_stays_below_the_log_dir() {
+    fn log_file_stays_directly_in_the_log_dir() {
         let dir = tempfile::tempdir().unwrap();
+        // Created on first use.
         let logs = dir.path().join("logs");
-        std::fs::create_dir(&logs).unwrap();
-        let mut f = open_log_file(&logs.join("railvf.log"), &logs).unwrap();
+        let mut f = open(&logs.join("railvf.log"), &logs).unwrap();
         f.write_all(b"x\n").unwrap();
         assert!(logs.join("railvf.log").exists());
 
         // A symlink inside the log dir pointing outside is refused, not followed.
         std::os::unix::fs::symlink(dir.path(), logs.join("escape")).unwrap();
-        let e = open_log_file(&logs.join("escape/evil.log"), &logs).unwrap_err();
-        assert_eq!(e.code, 7, "{e}");
+        let e = open(&logs.join("escape/evil.log"), &logs).unwrap_err();
+        assert!(e.contains("not a file directly in"), "{e}");
         assert!(!dir.path().join("evil.log").exists());
         std::os::unix::fs::symlink(dir.path().join("target"), logs.join("link.log")).unwrap();
-        assert!(open_log_file(&logs.join("link.log"), &logs).is_err());
+        assert!(open(&logs.join("link.log"), &logs).is_err());
         assert!(!dir.path().join("target").exists());
 
-        let e = open_log_file(Path::new("/etc/railvf.log"), &logs).unwrap_err();
-        assert!(e.msg.contains("not below"), "{e}");
+        // Another pod's log, the audit log: files in directories of their own, untouched.
+        for sub in ["pods/ns_victim_1234/app/0.log", "audit/audit.log"] {
+            let p = logs.join(sub);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "their line\n").unwrap();
+            let e = open(&p, &logs).unwrap_err();
+            assert!(e.contains("not a file directly in"), "{sub}: {e}");
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), "their line\n");
+        }
+        for bad in [
+            "/etc/railvf.log",
+            "relative.log",
+            "",
+            &format!("{}/../railvf.log", logs.display()),
+            &format!("{}/a\0.log", logs.display()),
+        ] {
+            let e = open_log_file(bad, &logs).unwrap_err();
+            assert!(e.contains("not a file directly in"), "{bad:?}: {e}");
+        }
+        assert!(!dir.path().join("railvf.log").exists());
     }
 
     /// Other programs' files in the log directory are not appended to, and a FIFO does
@@ -413,25 +443,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path();
         std::fs::write(logs.join("wtmp"), b"\0\0binary records").unwrap();
-        let e = open_log_file(&logs.join("wtmp"), logs).unwrap_err();
-        assert_eq!(e.code, 7, "{e}");
-        assert!(e.msg.contains(".log"), "{e}");
+        let e = open(&logs.join("wtmp"), logs).unwrap_err();
+        assert!(e.contains(".log"), "{e}");
         assert_eq!(
             std::fs::read(logs.join("wtmp")).unwrap(),
             b"\0\0binary records"
         );
 
         nix::unistd::mkfifo(&logs.join("pipe.log"), Mode::from_bits_truncate(0o600)).unwrap();
-        let e = open_log_file(&logs.join("pipe.log"), logs).unwrap_err();
-        assert_eq!(e.code, 7, "{e}");
+        // Refused by the open itself (no reader: ENXIO), without blocking.
+        assert!(open(&logs.join("pipe.log"), logs).is_err());
 
         std::fs::create_dir(logs.join("dir.log")).unwrap();
-        assert!(open_log_file(&logs.join("dir.log"), logs).is_err());
+        assert!(open(&logs.join("dir.log"), logs).is_err());
 
         std::fs::write(logs.join("a.log"), b"").unwrap();
         std::fs::hard_link(logs.join("a.log"), logs.join("b.log")).unwrap();
-        let e = open_log_file(&logs.join("b.log"), logs).unwrap_err();
-        assert!(e.msg.contains("hard links"), "{e}");
+        let e = open(&logs.join("b.log"), logs).unwrap_err();
+        assert!(e.contains("hard links"), "{e}");
+    }
+
+    #[test]
+    fn levels_are_read_as_sriov_cnis_logger_reads_them() {
+        for (s, l) in [
+            ("panic", Level::Error),
+            ("ERROR", Level::Error),
+            ("Warning", Level::Warning),
+            ("warn", Level::Warning),
+            ("INFO", Level::Info),
+            ("verbose", Level::Debug),
+            ("Debug", Level::Debug),
+        ] {
+            assert_eq!(Level::parse(s), Some(l), "{s}");
+        }
+        assert_eq!(Level::parse("loud"), None);
     }
 
     #[test]

@@ -67,13 +67,12 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
         Err(e) => return (None, Err(e)),
     };
     let v = Some(conf.version);
+    // A logFile that cannot be used (written for sriov-cni, hostile, its directory
+    // unwritable) never stops a call: it logs to stderr, saying why.
     let (file, unusable_log) = match &conf.log_file {
         Some(p) => match log::open_log_file(p, &env.log_dir) {
             Ok(f) => (Some(f), None),
-            // DEL and GC must converge even when the log cannot be written (its directory
-            // rotated away, unwritable, full): they log to stderr then.
-            Err(e) if matches!(env.command, Command::Del | Command::Gc) => (None, Some(e)),
-            Err(e) => return (v, Err(e)),
+            Err(why) => (None, Some((p, why))),
         },
         None => (None, None),
     };
@@ -87,8 +86,15 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
             env.ifname.as_deref().unwrap_or("-")
         ),
     );
-    if let Some(e) = unusable_log {
-        log_warn!("{}; logging to stderr only", e.msg);
+    if let Some((p, why)) = unusable_log {
+        log_warn!(
+            "\"logFile\" {:?} is not used: {why}; logging to stderr only (logFile must name a *.log file directly in railvf's log directory, {}, which RAILVF_LOG_DIR sets)",
+            p.chars().take(200).collect::<String>(),
+            env.log_dir.display()
+        );
+    }
+    for note in &conf.log_notes {
+        log_warn!("{note}");
     }
     if let Some(e) = refused {
         log_warn!(

@@ -5,7 +5,6 @@
 //! Fields are read one by one (not with a derived deserializer) so that every error names
 //! the field, what it expected and what it found.
 
-use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use railvf_host::{Expectations, Guid, LinkLayer, PciAddr};
@@ -86,8 +85,12 @@ pub struct NetConf {
     pub rdma_isolation: bool,
     /// `ipam.type`, when IPAM is configured (a bare file name, looked up in `CNI_PATH`).
     pub ipam_type: Option<String>,
-    pub log_file: Option<PathBuf>,
+    /// `logFile` as given; where it may point is checked when it is opened
+    /// ([`crate::log::open_log_file`]).
+    pub log_file: Option<String>,
     pub log_level: Level,
+    /// What is wrong with the logging settings, logged as warnings once logging is set up.
+    pub log_notes: Vec<String>,
     pub readiness: ReadinessConf,
     /// `railPolicy`: `none`, `warn` (default) or `require` (see [`crate::rail`]).
     pub rail_policy: RailPolicy,
@@ -239,19 +242,22 @@ impl NetConf {
                 Some(t) => Some(validate_plugin_name(t)?.to_string()),
             },
         };
+        // Logging settings never stop a call: sriov-cni's logger takes any level (unknown
+        // ones as info) and falls back to stderr, and NADs written for it must keep working.
+        let mut log_notes = Vec::new();
         let log_level = match string(&m, "logLevel", "logLevel")? {
             None => Level::Info,
-            Some(s) => Level::parse(s).ok_or_else(|| {
-                invalid(
-                    "logLevel",
-                    "\"panic\", \"error\", \"warning\", \"info\" or \"debug\"",
-                    &m["logLevel"],
-                )
-            })?,
+            Some(s) => Level::parse(s).unwrap_or_else(|| {
+                log_notes.push(format!(
+                    "\"logLevel\" {:?} is not a level railvf knows (\"panic\", \"error\", \"warning\", \"info\", \"verbose\" or \"debug\"); logging at info",
+                    s.chars().take(64).collect::<String>()
+                ));
+                Level::Info
+            }),
         };
         let log_file = match string(&m, "logFile", "logFile")? {
             None | Some("") => None,
-            Some(p) => Some(validate_log_file_syntax(p)?),
+            Some(p) => Some(p.to_string()),
         };
         let readiness = readiness(&m)?;
         let rail_policy = match string(&m, "railPolicy", "railPolicy")? {
@@ -290,6 +296,7 @@ impl NetConf {
             ipam_type,
             log_file,
             log_level,
+            log_notes,
             readiness,
             rail_policy,
             prev_result,
@@ -346,6 +353,7 @@ impl NetConf {
             ipam_type,
             log_file: None,
             log_level: Level::Info,
+            log_notes: Vec::new(),
             readiness: ReadinessConf::default(),
             rail_policy: RailPolicy::default(),
             prev_result: None,
@@ -570,30 +578,6 @@ pub fn validate_plugin_name(t: &str) -> Result<&str, CniError> {
     }
 }
 
-/// Syntax of `logFile`: absolute, no `.`/`..` components. Where it may point is checked
-/// when it is opened (see [`crate::log`]).
-fn validate_log_file_syntax(p: &str) -> Result<PathBuf, CniError> {
-    let path = Path::new(p);
-    let ok = path.is_absolute()
-        && !p.contains('\0')
-        && path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
-        && path.file_name().is_some();
-    if ok {
-        Ok(path.to_path_buf())
-    } else {
-        Err(CniError::new(
-            code::INVALID_CONFIG,
-            format!(
-                "\"logFile\" {:?} is invalid: expected an absolute file path under /var/log without '.' or '..'",
-                p.chars().take(200).collect::<String>()
-            ),
-            "use e.g. \"/var/log/railvf.log\", or remove logFile to log to stderr",
-        ))
-    }
-}
-
 fn readiness(m: &Map<String, Value>) -> Result<ReadinessConf, CniError> {
     let mut r = ReadinessConf::default();
     let Some(o) = object(m, "readiness")? else {
@@ -788,6 +772,21 @@ mod tests {
     }
 
     #[test]
+    fn logging_settings_sriov_cni_takes_never_refuse_a_config() {
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","logLevel":"VERBOSE","logFile":"/var/log/sriov-cni.log"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.log_level, Level::Debug);
+        assert_eq!(c.log_file.as_deref(), Some("/var/log/sriov-cni.log"));
+        assert!(c.log_notes.is_empty());
+        let c = parse(r#"{"cniVersion":"1.0.0","logLevel":"loud","logFile":"rel.log"}"#).unwrap();
+        assert_eq!(c.log_level, Level::Info);
+        assert_eq!(c.log_notes.len(), 1);
+        assert!(c.log_notes[0].contains("\"loud\""), "{:?}", c.log_notes);
+    }
+
+    #[test]
     fn runtime_config_wins_and_ib_fields_parse() {
         let c = parse(
             r#"{"cniVersion":"1.1.0","name":"ib","type":"railvf","guid":"11:22:33:44:55:66:77:88",
@@ -947,17 +946,12 @@ mod tests {
                 7,
                 "ipam.type",
             ),
+            (r#"{"cniVersion":"1.0.0","logLevel":5}"#, 7, "logLevel"),
             (
-                r#"{"cniVersion":"1.0.0","logFile":"/var/log/../../etc/shadow"}"#,
+                r#"{"cniVersion":"1.0.0","logFile":["/x.log"]}"#,
                 7,
                 "logFile",
             ),
-            (
-                r#"{"cniVersion":"1.0.0","logFile":"relative.log"}"#,
-                7,
-                "logFile",
-            ),
-            (r#"{"cniVersion":"1.0.0","logLevel":"loud"}"#, 7, "logLevel"),
             (
                 r#"{"cniVersion":"1.0.0","railPolicy":"strict"}"#,
                 7,

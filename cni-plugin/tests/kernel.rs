@@ -473,14 +473,14 @@ fn check_status_gc_and_version_through_the_binary() {
 }
 
 #[test]
-fn a_log_file_that_cannot_be_opened_stops_add_but_not_del() {
+fn a_log_file_that_cannot_be_used_is_warned_about_and_the_call_goes_on() {
     if !require_root() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let sim = sim(small());
+    // Created by railvf on first use.
     let logs = tmp.path().join("logs");
-    std::fs::create_dir(&logs).unwrap();
     let cni = cni_for(&sim, tmp.path()).with_env("RAILVF_LOG_DIR", logs.to_str().unwrap());
     let host_name = sim.vf(VF).unwrap().netdev;
     let log = logs.join("railvf.log");
@@ -494,8 +494,9 @@ fn a_log_file_that_cannot_be_opened_stops_add_but_not_del() {
     cni.run("ADD", "c-log", Some(pod.path()), &conf).expect_ok();
     assert!(std::fs::metadata(&log).unwrap().len() > 0);
 
-    // The log directory goes away (rotated, a tmpfs remounted) while the pod runs.
+    // The log directory replaced by a file while the pod runs: DEL still converges.
     std::fs::remove_dir_all(&logs).unwrap();
+    std::fs::write(&logs, "").unwrap();
     let o = cni.run("DEL", "c-log", Some(pod.path()), &conf).expect_ok();
     assert!(
         o.stderr.contains("logFile") && o.stderr.contains("logging to stderr only"),
@@ -508,10 +509,32 @@ fn a_log_file_that_cannot_be_opened_stops_add_but_not_del() {
     );
     assert!(cni.state_files().is_empty(), "{:?}", cni.state_files());
 
-    // ADD is refused before it changes anything: code 7 naming logFile.
-    let (code, msg) = cni.run("ADD", "c-log2", Some(pod.path()), &conf).err();
-    assert_eq!(code, 7, "{msg}");
-    assert!(msg.contains("logFile"), "{msg}");
+    // A NAD written for sriov-cni (a logFile elsewhere, its logger's "verbose"): ADD goes
+    // on, logging to stderr, and says why; nothing is written where logFile points.
+    let elsewhere = tmp.path().join("sriov-cni.log");
+    let sriov = netconf(
+        "1.1.0",
+        "rdma-log",
+        VF,
+        &format!(
+            r#""logFile":"{}","logLevel":"verbose""#,
+            elsewhere.display()
+        ),
+    );
+    let o = cni
+        .run("ADD", "c-log2", Some(pod.path()), &sriov)
+        .expect_ok();
+    assert!(
+        o.stderr
+            .contains("is not used: it is not a file directly in"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("\"level\":\"debug\""), "{}", o.stderr);
+    assert!(!elsewhere.exists());
+    assert!(link(Some(pod.name()), "net1").is_some());
+    cni.run("DEL", "c-log2", Some(pod.path()), &sriov)
+        .expect_ok();
     assert!(link(None, &host_name).is_some());
     assert!(cni.state_files().is_empty());
 }
