@@ -80,8 +80,11 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
         .links
         .addresses(&ns, link.ifindex)
         .map_err(|e| crate::add::net_err(format!("listing addresses of {ifname}"), e))?;
+    // Only the addresses placed on our interface: a previous plugin's (its own interface
+    // named, or none, as plugins before 0.3 indices left them) are not ours to check, and
+    // railvf always names its interface on its own.
     for ip in &prev.ips {
-        if ip.interface.is_none_or(|i| i == mine) && !have.contains(&ip.address) {
+        if ip.interface == Some(mine) && !have.contains(&ip.address) {
             return Err(mismatch(format!(
                 "{ifname} lacks address {} from prevResult (has {})",
                 fmt_ipnet(&ip.address),
