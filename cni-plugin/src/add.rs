@@ -154,6 +154,24 @@ fn locked(
         });
     }
     preflight(ctx, conf, &vf, &[Check::Ownership])?;
+    // A CNI_IFNAME taken in the pod would fail the move, after a GUID rebind and VF settings
+    // had changed the VF: known now, nothing is touched. (An interface created meanwhile
+    // still ends at the move's EEXIST, and is rolled back.)
+    let taken = ctx
+        .links
+        .link_by_name(&Netns::path(netns), ifname)
+        .map_err(|e| net_err(format!("looking for {ifname} in {}", netns.display()), e))?;
+    if let Some(l) = taken {
+        return Err(CniError::new(
+            code::KERNEL,
+            format!(
+                "an interface named {ifname} already exists in {} (ifindex {})",
+                netns.display(),
+                l.ifindex
+            ),
+            "use another CNI_IFNAME (Multus: the interface name in the network selection annotation), or find what created it in the pod",
+        ));
+    }
     // A missing IPAM plugin is known before anything changes.
     if let Some(t) = &conf.ipam_type {
         Plugin::find(t, &ctx.env.cni_path)?;

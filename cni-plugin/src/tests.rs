@@ -183,6 +183,26 @@ fn add_attaches_and_del_returns_everything() {
     assert_eq!(ipam_log(&b), vec!["ADD c1 net1", "DEL c1 net1"]);
 }
 
+/// CHECK right after a chained ADD passes: the previous plugin's address without an
+/// interface index is not taken for ours.
+#[test]
+fn check_after_a_chained_add_leaves_a_previous_plugins_addresses_alone() {
+    let b = Bench::new(1);
+    let ipam = with_ipam(&b);
+    let prev = r#""prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.128.0.5/23"}]}"#;
+    let c = conf(0, &format!("{ipam},{prev}"));
+    let out = b.run("ADD", "c1", Some(&b.pod), &c).unwrap().unwrap();
+    let mut v: Value = serde_json::from_str(&c).unwrap();
+    v["prevResult"] = serde_json::from_str(&out).unwrap();
+    b.run("CHECK", "c1", Some(&b.pod), &v.to_string()).unwrap();
+    // Our own address is still checked.
+    v["prevResult"]["ips"][1]["address"] = "10.1.0.99/24".into();
+    let e = b
+        .run("CHECK", "c1", Some(&b.pod), &v.to_string())
+        .unwrap_err();
+    assert!(e.msg.contains("lacks address 10.1.0.99/24"), "{e}");
+}
+
 #[test]
 fn a_previous_plugins_result_is_passed_through_before_ours() {
     let b = Bench::new(2);
@@ -741,15 +761,34 @@ fn a_vf_with_the_configs_mac_and_a_new_ifindex_in_the_pod_is_found_by_its_device
     assert!(b.state_files().is_empty(), "{:?}", b.state_files());
 }
 
+/// A CNI_IFNAME taken in the pod is bad input: refused before anything changes, not even
+/// a GUID rebind (seconds on real mlx5, and the device plugin sees the VF go away).
 #[test]
-fn an_existing_name_in_the_pod_fails_cleanly() {
+fn an_existing_name_in_the_pod_fails_before_anything_changes() {
     let b = Bench::new(1);
+    b.fake_driver();
+    let guid_before = fs::read_to_string(b.sriov_file(0, "node")).unwrap();
     let pod = Netns::path(&b.pod);
     b.links.add_link(&pod, "net1");
-    let e = b.run("ADD", "c1", Some(&b.pod), &conf(0, "")).unwrap_err();
+    let c = conf(
+        0,
+        r#""runtimeConfig":{"infinibandGUID":"02:00:00:00:00:00:aa:01"}"#,
+    );
+    let e = b.run("ADD", "c1", Some(&b.pod), &c).unwrap_err();
     assert_eq!(e.code, 103, "{e}");
-    assert!(e.details.contains("already exists"), "{e}");
-    // The kernel moved it under its old name; rollback brought it home.
+    assert!(e.msg.contains("net1 already exists"), "{e}");
+    assert!(e.details.contains("another CNI_IFNAME"), "{e}");
+    let unbind = b.root().join("sys/bus/pci/drivers/mlx5_core/unbind");
+    assert_eq!(fs::read_to_string(unbind).unwrap_or_default(), "");
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "node")).unwrap(),
+        guid_before
+    );
+    assert!(
+        !b.links.calls().iter().any(|c| c.op == FakeOp::MoveLink),
+        "{:?}",
+        b.links.calls()
+    );
     assert!(is_home(&b, 0), "{:?}", b.whereis(&vf_netdev(0)));
     assert_eq!(b.whereis("net1"), vec![pod]);
     assert!(b.state_files().is_empty());
