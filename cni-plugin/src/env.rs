@@ -219,23 +219,37 @@ fn abs_dir(
 
 /// The spec's rule: alphanumeric first, then alphanumerics, `_`, `.`, `-`. It also keeps
 /// the ID safe inside a state file name.
+/// The longest container ID railvf takes: its state file names must fit in 255 bytes.
+pub const MAX_CONTAINER_ID: usize = 200;
+
 pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     let mut chars = id.chars();
-    let ok = id.len() <= 1024
-        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CniError::new(
+    if !ok {
+        return Err(CniError::new(
             code::INVALID_ENV,
             format!(
                 "CNI_CONTAINERID {:?} is invalid: expected an alphanumeric character followed by alphanumerics, '_', '.' or '-'",
                 id.chars().take(80).collect::<String>()
             ),
             "the container runtime passed a container ID the CNI spec does not allow",
-        ))
+        ));
     }
+    // State files are named `<vf>_<id>@<ifname>.json` (written as `.<name>.tmp` first): a
+    // longer ID would not fit a file name (255 bytes), and the error would come only later.
+    if id.len() > MAX_CONTAINER_ID {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!(
+                "CNI_CONTAINERID is {} characters long ({:?}…): railvf takes at most {MAX_CONTAINER_ID}",
+                id.len(),
+                id.chars().take(40).collect::<String>()
+            ),
+            "container runtimes use 64-character IDs; a longer one comes from a runtime or test harness railvf does not support",
+        ));
+    }
+    Ok(())
 }
 
 /// An interface name the kernel accepts and that is safe in a file name: 1–15 bytes, no

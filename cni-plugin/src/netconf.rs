@@ -636,6 +636,9 @@ fn valid_attachments(m: &Map<String, Value>) -> Result<Option<Vec<AttachmentKey>
             return Err(invalid(key, "an array of {containerID, ifname}", v));
         };
         let out = out.get_or_insert_with(|| Vec::with_capacity(list.len()));
+        // A set, not `out.contains`: the list comes from the config, and a long one made
+        // every verb quadratic.
+        let mut seen: std::collections::HashSet<AttachmentKey> = out.iter().cloned().collect();
         for item in list {
             let (Some(cid), Some(ifname)) = (
                 item.get("containerID").and_then(Value::as_str),
@@ -651,7 +654,7 @@ fn valid_attachments(m: &Map<String, Value>) -> Result<Option<Vec<AttachmentKey>
                 container_id: cid.to_string(),
                 ifname: ifname.to_string(),
             };
-            if !out.contains(&a) {
+            if seen.insert(a.clone()) {
                 out.push(a);
             }
         }

@@ -761,6 +761,33 @@ fn a_vf_with_the_configs_mac_and_a_new_ifindex_in_the_pod_is_found_by_its_device
     assert!(b.state_files().is_empty(), "{:?}", b.state_files());
 }
 
+/// The longest container ID railvf takes fits its state file names (written through a
+/// temporary name); one longer is refused up front, for DEL too, with what to do.
+#[test]
+fn the_longest_container_id_attaches_and_a_longer_one_is_refused_up_front() {
+    let b = Bench::new(1);
+    let c = conf(0, "");
+    let longest = "a".repeat(crate::env::MAX_CONTAINER_ID);
+    b.run("ADD", &longest, Some(&b.pod), &c).unwrap();
+    assert_eq!(b.state_files().len(), 1);
+    b.run("DEL", &longest, Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+    let longer = "a".repeat(crate::env::MAX_CONTAINER_ID + 45);
+    for verb in ["ADD", "DEL"] {
+        let e = crate::env::Env::from_lookup(|k| match k {
+            "CNI_COMMAND" => Some(verb.into()),
+            "CNI_CONTAINERID" => Some(longer.clone().into()),
+            "CNI_IFNAME" => Some("net1".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(e.code, 4, "{verb}: {e}");
+        assert!(e.msg.contains("at most 200"), "{verb}: {e}");
+    }
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty());
+}
+
 /// A CNI_IFNAME taken in the pod is bad input: refused before anything changes, not even
 /// a GUID rebind (seconds on real mlx5, and the device plugin sees the VF go away).
 #[test]
