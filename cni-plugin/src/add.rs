@@ -195,6 +195,13 @@ fn locked(
             target,
         })
     });
+    if let Some(g) = &guid_change {
+        refuse_guid_in_use(
+            root,
+            g.target,
+            vf.function.rdma.as_ref().map(|r| r.name.as_str()),
+        )?;
+    }
     let vf_change = match pf_ifindex.filter(|_| conf.has_vf_settings()) {
         None => None,
         Some(pf) => {
@@ -489,6 +496,47 @@ fn announce_ipv4(
                 "{e}; neighbours that map {a} to another MAC keep it until their entries expire"
             ),
         }
+    }
+}
+
+/// Refuses a GUID another RDMA device on this node already shows. Two ports with one GUID
+/// share one identity on the fabric: the subnet manager keys LIDs and partition membership
+/// by port GUID, so the pod would take over, or cut off, the other's traffic. A NAD author
+/// can name any GUID, and every VF's GUID can be read in a pod.
+fn refuse_guid_in_use(
+    root: &railvf_host::HostRoot,
+    target: railvf_host::Guid,
+    own: Option<&str>,
+) -> Result<(), CniError> {
+    let devices = railvf_host::inventory::rdma_device_guids(root).map_err(|e| {
+        CniError::new(
+            code::IO,
+            format!("cannot read this node's RDMA GUIDs before setting GUID {target}: {e}"),
+            "check that sysfs is mounted and readable (RAILVF_HOST_ROOT)",
+        )
+    })?;
+    let clash = devices.iter().find_map(|d| {
+        if Some(d.device.as_str()) == own {
+            return None;
+        }
+        let what = if d.node == Some(target) {
+            "node GUID"
+        } else if d.port == Some(target) {
+            "port GUID"
+        } else {
+            return None;
+        };
+        Some((&d.device, what))
+    });
+    match clash {
+        None => Ok(()),
+        Some((device, what)) => Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "GUID {target} is already the {what} of RDMA device {device} on this node: two ports with one GUID would share one identity on the fabric"
+            ),
+            "give each attachment a GUID of its own: runtimeConfig.infinibandGUID (ib-kubernetes hands out unique ones); a top-level \"guid\" in a NAD goes to every pod that uses it",
+        )),
     }
 }
 

@@ -788,6 +788,52 @@ fn the_longest_container_id_attaches_and_a_longer_one_is_refused_up_front() {
     assert!(b.state_files().is_empty());
 }
 
+/// A GUID another RDMA device on the node shows (its node or its port GUID) is refused
+/// before anything changes: two ports with one GUID share one identity on the fabric.
+#[test]
+fn a_guid_another_device_on_the_node_has_is_refused_before_anything_changes() {
+    let b = Bench::new(2);
+    b.fake_driver();
+    let before = fs::read_to_string(b.sriov_file(0, "node")).unwrap();
+    for (guid, what) in [
+        // VF 1's node GUID, as sysfs shows it.
+        ("0c:42:a1:ff:00:18:01:02", "node GUID"),
+    ] {
+        let c = conf(
+            0,
+            &format!(r#""runtimeConfig":{{"infinibandGUID":"{guid}"}}"#),
+        );
+        let e = b.run("ADD", "c1", Some(&b.pod), &c).unwrap_err();
+        assert_eq!(e.code, 7, "{e}");
+        assert!(
+            e.msg.contains(&format!("{what} of RDMA device mlx5_13")),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(b.sriov_file(0, "node")).unwrap(), before);
+        assert!(is_home(&b, 0));
+        assert!(b.state_files().is_empty());
+    }
+    // Its port GUID alone (the port GID's interface ID) counts too.
+    fs::write(
+        b.port_file(1, "gids/0"),
+        "fe80:0000:0000:0000:0600:0000:0000:0005\n",
+    )
+    .unwrap();
+    let c = conf(
+        0,
+        r#""runtimeConfig":{"infinibandGUID":"06:00:00:00:00:00:00:05"}"#,
+    );
+    let e = b.run("ADD", "c1", Some(&b.pod), &c).unwrap_err();
+    assert!(e.msg.contains("port GUID of RDMA device mlx5_13"), "{e}");
+    // The VF's own GUID is no clash: already in effect, nothing to set.
+    let c = conf(
+        0,
+        r#""runtimeConfig":{"infinibandGUID":"0c:42:a1:ff:00:18:01:01"}"#,
+    );
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+}
+
 /// A CNI_IFNAME taken in the pod is bad input: refused before anything changes, not even
 /// a GUID rebind (seconds on real mlx5, and the device plugin sees the VF go away).
 #[test]

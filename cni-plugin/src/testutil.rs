@@ -146,6 +146,13 @@ impl Bench {
                 &p.join("gids/0"),
                 &format!("fe80:0000:0000:0000:0c42:a1ff:0018:01{:02x}\n", i + 1),
             );
+            let class = root.join("sys/class/infiniband");
+            fs::create_dir_all(&class).unwrap();
+            symlink(
+                format!("../../bus/pci/devices/{a}/infiniband/mlx5_{}", 12 + i),
+                class.join(format!("mlx5_{}", 12 + i)),
+            )
+            .unwrap();
             links.add_rdma_device(&Netns::Host, &ibdev(i));
             // InfiniBand: the netdev is IPoIB's, re-created when the RDMA device moves.
             links.set_ipoib(&ibdev(i), &Netns::Host, idx);

@@ -679,6 +679,35 @@ fn read_rdma_of(dir: &SysDir, detail: Detail) -> Result<Option<RdmaDevice>, Host
     }))
 }
 
+/// The GUIDs one RDMA device shows: its node GUID and its port 1 GUID (the interface ID of
+/// GID 0). `None` where the attribute is absent or unreadable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceGuids {
+    pub device: String,
+    pub node: Option<Guid>,
+    pub port: Option<Guid>,
+}
+
+/// The GUIDs of every RDMA device the host's network namespace shows
+/// (`sys/class/infiniband`). A device moved into a pod's namespace (RDMA isolation) is not
+/// listed.
+pub fn rdma_device_guids(root: &HostRoot) -> Result<Vec<DeviceGuids>, HostError> {
+    let class = root.join("sys/class/infiniband");
+    let mut out = Vec::new();
+    for device in host::list_dir(&class)? {
+        let dir = class.join(&device);
+        let node = host::parse_optional_attr(&dir.join("node_guid"), str::parse::<Guid>)
+            .ok()
+            .flatten();
+        let port = host::parse_optional_attr(&dir.join("ports/1/gids/0"), str::parse::<Gid>)
+            .ok()
+            .flatten()
+            .map(|g| g.interface_id());
+        out.push(DeviceGuids { device, node, port });
+    }
+    Ok(out)
+}
+
 /// The real sysfs path of a PCI function (below `sys/devices`, where its PCIe bridges
 /// show), without reading anything else of it: its bus link, read once and joined
 /// lexically (what the rail of a PF needs); a hand-made tree's plain directory or odd
