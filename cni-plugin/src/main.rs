@@ -58,7 +58,7 @@ fn run(stdin: &mut Vec<u8>) -> (Option<Version>, Result<Option<String>, CniError
     }
     // DEL undoes an ADD: a config this version refuses must not keep the VF in the pod.
     let parsed = if env.command == Command::Del {
-        NetConf::parse_for_teardown(stdin)
+        Ok(NetConf::parse_for_teardown(stdin))
     } else {
         NetConf::parse(stdin).map(|c| (c, None))
     };

@@ -305,29 +305,31 @@ impl NetConf {
     }
 
     /// The parse of configs that only undo what an ADD did (DEL's, and the config an ADD
-    /// recorded for a later IPAM DEL). A config this version refuses with code 7 (a check
-    /// added since the version that ran ADD: Multus replays the config it cached at ADD, and
-    /// editing the NetworkAttachmentDefinition does not change that) must not keep a VF in
-    /// a pod for good. It then yields only what undoing needs, each part only if valid on
-    /// its own: `cniVersion` (required), `name`, the VF and `ipam.type`; the refusal is
-    /// returned beside it, for a warning. Not JSON, not an object, or an unsupported
-    /// `cniVersion` stay errors: no ADD accepted such a config.
-    pub fn parse_for_teardown(raw: &[u8]) -> Result<(Self, Option<CniError>), CniError> {
+    /// recorded for a later IPAM DEL). A config this version refuses must not keep a VF in a
+    /// pod for good, nor a pod in Terminating: Multus replays the config it cached at ADD
+    /// (editing the NetworkAttachmentDefinition does not change that), and a runtime sends
+    /// DEL after every failed ADD, also of a config no ADD could accept (not JSON, an
+    /// unsupported `cniVersion`). It then yields only what undoing needs, each part only if
+    /// valid on its own — `cniVersion` (the latest when unusable: it only dresses an error),
+    /// `name`, the VF and `ipam.type` — and the refusal beside it, for a warning. DEL then
+    /// goes by the state ADD recorded, if any.
+    pub fn parse_for_teardown(raw: &[u8]) -> (Self, Option<CniError>) {
         match Self::parse(raw) {
-            Ok(c) => Ok((c, None)),
-            Err(e) if e.code == code::INVALID_CONFIG => match Self::undo_only(raw) {
-                Some(c) => Ok((c, Some(e))),
-                None => Err(e),
-            },
-            Err(e) => Err(e),
+            Ok(c) => (c, None),
+            Err(e) => (Self::undo_only(raw), Some(e)),
         }
     }
 
-    fn undo_only(raw: &[u8]) -> Option<Self> {
-        let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(raw) else {
-            return None;
+    fn undo_only(raw: &[u8]) -> Self {
+        let m = match serde_json::from_slice::<Value>(raw) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
         };
-        let version = Version::parse(m.get("cniVersion")?.as_str()?).ok()?;
+        let version = m
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .and_then(|v| Version::parse(v).ok())
+            .unwrap_or(Version::LATEST);
         let empty = Map::new();
         let rc = m
             .get("runtimeConfig")
@@ -340,7 +342,7 @@ impl NetConf {
             .filter(|t| !t.is_empty())
             .and_then(|t| validate_plugin_name(t).ok())
             .map(str::to_string);
-        Some(NetConf {
+        NetConf {
             raw: raw.to_vec(),
             version,
             name: m.get("name").and_then(Value::as_str).map(str::to_string),
@@ -358,7 +360,7 @@ impl NetConf {
             rail_policy: RailPolicy::default(),
             prev_result: None,
             valid_attachments: None,
-        })
+        }
     }
 
     /// The network name, required by the verbs that keep state.

@@ -345,24 +345,21 @@ fn restore_host(links: &dyn LinkOps, l: &Link, st: &Attachment, r: &mut Report) 
 fn ipam_del(ctx: &Ctx<'_>, st: &Attachment, ns: Option<&Netns>, r: &mut Report) {
     // Recorded by the ADD, maybe by an earlier version that checked less: a refusal of
     // this version's keeps only what the release needs (`ipam.type`).
-    let conf = match NetConf::parse_for_teardown(st.netconf.as_bytes()) {
-        Ok((c, refused)) => {
-            if let Some(e) = refused {
-                crate::log_warn!(
-                    "the network config ADD recorded for {}/{} is refused by this version ({}): releasing IPAM with its ipam.type",
-                    st.container_id,
-                    st.ifname,
-                    e.msg
-                );
-            }
-            c
-        }
-        Err(e) => {
+    let (conf, refused) = NetConf::parse_for_teardown(st.netconf.as_bytes());
+    if let Some(e) = refused {
+        if conf.ipam_type.is_none() {
             return r.fail(format!(
-                "recorded network config unreadable for IPAM DEL: {e}"
+                "the network config ADD recorded for IPAM DEL has no usable ipam.type: {}",
+                e.msg
             ));
         }
-    };
+        crate::log_warn!(
+            "the network config ADD recorded for {}/{} is refused by this version ({}): releasing IPAM with its ipam.type",
+            st.container_id,
+            st.ifname,
+            e.msg
+        );
+    }
     let Some(t) = &conf.ipam_type else { return };
     let netns_path = match ns {
         Some(Netns::Path(p)) => Some(p.as_path()),
