@@ -42,9 +42,10 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
         match ctx.state.load_of(&d, cid, ifname) {
             Ok(Some(st)) => {
                 crate::log::step("lock");
-                let home = return_home(ctx, conf, &st, &mut errors);
+                // IPAM first, while the pod's interface still exists: a DHCP release is
+                // sent through it.
                 release(&mut errors);
-                kept = home?;
+                kept = return_home(ctx, conf, &st, &mut errors)?;
                 done = true;
             }
             // An ADD killed inside its first save leaves only the temporary file: not
@@ -78,9 +79,8 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
                 let _lock = ctx.state.lock_vf(ctx.root(), &st.vf)?;
                 crate::log::step("lock");
                 if let Some(st) = ctx.state.load_of(&st.vf, cid, ifname)? {
-                    let home = return_home(ctx, conf, &st, &mut errors);
                     release(&mut errors);
-                    kept = home?;
+                    kept = return_home(ctx, conf, &st, &mut errors)?;
                 }
             }
             None => crate::log_debug!("no state for {cid}/{ifname}: nothing to return"),

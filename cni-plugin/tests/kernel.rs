@@ -260,6 +260,44 @@ fn lid_zero_port_down_and_ethernet_fail_with_code_11_and_roll_back() {
     }
 }
 
+/// DEL releases IPAM while the pod's interface is still there (a DHCP release is sent
+/// through it), as the teardown's own order says.
+#[test]
+fn del_releases_ipam_while_the_interface_is_still_in_the_pod() {
+    let Some(s) = Setup::new(small()) else {
+        return;
+    };
+    let (pod, cni) = (&s.pod, s.cni());
+    let bin = s.tmp.path().join("ipam-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = s.tmp.path().join("ipam.log");
+    let script = bin.join("probe-ipam");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+cat >/dev/null
+case "$CNI_COMMAND" in
+ADD) echo '{{"cniVersion":"1.0.0","ips":[{{"address":"10.95.0.2/24"}}]}}' ;;
+DEL) if nsenter --net="$CNI_NETNS" ip link show dev "$CNI_IFNAME" >/dev/null 2>&1; then
+       echo "DEL present" >> {log}; else echo "DEL absent" >> {log}; fi ;;
+esac
+"#,
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cni = cni.with_env("CNI_PATH", bin.to_str().unwrap());
+    let conf = netconf("1.0.0", "rdma-dhcp", VF, r#""ipam":{"type":"probe-ipam"}"#);
+    cni.run("ADD", "c-dhcp", Some(pod.path()), &conf)
+        .expect_ok();
+    cni.run("DEL", "c-dhcp", Some(pod.path()), &conf)
+        .expect_ok();
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "DEL present\n");
+    assert!(cni.state_files().is_empty());
+}
+
 #[test]
 fn del_converges_repeated_without_add_and_without_netns() {
     if !require_root() {
