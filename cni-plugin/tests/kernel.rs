@@ -260,6 +260,32 @@ fn lid_zero_port_down_and_ethernet_fail_with_code_11_and_roll_back() {
     }
 }
 
+/// ib-kubernetes handles only networks of type "ib-sriov": railvf installed under that name
+/// takes such a NAD unchanged, waits for ib-kubernetes's mark and applies its GUID.
+#[test]
+fn railvf_installed_as_ib_sriov_takes_an_unchanged_ib_kubernetes_network() {
+    let Some(s) = Setup::new(small().lid_delay(Duration::from_millis(50))) else {
+        return;
+    };
+    let (sim, pod) = (&s.sim, &s.pod);
+    let bin = s.tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let mut cni = s.cni();
+    std::fs::copy(&cni.bin, bin.join("ib-sriov")).unwrap();
+    cni.bin = bin.join("ib-sriov");
+    let old = sim.vf(VF).unwrap().node_guid;
+    let conf = format!(
+        r#"{{"cniVersion":"0.3.1","name":"ib-pkey","type":"ib-sriov","deviceID":"{VF}","pkey":"0x0005","ibKubernetesEnabled":true,"args":{{"cni":{{"mellanox.infiniband.app":"configured","guid":"02:00:00:00:00:18:01:99"}}}}}}"#
+    );
+    cni.run("ADD", "c-ibk", Some(pod.path()), &conf).expect_ok();
+    sim.sync().unwrap();
+    assert_eq!(sim.vf(VF).unwrap().node_guid, 0x0200_0000_0018_0199);
+    assert!(pod.has_link("net1").unwrap());
+    cni.run("DEL", "c-ibk", Some(pod.path()), &conf).expect_ok();
+    sim.sync().unwrap();
+    assert_eq!(sim.vf(VF).unwrap().node_guid, old);
+}
+
 /// DEL releases IPAM while the pod's interface is still there (a DHCP release is sent
 /// through it), as the teardown's own order says.
 #[test]
