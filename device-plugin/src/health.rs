@@ -17,7 +17,7 @@ use nix::sys::stat::Mode;
 use railvf_host::attr::{ParseError, PhysState, PortState};
 use railvf_host::host;
 use railvf_host::inventory::{Attr, DRIVER_MLX5, Netdev, PciFunction, RdmaDevice, RdmaPort};
-use railvf_host::readiness::{self, Check, Expectations};
+use railvf_host::readiness::{self, Check, Expectations, Readiness};
 use railvf_host::{HostRoot, LinkLayer, PciAddr};
 
 /// Port 1's health attributes.
@@ -46,11 +46,28 @@ impl Observation {
     /// probe failed) an InfiniBand VF has neither either, as its netdev is IPoIB's, and is
     /// then broken, not in use.
     pub fn in_pod(&self, pf: Option<&Observation>) -> bool {
-        self.driver.as_deref() == Some(DRIVER_MLX5)
-            && self.rdma.is_none()
-            && !self.netdev
-            && pf.is_some_and(|p| p.rdma.is_some())
+        in_pod_rule(
+            self.driver.as_deref(),
+            self.rdma.is_some(),
+            self.netdev,
+            pf.is_some_and(|p| p.rdma.is_some()),
+        )
     }
+}
+
+/// [`Observation::in_pod`] on a function read in full (what `inspect` reads).
+pub fn function_in_pod(vf: &PciFunction, pf: Option<&PciFunction>) -> bool {
+    in_pod_rule(
+        vf.driver.as_deref(),
+        vf.rdma.is_some(),
+        !vf.netdevs.is_empty(),
+        pf.is_some_and(|p| p.rdma.is_some()),
+    )
+}
+
+/// The one statement of the in-pod rule, so the poller and `inspect` cannot drift apart.
+fn in_pod_rule(driver: Option<&str>, rdma: bool, netdev: bool, pf_rdma: bool) -> bool {
+    driver == Some(DRIVER_MLX5) && !rdma && !netdev && pf_rdma
 }
 
 /// Health as kubelet sees it, with the reason when unhealthy.
@@ -518,14 +535,7 @@ fn function_for(addr: PciAddr, obs: &Observation) -> PciFunction {
     }
 }
 
-/// Judges a VF. A VF in a pod keeps its driver check and borrows its PF's port for
-/// `link_layer` and `port_state` (a VF's port follows its PF's), since its own RDMA device
-/// is out of sight: it is in use, not broken.
-///
-/// A RoCE VF in the host borrows its PF's `port_state` too. mlx5 reports a RoCE port
-/// ACTIVE only while its netdev runs with carrier (`mlx5_query_port_roce`), and a free VF's
-/// netdev is down in the host until the CNI brings it up in a pod: its own port reads
-/// `1: DOWN` / `3: Disabled` while the link it will use is fine.
+/// Judges a VF by [`vf_readiness`] on [`Check::HEALTH`].
 pub fn judge(
     root: &HostRoot,
     addr: PciAddr,
@@ -545,28 +555,15 @@ pub fn judge_checks(
     pf: Option<(PciAddr, &Observation)>,
     exp: &Expectations,
 ) -> (Health, FailedChecks) {
-    // The PF, when it shows an RDMA device whose port can stand in for the VF's.
-    let pf_port = pf.filter(|(_, o)| o.rdma.is_some());
-    let readiness = if obs.in_pod(pf.map(|(_, o)| o)) {
-        let mut r = readiness::evaluate(root, &function_for(addr, obs), exp, &[Check::Driver]);
-        if let Some(pf) = pf_port {
-            borrow_pf(root, &mut r, pf, exp, &[Check::LinkLayer, Check::PortState]);
-        }
-        r
-    } else if exp.link_layer == LinkLayer::Ethernet
-        && let Some(pf) = pf_port
-    {
-        let own: Vec<Check> = Check::HEALTH
-            .iter()
-            .copied()
-            .filter(|c| *c != Check::PortState)
-            .collect();
-        let mut r = readiness::evaluate(root, &function_for(addr, obs), exp, &own);
-        borrow_pf(root, &mut r, pf, exp, &[Check::PortState]);
-        r
-    } else {
-        readiness::evaluate(root, &function_for(addr, obs), exp, &Check::HEALTH)
-    };
+    let pf = pf.map(|(a, o)| function_for(a, o));
+    let readiness = vf_readiness(
+        root,
+        &function_for(addr, obs),
+        pf.as_ref(),
+        exp,
+        &Check::HEALTH,
+    )
+    .readiness;
     let failed = readiness.failures().map(|o| o.check).collect();
     if readiness.is_ready() {
         (Health::Healthy, failed)
@@ -575,17 +572,89 @@ pub fn judge_checks(
     }
 }
 
+/// A VF's readiness as the device plugin judges it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VfReadiness {
+    /// One outcome per check asked for, in that order.
+    pub readiness: Readiness,
+    /// In a pod's network namespace ([`function_in_pod`]): in use, not broken.
+    pub in_pod: bool,
+}
+
+/// Evaluates `checks` on the VF `vf` of the PF `pf` by the device plugin's rules; the
+/// poller (on [`Check::HEALTH`]) and `inspect` (on [`Check::ALL`]) both judge this way.
+///
+/// A VF in a pod keeps its own `driver` (and `ownership`, skipped without a netdev in the
+/// host) and borrows its PF's port for `link_layer` and `port_state` (a VF's port follows
+/// its PF's); the checks that need its own RDMA device are skipped, as that device is out
+/// of sight: it is in use, not broken.
+///
+/// A RoCE VF in the host borrows its PF's `port_state` too. mlx5 reports a RoCE port
+/// ACTIVE only while its netdev runs with carrier (`mlx5_query_port_roce`), and a free VF's
+/// netdev is down in the host until the CNI brings it up in a pod: its own port reads
+/// `1: DOWN` / `3: Disabled` while the link it will use is fine.
+pub fn vf_readiness(
+    root: &HostRoot,
+    vf: &PciFunction,
+    pf: Option<&PciFunction>,
+    exp: &Expectations,
+    checks: &[Check],
+) -> VfReadiness {
+    let in_pod = function_in_pod(vf, pf);
+    // The PF, when it shows an RDMA device whose port can stand in for the VF's (always
+    // so for a VF in a pod).
+    let pf_port = pf.filter(|p| p.rdma.is_some());
+    let from_pf: &[Check] = match pf_port {
+        Some(_) if in_pod => &[Check::LinkLayer, Check::PortState],
+        Some(_) if exp.link_layer == LinkLayer::Ethernet => &[Check::PortState],
+        _ => &[],
+    };
+    // Checks that read the VF's own RDMA device, which a VF in a pod has out of sight.
+    let out_of_sight =
+        |c: &Check| in_pod && matches!(c, Check::Rdma | Check::Guid | Check::Lid | Check::Sm);
+    let own: Vec<Check> = checks
+        .iter()
+        .copied()
+        .filter(|c| !from_pf.contains(c) && !out_of_sight(c))
+        .collect();
+    let mut r = readiness::evaluate(root, vf, exp, &own);
+    for c in checks.iter().filter(|c| out_of_sight(c)) {
+        r.outcomes.push(readiness::skipped(
+            *c,
+            "the VF is in a pod's network namespace: its RDMA device is not visible from the host",
+            exp,
+        ));
+    }
+    if let Some(pf) = pf_port {
+        let borrowed: Vec<Check> = checks
+            .iter()
+            .copied()
+            .filter(|c| from_pf.contains(c))
+            .collect();
+        borrow_pf(root, &mut r, pf, exp, &borrowed);
+    }
+    r.outcomes
+        .sort_by_key(|o| checks.iter().position(|c| *c == o.check));
+    VfReadiness {
+        readiness: r,
+        in_pod,
+    }
+}
+
 /// Adds the PF's outcomes of `checks` to a VF's readiness, each saying it is the PF's.
 fn borrow_pf(
     root: &HostRoot,
-    r: &mut readiness::Readiness,
-    (pf_addr, pf_obs): (PciAddr, &Observation),
+    r: &mut Readiness,
+    pf: &PciFunction,
     exp: &Expectations,
     checks: &[Check],
 ) {
-    let pf_r = readiness::evaluate(root, &function_for(pf_addr, pf_obs), exp, checks);
+    if checks.is_empty() {
+        return;
+    }
+    let pf_r = readiness::evaluate(root, pf, exp, checks);
     for mut o in pf_r.outcomes {
-        o.observed = format!("PF {pf_addr} {}", o.observed);
+        o.observed = format!("PF {} {}", pf.addr, o.observed);
         r.outcomes.push(o);
     }
 }

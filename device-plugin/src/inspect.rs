@@ -1,13 +1,19 @@
 //! `railvf-device-plugin inspect`: the node's VFs and every RDMA readiness check, one line
 //! per VF — what an operator runs instead of `ibstat`, `ibv_devinfo` and sysfs loops.
+//!
+//! VFs are judged by the device plugin's health rules (`health::vf_readiness`), on every
+//! check: a VF in a pod is in use, not broken, and a RoCE VF takes its port state from its
+//! PF, so the exit status means the same as the plugin's `Unhealthy`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use railvf_host::readiness::{self, Check, Expectations, Readiness};
+use railvf_device_plugin::health;
+use railvf_host::inventory::PciFunction;
+use railvf_host::readiness::{Check, Expectations, Readiness};
 use railvf_host::topology::{Rail, RailMap};
-use railvf_host::{HostRoot, Inventory, PciAddr, Topology, Vf};
+use railvf_host::{HostRoot, Inventory, LinkLayer, PciAddr, Topology, Vf};
 use serde::Serialize;
 
 #[derive(clap::Args, Debug)]
@@ -21,6 +27,22 @@ pub struct InspectArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The link layer the VFs' ports should run: InfiniBand, or Ethernet for RoCE (no
+    /// LID or subnet manager then). Spelled as the CNI's readiness.linkLayer.
+    #[arg(long, value_name = "InfiniBand|Ethernet", default_value = "InfiniBand", value_parser = parse_link_layer)]
+    pub link_layer: LinkLayer,
+}
+
+/// `--link-layer`, spelled exactly as the CNI's `readiness.linkLayer`, so one value serves
+/// both.
+fn parse_link_layer(s: &str) -> Result<LinkLayer, String> {
+    match s {
+        "InfiniBand" => Ok(LinkLayer::InfiniBand),
+        "Ethernet" => Ok(LinkLayer::Ethernet),
+        _ => Err(format!(
+            "expected \"InfiniBand\" (the default) or \"Ethernet\" (RoCE), spelled as the CNI's readiness.linkLayer; found {s:?}"
+        )),
+    }
 }
 
 /// One VF as `inspect` reports it.
@@ -43,7 +65,12 @@ pub struct VfReport {
     pub phys_state: Option<String>,
     pub link_layer: Option<String>,
     pub rate: Option<String>,
+    /// Every check that could be made passed (for a VF in use: its driver and its PF's port).
     pub ready: bool,
+    /// In a pod's network namespace: its netdev and RDMA device are out of the host's sight.
+    pub in_use: bool,
+    /// `ready`, `in_use` (in use and ready) or `not_ready`.
+    pub status: &'static str,
     pub checks: Readiness,
 }
 
@@ -70,11 +97,16 @@ pub struct GpuReport {
 #[derive(Serialize)]
 pub struct Report {
     pub host_root: PathBuf,
+    /// The link layer VFs were expected to run (`--link-layer`).
+    pub link_layer_expected: LinkLayer,
     pub gpus: Vec<GpuReport>,
     pub pfs: Vec<PfReport>,
     pub vfs: Vec<VfReport>,
     pub compute_vfs: usize,
     pub compute_vfs_not_ready: usize,
+    /// VFs of compute PFs in a pod's network namespace (those not ready among them are
+    /// counted in `compute_vfs_not_ready` too).
+    pub compute_vfs_in_use: usize,
     /// Network functions whose sysfs entries could not be read, with the reason.
     pub unreadable: Vec<UnreadableReport>,
 }
@@ -88,7 +120,11 @@ pub struct UnreadableReport {
 pub fn exec(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let root = HostRoot::new(&args.host_root)?;
     let rail_map = args.rail_map.as_deref().map(RailMap::load).transpose()?;
-    let report = build(&root, rail_map.as_ref())?;
+    let exp = Expectations {
+        link_layer: args.link_layer,
+        ..Expectations::default()
+    };
+    let report = build(&root, rail_map.as_ref(), &exp)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -104,7 +140,11 @@ pub fn exec(args: InspectArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Reads the node and evaluates every readiness check on every VF.
-pub fn build(root: &HostRoot, rail_map: Option<&RailMap>) -> anyhow::Result<Report> {
+pub fn build(
+    root: &HostRoot,
+    rail_map: Option<&RailMap>,
+    exp: &Expectations,
+) -> anyhow::Result<Report> {
     let inv = Inventory::scan(root)?;
     let topo = Topology::detect(&inv, rail_map);
     let pfs = inv
@@ -132,13 +172,18 @@ pub fn build(root: &HostRoot, rail_map: Option<&RailMap>) -> anyhow::Result<Repo
     let mut vfs: Vec<VfReport> = inv
         .vfs
         .iter()
-        .map(|vf| vf_report(root, &topo, vf))
+        .map(|vf| {
+            let pf = inv.pf(&vf.pf).map(|p| &p.function);
+            vf_report(root, &topo, vf, pf, exp)
+        })
         .collect();
     vfs.sort_by_key(|v| v.vf);
     let compute_vfs = vfs.iter().filter(|v| v.compute).count();
     let compute_vfs_not_ready = vfs.iter().filter(|v| v.compute && !v.ready).count();
+    let compute_vfs_in_use = vfs.iter().filter(|v| v.compute && v.in_use).count();
     Ok(Report {
         host_root: root.path().to_path_buf(),
+        link_layer_expected: exp.link_layer,
         gpus: inv
             .gpus
             .iter()
@@ -152,6 +197,7 @@ pub fn build(root: &HostRoot, rail_map: Option<&RailMap>) -> anyhow::Result<Repo
         vfs,
         compute_vfs,
         compute_vfs_not_ready,
+        compute_vfs_in_use,
         unreadable: inv
             .unreadable
             .iter()
@@ -163,11 +209,18 @@ pub fn build(root: &HostRoot, rail_map: Option<&RailMap>) -> anyhow::Result<Repo
     })
 }
 
-fn vf_report(root: &HostRoot, topo: &Topology, vf: &Vf) -> VfReport {
+fn vf_report(
+    root: &HostRoot,
+    topo: &Topology,
+    vf: &Vf,
+    pf: Option<&PciFunction>,
+    exp: &Expectations,
+) -> VfReport {
     let f = &vf.function;
     let rail = topo.pf_rail(&vf.pf);
     let port = f.port1();
-    let checks = readiness::evaluate(root, f, &Expectations::default(), &Check::ALL);
+    let judged = health::vf_readiness(root, f, pf, exp, &Check::ALL);
+    let ready = judged.readiness.is_ready();
     VfReport {
         vf: f.addr,
         pf: vf.pf,
@@ -189,10 +242,18 @@ fn vf_report(root: &HostRoot, topo: &Topology, vf: &Vf) -> VfReport {
         phys_state: port.and_then(|p| p.phys_state.value().map(|s| s.to_string())),
         link_layer: port.and_then(|p| p.link_layer.value().map(|l| l.to_string())),
         rate: port.and_then(|p| p.rate.value().map(|r| r.to_string())),
-        ready: checks.is_ready(),
-        checks,
+        ready,
+        in_use: judged.in_pod,
+        status: match (ready, judged.in_pod) {
+            (false, _) => "not_ready",
+            (true, true) => "in_use",
+            (true, false) => "ready",
+        },
+        checks: judged.readiness,
     }
 }
+
+const IN_USE: &str = "in use (in a pod's network namespace)";
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref()
@@ -203,6 +264,7 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "host root {}", r.host_root.display());
+    let _ = writeln!(out, "expected link layer {}", r.link_layer_expected);
     let _ = writeln!(out, "GPUs ({}):", r.gpus.len());
     for g in &r.gpus {
         let _ = writeln!(out, "  GPU{} {} numa {}", g.index, g.gpu, opt(&g.numa_node));
@@ -244,10 +306,11 @@ pub fn render(r: &Report) -> String {
         "LINK"
     );
     for v in &r.vfs {
-        let status = if v.ready {
-            "ready".to_string()
-        } else {
-            format!("NOT READY: {}", v.checks.failure_summary())
+        let status = match (v.ready, v.in_use) {
+            (true, false) => "ready".to_string(),
+            (true, true) => IN_USE.to_string(),
+            (false, false) => format!("NOT READY: {}", v.checks.failure_summary()),
+            (false, true) => format!("NOT READY (in use): {}", v.checks.failure_summary()),
         };
         let _ = writeln!(
             out,
@@ -273,10 +336,11 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "{} VFs, {} on compute PFs, {} of them not ready",
+        "{} VFs, {} on compute PFs, {} of them not ready, {} in use",
         r.vfs.len(),
         r.compute_vfs,
-        r.compute_vfs_not_ready
+        r.compute_vfs_not_ready,
+        r.compute_vfs_in_use
     );
     out
 }

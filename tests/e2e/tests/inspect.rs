@@ -9,9 +9,15 @@ use railvf_sim::{Fault, SimOptions, require_root};
 use serde_json::Value;
 
 fn inspect(root: &std::path::Path) -> (Value, i32) {
+    inspect_with(root, &[])
+}
+
+/// `inspect --json` with more arguments.
+fn inspect_with(root: &std::path::Path, args: &[&str]) -> (Value, i32) {
     let out = Command::new(railvf_e2e::bin_path("railvf-device-plugin"))
         .args(["inspect", "--json", "--host-root"])
         .arg(root)
+        .args(args)
         .output()
         .expect("run inspect");
     let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -320,6 +326,213 @@ fn missing_or_half_populated_trees_are_clear_errors() {
         "{line}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `inspect` as a table, with its exit status.
+fn inspect_text(root: &Path) -> (String, i32) {
+    let out = Command::new(railvf_e2e::bin_path("railvf-device-plugin"))
+        .args(["inspect", "--host-root"])
+        .arg(root)
+        .output()
+        .expect("run inspect");
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+fn text_line<'a>(text: &'a str, vf: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(vf))
+        .unwrap_or_else(|| panic!("no line for {vf}: {text}"))
+}
+
+fn vf_by_addr<'a>(r: &'a Value, addr: &str) -> &'a Value {
+    r["vfs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vf"] == addr)
+        .unwrap_or_else(|| panic!("inspect lists no VF {addr}: {r:#}"))
+}
+
+fn check<'a>(vf: &'a Value, name: &str) -> &'a Value {
+    vf["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {vf:#}"))
+}
+
+/// A VF in a pod with RDMA namespace isolation: its netdev and RDMA device are in the pod's
+/// namespace, so the host's sysfs shows neither. The device plugin counts it in use, not
+/// broken, and so must inspect: a busy node is not a failing one. What can still be judged
+/// (its driver, its PF's port) still counts.
+#[test]
+fn a_vf_in_a_pod_is_in_use_not_a_failure() {
+    // The move is modelled on the tree (as the kernel shows it from the host), no links needed.
+    let sim = SimOptions::dgx_h200().no_links().build().expect("sim");
+    let vf = sim.vf("0000:5e:00.2").unwrap();
+    for sub in ["net", "infiniband", "infiniband_verbs"] {
+        std::fs::remove_dir_all(vf.sysfs_dir.join(sub)).unwrap();
+    }
+    let (r, code) = inspect(sim.root());
+    assert_eq!(code, 0, "a VF in use is no failure: {r:#}");
+    let v = vf_by_addr(&r, "0000:5e:00.2");
+    assert_eq!(v["in_use"], true, "{v:#}");
+    assert_eq!(v["status"], "in_use", "{v:#}");
+    assert_eq!(v["ready"], true, "{v:#}");
+    assert!(failed_checks(v).is_empty(), "{v:#}");
+    assert_eq!(check(v, "driver")["status"], "pass");
+    for name in ["link_layer", "port_state"] {
+        let c = check(v, name);
+        assert_eq!(c["status"], "pass", "{c:#}");
+        assert!(
+            c["observed"]
+                .as_str()
+                .unwrap()
+                .starts_with("PF 0000:5e:00.0 "),
+            "{name} is the PF's: {c:#}"
+        );
+    }
+    let rdma = check(v, "rdma");
+    assert_eq!(rdma["status"], "skip", "{rdma:#}");
+    assert!(
+        rdma["observed"]
+            .as_str()
+            .unwrap()
+            .contains("in a pod's network namespace"),
+        "{rdma:#}"
+    );
+    assert_eq!(r["compute_vfs_not_ready"], 0);
+    assert_eq!(r["compute_vfs_in_use"], 1);
+    for other in r["vfs"].as_array().unwrap() {
+        if other["vf"] != "0000:5e:00.2" {
+            assert_eq!(other["status"], "ready", "{other:#}");
+            assert_eq!(other["in_use"], false, "{other:#}");
+        }
+    }
+
+    let (text, code) = inspect_text(sim.root());
+    assert_eq!(code, 0, "{text}");
+    let line = text_line(&text, "0000:5e:00.2");
+    assert!(
+        line.ends_with(" in use (in a pod's network namespace)"),
+        "{line}"
+    );
+    assert!(
+        text.contains("64 VFs, 64 on compute PFs, 0 of them not ready, 1 in use"),
+        "{text}"
+    );
+
+    // Its PF's port going down is its port going down: not ready, though still in use.
+    sim.set_port_state(
+        vf.pf,
+        railvf_sim::PortState::Down,
+        railvf_sim::PhysState::Disabled,
+    )
+    .unwrap();
+    let (r, code) = inspect(sim.root());
+    assert_eq!(code, 1, "{r:#}");
+    let v = vf_by_addr(&r, "0000:5e:00.2");
+    assert_eq!(
+        (&v["status"], &v["in_use"]),
+        (&"not_ready".into(), &true.into()),
+        "{v:#}"
+    );
+    let failed = failed_checks(v);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "port_state");
+    assert!(
+        failed[0].1.contains("PF 0000:5e:00.0") && failed[0].1.contains("1: DOWN"),
+        "{failed:?}"
+    );
+    assert_eq!(r["compute_vfs_in_use"], 1);
+    let (text, _) = inspect_text(sim.root());
+    let line = text_line(&text, "0000:5e:00.2");
+    assert!(
+        line.contains("NOT READY (in use): port_state: found PF 0000:5e:00.0 state 1: DOWN"),
+        "{line}"
+    );
+}
+
+/// A RoCE node: the compute ports run Ethernet. With `--link-layer Ethernet` no LID or SM is
+/// required, and a free VF, whose own RoCE port is DOWN while its netdev is down in the host
+/// (as mlx5 reports it), takes its port state from its PF as the device plugin does.
+#[test]
+fn a_roce_node_is_ready_with_link_layer_ethernet() {
+    if !require_root() {
+        return;
+    }
+    let sim = SimOptions::dgx_h200().build().expect("sim with links");
+    for (pf, ..) in RAILS {
+        sim.set_link_layer(pf, railvf_sim::LinkLayer::Ethernet)
+            .unwrap();
+    }
+    let (r, code) = inspect_with(sim.root(), &["--link-layer", "Ethernet"]);
+    assert_eq!(code, 0, "a healthy RoCE node must exit 0: {r:#}");
+    assert_eq!(r["link_layer_expected"], "Ethernet");
+    assert_eq!(r["compute_vfs_not_ready"], 0);
+    let vfs = r["vfs"].as_array().unwrap();
+    assert_eq!(vfs.len(), 64);
+    for v in vfs {
+        assert_eq!(v["status"], "ready", "{v:#}");
+        assert_eq!(v["link_layer"], "Ethernet", "{v:#}");
+        // The VF's own port, shown as it is; the verdict is its PF's.
+        assert_eq!(v["state"], "1: DOWN", "{v:#}");
+        let ps = check(v, "port_state");
+        assert_eq!(ps["status"], "pass", "{ps:#}");
+        let pf = v["pf"].as_str().unwrap();
+        assert!(
+            ps["observed"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("PF {pf} state 4: ACTIVE")),
+            "{ps:#}"
+        );
+        for name in ["lid", "sm"] {
+            assert_eq!(check(v, name)["status"], "skip", "{v:#}");
+        }
+    }
+
+    // One port back on InfiniBand: its VFs run the wrong link layer for this node.
+    sim.set_link_layer(RAILS[2].0, railvf_sim::LinkLayer::InfiniBand)
+        .unwrap();
+    let (r, code) = inspect_with(sim.root(), &["--link-layer", "Ethernet"]);
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(r["compute_vfs_not_ready"], 8);
+    for v in r["vfs"].as_array().unwrap() {
+        if v["pf"] == RAILS[2].0 {
+            let failed = failed_checks(v);
+            assert_eq!(failed[0].0, "link_layer", "{failed:?}");
+            assert!(failed[0].1.contains("InfiniBand"), "{failed:?}");
+        } else {
+            assert_eq!(v["status"], "ready", "{v:#}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_link_layer_is_a_clear_error() {
+    let empty = tempfile::tempdir().unwrap();
+    for bad in ["ib", "infiniband", "RoCE"] {
+        let out = Command::new(railvf_e2e::bin_path("railvf-device-plugin"))
+            .args(["inspect", "--link-layer", bad, "--host-root"])
+            .arg(empty.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--link-layer")
+                && err.contains("\"InfiniBand\"")
+                && err.contains("\"Ethernet\"")
+                && err.contains(&format!("found \"{bad}\"")),
+            "{bad}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
 
 /// Every compute PF's rail as the three programs see it: `inspect` (the inventory scan), the
