@@ -364,12 +364,22 @@ pub fn preferred(
 }
 
 /// The env variable sriov-network-device-plugin sets: `PCIDEVICE_` + the full resource
-/// name upper-cased with `.` and `/` replaced by `_`.
+/// name upper-cased, with every character but letters, digits and `_` replaced by `_`.
+/// sriov-dp replaces only `.` and `/`, the same for the names it accepts (`[A-Za-z0-9_]`);
+/// a `-`, which railvf accepts, would give a name a shell cannot read (bash takes
+/// `${A-B}` for "A, or B if unset"; dash drops such variables).
 pub fn pci_env_name(full_resource: &str) -> String {
-    format!(
-        "PCIDEVICE_{}",
-        full_resource.to_uppercase().replace(['.', '/'], "_")
-    )
+    let r: String = full_resource
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("PCIDEVICE_{r}")
 }
 
 /// The per-resource variable holding the VFs' RDMA device names: [`pci_env_name`] + `_RDMA`.
@@ -840,8 +850,36 @@ mod tests {
             "PCIDEVICE_NVIDIA_COM_DGX_H200_VFS"
         );
         assert_eq!(
-            rdma_env_name("example.com/rails-numa1"),
-            "PCIDEVICE_EXAMPLE_COM_RAILS-NUMA1_RDMA"
+            rdma_env_name("example.com/rails_numa1"),
+            "PCIDEVICE_EXAMPLE_COM_RAILS_NUMA1_RDMA"
         );
+    }
+
+    /// Every character the resource name rules allow besides letters, digits and `_` (a
+    /// `-` in the prefix or the name, a `.` in the name) becomes `_`: the variables are
+    /// names a shell can read.
+    #[test]
+    fn env_names_are_shell_names_whatever_the_resource_name() {
+        assert_eq!(
+            pci_env_name("nvidia.com/dgx-vfs"),
+            "PCIDEVICE_NVIDIA_COM_DGX_VFS"
+        );
+        assert_eq!(
+            rdma_env_name("my-corp.example.com/rails-numa1.v2"),
+            "PCIDEVICE_MY_CORP_EXAMPLE_COM_RAILS_NUMA1_V2_RDMA"
+        );
+        for r in [
+            "nvidia.com/dgx-vfs",
+            "a-b.c-d/x-y.z_w",
+            "example.com/Rails-0",
+        ] {
+            for v in [pci_env_name(r), rdma_env_name(r)] {
+                assert!(
+                    v.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+                    "{r} gives {v}"
+                );
+            }
+        }
     }
 }

@@ -510,7 +510,7 @@ impl<'de> Deserialize<'de> for ResourceList {
                     .filter(|(_, skip)| skip.is_none())
                     .map(|(r, _)| (r.prefix(), r.resource_name.0.as_str()))
                     .collect();
-                if let Some(why) = socket_clash(&served) {
+                if let Some(why) = socket_clash(&served).or_else(|| env_clash(&served)) {
                     return Err(de::Error::custom(why));
                 }
                 if out.iter().all(|(_, skip)| skip.is_some()) {
@@ -726,6 +726,28 @@ fn socket_clash(served: &[(&str, &str)]) -> Option<String> {
     None
 }
 
+/// Two served resources that differ only in characters variable names cannot hold
+/// (`dgx-vfs` and `dgx_vfs`, `a.b` and `a_b`): they would set the same `PCIDEVICE_<R>` and
+/// `PCIDEVICE_<R>_RDMA`, so a container asking for both would get one resource's devices
+/// under the other's name, with nothing to tell them apart.
+fn env_clash(served: &[(&str, &str)]) -> Option<String> {
+    let vars: Vec<(String, String)> = served
+        .iter()
+        .map(|(p, n)| {
+            let full = format!("{p}/{n}");
+            (crate::allocate::pci_env_name(&full), full)
+        })
+        .collect();
+    for (j, (var, full)) in vars.iter().enumerate() {
+        if let Some((_, first)) = vars[..j].iter().find(|(v, _)| v == var) {
+            return Some(format!(
+                "resources {first:?} and {full:?} would both set the variable {var} (in variable names every character but letters, digits and '_' becomes '_'): a container asking for both would get only one of the values; rename one of them"
+            ));
+        }
+    }
+    None
+}
+
 /// What to say about `ncclIbHca`: the resources it defaulted to false for (several
 /// resources, none given), said once; several resources with it true are warned about.
 fn nccl_ib_hca_findings(
@@ -754,8 +776,10 @@ fn nccl_ib_hca_findings(
     }
 }
 
-/// Two resources whose variables have the same name (`a.b` and `a_b`, or `x` and
-/// `x_rdma`): a container asking for both gets only one of the values.
+/// Two resources one of whose variables has the name of the other's (`x` and `x_rdma`:
+/// `PCIDEVICE_<R>_RDMA` of the first is `PCIDEVICE_<R>` of the second): a container
+/// asking for both gets only one of the values. (Resources whose variables are all the
+/// same are refused, by [`env_clash`].)
 fn env_name_clashes(resources: &[ResourceConfig], warnings: &mut Vec<String>) {
     let mut by_name: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for r in resources {
@@ -964,18 +988,54 @@ mod tests {
     #[test]
     fn resources_whose_variables_share_a_name_are_warned_about() {
         let c = parse(
-            r#"{"resourceList":[{"resourceName":"x","ncclIbHca":false},{"resourceName":"x_rdma","ncclIbHca":false},{"resourceName":"a.b","ncclIbHca":false},{"resourceName":"a_b","ncclIbHca":false}]}"#,
+            r#"{"resourceList":[{"resourceName":"x","ncclIbHca":false},{"resourceName":"x_rdma","ncclIbHca":false},{"resourceName":"a-b","ncclIbHca":false},{"resourceName":"a_b_rdma","ncclIbHca":false}]}"#,
         )
         .unwrap();
-        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         let all = c.warnings.join("\n");
         for w in [
             "nvidia.com/x, nvidia.com/x_rdma each set the variable PCIDEVICE_NVIDIA_COM_X_RDMA",
-            "nvidia.com/a.b, nvidia.com/a_b each set the variable PCIDEVICE_NVIDIA_COM_A_B:",
-            "PCIDEVICE_NVIDIA_COM_A_B_RDMA",
+            "nvidia.com/a-b, nvidia.com/a_b_rdma each set the variable PCIDEVICE_NVIDIA_COM_A_B_RDMA",
         ] {
             assert!(all.contains(w), "{all}");
         }
+    }
+
+    /// Resources that differ only in characters a variable name cannot hold would set the
+    /// same variables: refused, naming both and the variable.
+    #[test]
+    fn resources_whose_variables_are_the_same_are_refused() {
+        for (a, b, var) in [
+            (
+                r#""resourceName":"dgx-vfs""#,
+                r#""resourceName":"dgx_vfs""#,
+                "PCIDEVICE_NVIDIA_COM_DGX_VFS",
+            ),
+            (
+                r#""resourceName":"a.b""#,
+                r#""resourceName":"a_b""#,
+                "PCIDEVICE_NVIDIA_COM_A_B",
+            ),
+            (
+                r#""resourceName":"x","resourcePrefix":"my-corp.com""#,
+                r#""resourceName":"x","resourcePrefix":"my.corp.com""#,
+                "PCIDEVICE_MY_CORP_COM_X",
+            ),
+        ] {
+            let e = parse(&format!(r#"{{"resourceList":[{{{a}}},{{{b}}}]}}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("would both set the variable {var} "))
+                    && e.contains("rename one of them"),
+                "{e}"
+            );
+        }
+        // A resource skipped for its deviceType sets nothing.
+        parse(
+            r#"{"resourceList":[{"resourceName":"dgx-vfs"},{"resourceName":"dgx_vfs","deviceType":"accelerator"}]}"#,
+        )
+        .unwrap();
     }
 
     #[test]

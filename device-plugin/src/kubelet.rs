@@ -27,8 +27,10 @@ use crate::metrics::Metrics;
 use crate::service::{PluginService, ResourceCtx, options};
 use crate::status::StatusBoard;
 
-/// How long one `Register` call may take (kubelet dials us back inside it).
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one `Register` call may take. kubelet dials the plugin back inside it and
+/// gives up on that dial after its own 10 s: waiting longer lets kubelet's answer (which
+/// says why) arrive instead of our timeout hiding it.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Fallback check of the socket files when no inotify event arrives.
 const RECHECK: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -289,7 +291,15 @@ impl ResourceTask {
             let kubelet = file_id(&kubelet_sock);
             attempts += 1;
             let t = Instant::now();
-            match register(&self.dir, self.request()).await {
+            let (dir, req) = (self.dir.clone(), self.request());
+            // A kubelet that takes the connection but never answers holds the call for
+            // REGISTER_TIMEOUT: stopping must not wait for it, or the caller gives up on
+            // this task before it removes its socket.
+            let result = tokio::select! {
+                r = register(&dir, req) => r,
+                _ = self.shutdown.wait_for(|s| *s) => return Outcome::Shutdown,
+            };
+            match result {
                 Ok(()) => {
                     tracing::info!(
                         resource = %name,

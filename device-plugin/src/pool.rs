@@ -82,6 +82,9 @@ pub struct VfSlot {
     pub failed: FailedChecks,
     /// Index of the resource the VF belongs to (first resource whose selectors match).
     pub owner: Option<usize>,
+    /// A resource listed before the owner that also selects the VF now (warned about
+    /// once; see [`Monitor::check_earlier_match`]).
+    pub earlier_match: Option<usize>,
 }
 
 /// A device as a resource's gRPC service sees it.
@@ -344,6 +347,7 @@ impl Node {
             health: not_judged(),
             failed: FailedChecks::default(),
             owner: None,
+            earlier_match: None,
         }
     }
 
@@ -707,8 +711,14 @@ impl Monitor {
         drop(old);
         for vf in &mut self.node.vfs {
             vf.owner = vf.owner.and_then(|o| keep.get(&o).copied());
+            // Indices changed: what was warned about is judged again below.
+            vf.earlier_match = None;
         }
         self.assign_owners(true);
+        // A kept VF that a new resource listed before its owner selects stays where it is.
+        for i in 0..self.node.vfs.len() {
+            self.check_earlier_match(i);
+        }
         self.publish();
         for r in &self.resources {
             let set = r.tx.borrow();
@@ -769,6 +779,37 @@ impl Monitor {
             self.resources[r].dirty = true;
             self.judge(i);
         }
+    }
+
+    /// Warns, once, when a resource listed before VF `i`'s owner selects it too. The VF
+    /// stays with its owner while the plugin runs: kubelet may have given it to a pod
+    /// under the owner, which the plugin cannot always tell (it learns of a freed VF only
+    /// by inference, not at all for allocations made before it started, and sees a VF in
+    /// a pod only with RDMA namespace isolation), so moving it could hand it out twice.
+    /// The next start assigns it to the earlier resource.
+    fn check_earlier_match(&mut self, i: usize) {
+        let vf = &self.node.vfs[i];
+        let Some(owner) = vf.owner else { return };
+        let pf = self.node.pf_of(vf);
+        let earlier = self.resources[..owner]
+            .iter()
+            .position(|r| resource_matches(&r.cfg, vf, pf));
+        if earlier == vf.earlier_match {
+            return;
+        }
+        if let Some(e) = earlier {
+            let (owner, earlier) = (
+                self.resources[owner].cfg.full_name(),
+                self.resources[e].cfg.full_name(),
+            );
+            tracing::warn!(
+                vf = %vf.addr,
+                resource = %owner,
+                earlier = %earlier,
+                "VF of {owner} is now also selected by {earlier}, listed before it in the config: it stays with {owner} while the plugin runs (kubelet may have given it to a pod as {owner}), and goes to {earlier} when the plugin restarts or {owner}'s selectors change; make the selectors of the two resources exclusive"
+            );
+        }
+        self.node.vfs[i].earlier_match = earlier;
     }
 
     fn judge(&mut self, i: usize) {
@@ -925,6 +966,8 @@ impl Monitor {
             vf.obs = obs;
             if self.node.vfs[i].owner.is_none() {
                 self.assign_owner(i, false);
+            } else {
+                self.check_earlier_match(i);
             }
             self.judge(i);
         }

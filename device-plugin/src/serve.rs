@@ -343,7 +343,18 @@ impl Resources {
             .await
             .is_err()
         {
-            tracing::warn!(resource = %name, "the resource's server did not stop in time; abandoning it");
+            // The task marks itself not serving as soon as it leaves registration, so
+            // "serving" here means it is still inside a Register call.
+            let stuck = match self.shared.status.get(name) {
+                Some(s) if s.serving => "its registration with kubelet did not finish",
+                _ => "its gRPC server did not stop",
+            };
+            let sock = self.shared.kubelet_dir.join(&r.socket);
+            tracing::warn!(
+                resource = %name,
+                "the resource did not stop within 3s ({stuck}); abandoning it: its socket {} may be left behind (the next start replaces it)",
+                sock.display()
+            );
             r.task.abort();
         }
         // Its device-info writes end before the files are removed at exit.

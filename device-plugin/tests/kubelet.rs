@@ -857,3 +857,92 @@ async fn an_unwatchable_kubelet_directory_is_warned_about_once() {
     wait_log(&mut e.plugin, "watching the kubelet socket directory again").await;
     e.plugin.assert_running();
 }
+
+/// A kubelet that accepts connections on `kubelet.sock` and never answers (hung, or stuck
+/// on something else): each accepted connection is held open and announced on the channel.
+fn hung_kubelet(dir: &std::path::Path) -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let listener = tokio::net::UnixListener::bind(dir.join("kubelet.sock")).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+            let _ = tx.send(());
+        }
+    });
+    rx
+}
+
+/// Waits until the plugin has connected to the hung kubelet `n` times: its `Register`
+/// calls are then in flight.
+async fn registers_in_flight(
+    calls: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    n: usize,
+    p: &Plugin,
+) {
+    for _ in 0..n {
+        tokio::time::timeout(GUARD, calls.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no Register call within {GUARD:?}; log:\n{}", p.log()))
+            .expect("the hung kubelet is gone");
+    }
+}
+
+/// SIGTERM while `Register` hangs: the plugin does not wait for the call, and removes its
+/// socket on the way out as after any SIGTERM.
+#[tokio::test]
+async fn sigterm_during_a_register_kubelet_never_answers_removes_the_socket() {
+    let sim = sim();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let mut calls = hung_kubelet(&dirs.kubelet);
+    let mut plugin = start_plugin(sim.root(), &dirs, None, &[]);
+    registers_in_flight(&mut calls, 1, &plugin).await;
+    assert!(dirs.kubelet.join(SOCKET).exists());
+    // Exits before terminate()'s hang guard, which is longer than the Register timeout.
+    let status = plugin.terminate();
+    let log = plugin.log();
+    assert!(status.success(), "{status}; log:\n{log}");
+    assert!(
+        !dirs.kubelet.join(SOCKET).exists(),
+        "the socket is left behind; log:\n{log}"
+    );
+    assert!(!log.contains("did not stop within"), "{log}");
+}
+
+/// A reload that removes a resource whose `Register` hangs: the resource stops at once and
+/// its socket is gone by the time the reload is reported; the other resource stays.
+#[tokio::test]
+async fn a_reload_during_a_register_kubelet_never_answers_removes_the_socket() {
+    let sim = sim();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let config = tmp.path().join("config.json");
+    let write = |names: &[&str]| {
+        let list: Vec<serde_json::Value> = names
+            .iter()
+            .map(|n| serde_json::json!({"resourceName": n, "selectors": {"rootDevices": ["0000:18:00.0"]}}))
+            .collect();
+        let new = tmp.path().join("config.json.new");
+        std::fs::write(
+            &new,
+            serde_json::json!({ "resourceList": list }).to_string(),
+        )
+        .unwrap();
+        std::fs::rename(&new, &config).unwrap();
+    };
+    write(&["a", "b"]);
+    let mut calls = hung_kubelet(&dirs.kubelet);
+    let mut plugin = start_plugin(sim.root(), &dirs, Some(&config), &[]);
+    registers_in_flight(&mut calls, 2, &plugin).await;
+    assert!(dirs.kubelet.join("railvf-a.sock").exists());
+    write(&["b"]);
+    let log = wait_log(&mut plugin, "config reloaded").await;
+    assert!(
+        !dirs.kubelet.join("railvf-a.sock").exists(),
+        "the removed resource's socket is left behind; log:\n{log}"
+    );
+    assert!(dirs.kubelet.join("railvf-b.sock").exists(), "{log}");
+    assert!(!log.contains("did not stop within"), "{log}");
+    plugin.assert_running();
+}

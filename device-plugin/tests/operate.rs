@@ -452,3 +452,78 @@ fn a_taken_metrics_port_fails_the_start() {
         "{err}"
     );
 }
+
+/// One request on a kept-alive connection: true once its whole answer has been read.
+async fn keep_alive_request(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: Option<usize> = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            });
+            if len.is_some_and(|n| body.len() >= n) {
+                return true;
+            }
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// One peer holding every HTTP connection slot, with kept-alive connections it sends a
+/// request on now and then and with more that never send anything, does not keep
+/// kubelet's probe out: `/healthz` is still answered.
+#[tokio::test]
+async fn healthz_is_answered_while_one_peer_holds_every_connection() {
+    let sim = sim();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let mut plugin = start_plugin(sim.root(), &dirs, None, METRICS);
+    let addr = metrics_addr(&mut plugin).await;
+    registration(&mut kubelet, &plugin).await;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut busy = Vec::new();
+    for _ in 0..16 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Answered: this connection holds a slot.
+        assert!(keep_alive_request(&mut s).await, "{}", plugin.log());
+        let mut stop = stop_rx.clone();
+        busy.push(tokio::spawn(async move {
+            // Often enough that no header timeout ever closes it.
+            while tokio::time::timeout(Duration::from_millis(200), stop.wait_for(|s| *s))
+                .await
+                .is_err()
+                && keep_alive_request(&mut s).await
+            {}
+        }));
+    }
+    let mut idle = Vec::new();
+    for _ in 0..16 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+
+    // http_get fails the test if no answer comes within its hang guard.
+    let (code, body) = http_get(addr, "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    let _ = stop_tx.send(true);
+    for b in busy {
+        b.await.unwrap();
+    }
+    drop(idle);
+    plugin.assert_running();
+}

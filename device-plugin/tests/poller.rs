@@ -3,10 +3,12 @@
 
 use std::path::Path;
 
+use std::sync::{Arc, Mutex};
+
 use railvf_device_plugin::config::Config;
 use railvf_device_plugin::pool::{DeviceSet, FULL_READ_EVERY, Monitor, Node, ResourceHandle};
 use railvf_host::{HostRoot, PciAddr};
-use railvf_sim::{SimNode, SimOptions};
+use railvf_sim::{Fault, SimNode, SimOptions};
 
 fn start() -> (SimNode, Monitor, ResourceHandle) {
     let sim = SimOptions::dgx_h200().no_links().build().expect("sim");
@@ -108,4 +110,85 @@ fn a_failed_rescan_after_sriov_numvfs_changed_keeps_the_vfs_and_is_retried() {
     assert_eq!(of_pf(&set), 4, "the next poll picks up the new VF set");
     assert_eq!(set.devices.len(), 60);
     assert!(set.devices.values().all(|d| d.health.is_healthy()));
+}
+
+/// Log lines written on this thread while the guard lives (the poller logs on the thread
+/// that polls).
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let writer = Buf(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+/// A VF a resource listed later took because the first one did not select it yet (here
+/// mlx5_ib had not given it an RDMA device when the plugin started, and the first resource
+/// wants `isRdma`): once the first resource selects it too, it stays with its owner (kubelet
+/// may have given it to a pod under that name), with one warning naming both resources and
+/// what would move it. A restart gives it to the first resource.
+#[test]
+fn a_vf_an_earlier_resource_starts_to_select_stays_with_its_owner_and_is_warned_about() {
+    let sim = SimOptions::dgx_h200().no_links().build().expect("sim");
+    let root = HostRoot::new(sim.root()).unwrap();
+    let pf = sim.pf("0000:18:00.0").unwrap();
+    let vf: PciAddr = pf.vfs[0].to_string().parse().unwrap();
+    sim.inject_fault(vf, Fault::NoRdma).unwrap();
+    let config = Config::parse(
+        r#"{"resourceList":[
+            {"resourceName":"rdma","isRdma":true,"selectors":{"rootDevices":["0000:18:00.0"]}},
+            {"resourceName":"any","selectors":{"rootDevices":["0000:18:00.0"]}}]}"#,
+        Path::new("config.json"),
+    )
+    .unwrap();
+    let (logs, _guard) = capture_logs();
+    let (mut m, h) = Monitor::new(Node::scan(&root, None).unwrap(), &config);
+    assert!(devices(&h[1]).devices.contains_key(&vf));
+    assert_eq!(devices(&h[0]).devices.len(), 7);
+
+    sim.clear_fault(vf, Fault::NoRdma).unwrap();
+    // Twice round the full reads: the change is seen, and warned about only once.
+    for _ in 0..2 * FULL_READ_EVERY {
+        m.poll();
+    }
+    assert!(
+        devices(&h[1]).devices.contains_key(&vf),
+        "stays with its owner"
+    );
+    assert!(!devices(&h[0]).devices.contains_key(&vf));
+    let log = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("is now also selected by"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    let w = warnings[0];
+    assert!(
+        w.contains("WARN")
+            && w.contains(&vf.to_string())
+            && w.contains("VF of nvidia.com/any is now also selected by nvidia.com/rdma")
+            && w.contains("goes to nvidia.com/rdma when the plugin restarts"),
+        "{w}"
+    );
+
+    let (_m, h) = Monitor::new(Node::scan(&root, None).unwrap(), &config);
+    assert!(
+        devices(&h[0]).devices.contains_key(&vf),
+        "a restart moves it"
+    );
+    assert!(devices(&h[1]).devices.is_empty());
 }

@@ -324,7 +324,7 @@ async fn a_plain_config_file_is_reloaded_in_place() {
 /// Adding a resource flips the default `ncclIbHca` of the one already there (true with one
 /// resource, false with several), and the reload also turns its `madDevices` on; neither
 /// counts as a change of that resource, which keeps its VFs although the new one, listed
-/// first, selects them too.
+/// first, selects them too (warned about, VF by VF).
 #[tokio::test]
 async fn adding_a_resource_does_not_take_the_vfs_of_one_whose_nccl_default_flips() {
     let mut t = FileConfig::start().await;
@@ -349,4 +349,10 @@ async fn adding_a_resource_does_not_take_the_vfs_of_one_whose_nccl_default_flips
     let mut bs = list_and_watch(&mut b.client).await;
     let first = bs.message().await.unwrap().unwrap();
     assert!(first.devices.is_empty(), "b took {:?}", first.devices);
+    let log = plugin.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("VF of nvidia.com/a is now also selected by nvidia.com/b"))
+        .count();
+    assert_eq!(warned, 8, "{log}");
 }
