@@ -22,9 +22,7 @@ use crate::ipam::{Call, Plugin};
 use crate::net::{Link, NetError, Netns, PodLink, parse_mac};
 use crate::netconf::NetConf;
 use crate::result::{CniResult, Interface};
-use crate::state::{
-    self, Attachment, GuidChange, HostLink, SCHEMA, StateDir, VfChange, VfSettingsRecord,
-};
+use crate::state::{self, Attachment, HostLink, SCHEMA, StateDir, VfChange, VfSettingsRecord};
 use crate::teardown::{self, Options};
 use crate::vf::{self, VfId};
 
@@ -168,15 +166,7 @@ fn locked(
     } else {
         None
     };
-    let guid_change = conf.guid.and_then(|target| {
-        let method = guid::method(root, &id);
-        let previous = guid::current(root, &id, method);
-        (!guid::in_effect(root, &id, method, target)).then_some(GuidChange {
-            method,
-            previous,
-            target,
-        })
-    });
+    let guid_change = conf.guid.and_then(|target| guid::change(root, &id, target));
     let vf_change = match pf_ifindex.filter(|_| conf.has_vf_settings()) {
         None => None,
         Some(pf) => {

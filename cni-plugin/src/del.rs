@@ -392,6 +392,7 @@ mod tests {
         a.guid = Some(GuidChange {
             method: crate::state::GuidMethod::OfedSysfs,
             previous: None,
+            previous_port: None,
             target: railvf_host::Guid(0x1122),
         });
         a.netconf = r#"{"guid": {"x": 1}, "host": 3}"#.into();

@@ -100,9 +100,21 @@ pub enum GuidMethod {
 #[serde(rename_all = "camelCase")]
 pub struct GuidChange {
     pub method: GuidMethod,
-    /// The GUID before ADD (`None`: unknown, restored as all-zero).
+    /// The node GUID before ADD (`None`: unknown, restored as all-zero).
     pub previous: Option<Guid>,
+    /// The port GUID before ADD (`None`: unknown, or a file of an earlier railvf, which
+    /// recorded only the node GUID: restored as `previous`, as that railvf did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_port: Option<Guid>,
     pub target: Guid,
+}
+
+impl GuidChange {
+    /// The node and port GUID to restore.
+    pub fn restore(&self) -> (Guid, Guid) {
+        let node = self.previous.unwrap_or(Guid(0));
+        (node, self.previous_port.unwrap_or(node))
+    }
 }
 
 /// Serializable twin of [`VfSettings`] (the net layer's type stays serde-free).
@@ -591,6 +603,7 @@ mod tests {
         a.guid = Some(GuidChange {
             method: GuidMethod::OfedSysfs,
             previous: Some(Guid(0)),
+            previous_port: Some(Guid(0x0600)),
             target: Guid(0x1122),
         });
         a.vf_settings = Some(VfChange {

@@ -11,8 +11,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use railvf_host::Guid;
-
 use crate::Ctx;
 use crate::guid;
 use crate::ipam::{Call, Plugin};
@@ -206,12 +204,13 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
     if let Some(g) = &st.guid
         && vf_exists
     {
-        let want = g.previous.unwrap_or(Guid(0));
-        // With OFED files, done when the file holds it and the VF runs with it (a DEL whose
-        // rebind failed or was killed left only the file restored). The RDMA device's GUID
-        // (netlink path) may lag a rebind, so there restore unconditionally.
+        // Node and port each to its own: hosts set them apart, and the SM keys on the port.
+        let (node, port) = g.restore();
+        // With OFED files, done when the files hold them and the VF runs with them (a DEL
+        // whose rebind failed or was killed left only the files restored). The RDMA
+        // device's GUIDs (netlink path) may lag a rebind, so there restore unconditionally.
         let restored = g.method == crate::state::GuidMethod::OfedSysfs
-            && guid::in_effect(root, &id, g.method, want);
+            && guid::in_effect(root, &id, g.method, node, port);
         if !restored {
             let pf_ifindex = match g.method {
                 crate::state::GuidMethod::Netlink => {
@@ -219,11 +218,11 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
                 }
                 crate::state::GuidMethod::OfedSysfs => None,
             };
-            match guid::set(root, links, g.method, &id, pf_ifindex, want)
+            match guid::set_pair(root, links, g.method, &id, pf_ifindex, node, port)
                 .and_then(|()| guid::rebind(root, &st.vf))
             {
                 Ok(()) => {
-                    r.did(format!("GUID restored to {want}"));
+                    r.did(format!("GUIDs restored to node {node}, port {port}"));
                     // The rebind re-creates the netdev: find it again.
                     home = None;
                 }

@@ -610,6 +610,7 @@ fn guid_through_ofed_files_with_rebind_and_restore() {
     assert_eq!(fs::read_to_string(b.sriov_file(0, "node")).unwrap(), before);
     assert!(is_home(&b, 0));
     wait_for_guid(&b, 0, before.trim());
+    wait_for_port_guid(&b, 0, before.trim());
 
     // Same GUID again, in effect: no write, no rebind.
     fs::write(drv.join("bind"), "").unwrap();
@@ -1999,6 +2000,162 @@ fn add_rebinds_when_the_guid_is_written_but_not_in_effect() {
     let bind = b.root().join("sys/bus/pci/drivers/mlx5_core/bind");
     assert_eq!(fs::read_to_string(&bind).unwrap(), "0000:18:00.1");
     wait_for_guid(&b, 0, "02:00:00:00:00:00:aa:02");
+}
+
+/// VF 0's GUIDs as `setup-vfs` sets them, node and port apart (docs/host-setup.md), in the
+/// OFED files (when there) and as the VF runs with them.
+const HOST_NODE: &str = "02:00:00:00:00:00:00:05";
+const HOST_PORT: &str = "06:00:00:00:00:00:00:05";
+
+fn host_guids_apart(b: &Bench) {
+    let (node, port): (railvf_host::Guid, railvf_host::Guid) =
+        (HOST_NODE.parse().unwrap(), HOST_PORT.parse().unwrap());
+    if b.sriov_file(0, "node").exists() {
+        fs::write(b.sriov_file(0, "node"), format!("{HOST_NODE}\n")).unwrap();
+        fs::write(b.sriov_file(0, "port"), format!("{HOST_PORT}\n")).unwrap();
+    }
+    fs::write(b.node_guid_file(0), format!("{node}\n")).unwrap();
+    b.set_port(0, "gids/0", &format!("fe80:0000:0000:0000:{port}"));
+}
+
+/// Waits (up to 5 s) until VF `i`'s port shows the port GUID `guid` in GID 0.
+fn wait_for_port_guid(b: &Bench, i: u32, guid: &str) {
+    let want: railvf_host::Guid = guid.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = fs::read_to_string(b.port_file(i, "gids/0"))
+            .ok()
+            .and_then(|s| s.trim().parse::<railvf_host::attr::Gid>().ok())
+            .map(|g| g.interface_id());
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VF {i}'s port shows {now:?}, expected {want}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The subnet manager keys LIDs and partitions on the port GUID: DEL gives the VF back its
+/// own port GUID, not its node GUID.
+#[test]
+fn del_restores_node_and_port_guid_each_to_its_own_through_ofed_files() {
+    let b = Bench::new(1);
+    host_guids_apart(&b);
+    let (_, c) = add_with_pod_guid(&b);
+    for f in ["node", "port"] {
+        assert_eq!(
+            fs::read_to_string(b.sriov_file(0, f)).unwrap(),
+            "02:00:00:00:00:00:aa:01\n",
+            "{f}"
+        );
+    }
+    wait_for_port_guid(&b, 0, "02:00:00:00:00:00:aa:01");
+    let st = b.state_files();
+    let text = fs::read_to_string(b.state_dir().join(&st[0])).unwrap();
+    assert!(
+        text.contains("\"previousPort\": \"0600:0000:0000:0005\""),
+        "{text}"
+    );
+
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "node")).unwrap(),
+        format!("{HOST_NODE}\n")
+    );
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "port")).unwrap(),
+        format!("{HOST_PORT}\n")
+    );
+    wait_for_guid(&b, 0, HOST_NODE);
+    wait_for_port_guid(&b, 0, HOST_PORT);
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+#[test]
+fn del_restores_node_and_port_guid_each_to_its_own_through_netlink() {
+    let b = Bench::new(1);
+    fs::remove_dir_all(b.sriov_file(0, "node").parent().unwrap()).unwrap();
+    host_guids_apart(&b);
+    let c = conf(0, r#""guid":"02:00:00:00:00:00:bb:02""#);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    let vf = b.links.vf(b.pf_ifindex, 0).unwrap();
+    assert_eq!(vf.node_guid, HOST_NODE.parse().unwrap());
+    assert_eq!(vf.port_guid, HOST_PORT.parse().unwrap());
+    wait_for_port_guid(&b, 0, HOST_PORT);
+}
+
+/// A state file cut short after its `guid` record: DEL still restores both GUIDs from it.
+#[test]
+fn an_unreadable_state_still_restores_node_and_port_guid_each_to_its_own() {
+    let b = Bench::new(1);
+    host_guids_apart(&b);
+    let (_, c) = add_with_pod_guid(&b);
+    wait_for_port_guid(&b, 0, "02:00:00:00:00:00:aa:01");
+    let file = b.state_dir().join(&b.state_files()[0]);
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, &text[..text.find("\n  \"moving\"").unwrap()]).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "port")).unwrap(),
+        format!("{HOST_PORT}\n")
+    );
+    wait_for_port_guid(&b, 0, HOST_PORT);
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+/// A state file of an earlier railvf records only the node GUID: its DEL still converges,
+/// restoring that to both, as the railvf that wrote it would have.
+#[test]
+fn a_state_file_without_the_previous_port_guid_restores_the_node_guid_to_both() {
+    let b = Bench::new(1);
+    host_guids_apart(&b);
+    let (_, c) = add_with_pod_guid(&b);
+    let file = b.state_dir().join(&b.state_files()[0]);
+    let mut st: Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(
+        st["guid"]
+            .as_object_mut()
+            .unwrap()
+            .remove("previousPort")
+            .is_some()
+    );
+    fs::write(&file, serde_json::to_vec_pretty(&st).unwrap()).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    for f in ["node", "port"] {
+        assert_eq!(
+            fs::read_to_string(b.sriov_file(0, f)).unwrap(),
+            format!("{HOST_NODE}\n"),
+            "{f}"
+        );
+    }
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+/// A VF whose node GUID already is the pod's but whose port GUID is not: ADD still sets
+/// the port GUID and rebinds.
+#[test]
+fn add_sets_the_guid_when_only_the_node_guid_already_has_it() {
+    let b = Bench::new(1);
+    host_guids_apart(&b);
+    b.fake_driver();
+    let c = conf(0, &format!(r#""guid":"{HOST_NODE}""#));
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "port")).unwrap(),
+        format!("{HOST_NODE}\n")
+    );
+    wait_for_port_guid(&b, 0, HOST_NODE);
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "port")).unwrap(),
+        format!("{HOST_PORT}\n")
+    );
 }
 
 #[test]
