@@ -299,6 +299,86 @@ fn del_after_the_netns_is_gone_renames_the_returned_vf() {
     assert!(b.state_files().is_empty());
 }
 
+/// Other interfaces hold both the VF's host name and its pod name in the host: the kernel
+/// can move it home under neither. DEL brings it home under a name of its own and says
+/// why; once its name is free, the next DEL gives it back.
+#[test]
+fn del_brings_the_vf_home_aside_when_its_host_and_pod_names_are_taken_there() {
+    let b = Bench::new(1);
+    let c = conf(0, "");
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let pod_ifindex = b
+        .links
+        .link_by_name(&Netns::path(&b.pod), "net1")
+        .unwrap()
+        .unwrap()
+        .ifindex;
+    let host_name = vf_netdev(0);
+    let squatter = b.links.add_link(&Netns::Host, &host_name);
+    b.links.add_link(&Netns::Host, "net1");
+
+    let e = b.run("DEL", "c1", Some(&b.pod), &c).unwrap_err();
+    assert_eq!(e.code, 106, "{e}");
+    let aside = format!("rv{pod_ifindex}");
+    for name in [host_name.as_str(), "net1", "already has", &aside] {
+        assert!(e.msg.contains(name), "{name}: {e}");
+    }
+    assert!(e.msg.contains("not moved"), "the kernel's answer: {e}");
+    assert!(!e.msg.contains("no netdev in the host"), "{e}");
+    assert!(e.details.contains("kept"), "{e:?}");
+    let home = b.links.link_by_name(&Netns::Host, &aside).unwrap().unwrap();
+    assert_eq!(home.mac, b.vf_mac[0]);
+    assert_eq!(b.state_files().len(), 1);
+
+    // The name is free again: the next DEL renames the VF.
+    b.links.rename(&Netns::Host, squatter, "other0").unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+    assert_eq!(
+        b.links
+            .link_by_name(&Netns::Host, &host_name)
+            .unwrap()
+            .unwrap()
+            .mac,
+        b.vf_mac[0]
+    );
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+/// The same, with the name to step aside under taken too: DEL fails at once, naming the
+/// names and where the VF is, and leaves it in the pod.
+#[test]
+fn del_that_cannot_bring_the_vf_home_says_why_and_where_it_is() {
+    let b = Bench::new(1);
+    let c = conf(0, "");
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let pod_ifindex = b
+        .links
+        .link_by_name(&Netns::path(&b.pod), "net1")
+        .unwrap()
+        .unwrap()
+        .ifindex;
+    let host_name = vf_netdev(0);
+    let squatter = b.links.add_link(&Netns::Host, &host_name);
+    b.links.add_link(&Netns::Host, "net1");
+    b.links.add_link(&Netns::Host, &format!("rv{pod_ifindex}"));
+
+    let e = b.run("DEL", "c1", Some(&b.pod), &c).unwrap_err();
+    assert_eq!(e.code, 106, "{e}");
+    for name in [host_name.as_str(), "net1", "already has", "still net1"] {
+        assert!(e.msg.contains(name), "{name}: {e}");
+    }
+    // Seen in the pod: no wait for it in the host.
+    assert!(!e.msg.contains("no netdev in the host"), "{e}");
+    assert_eq!(b.whereis("net1"), vec![Netns::Host, Netns::path(&b.pod)]);
+    assert_eq!(b.state_files().len(), 1);
+
+    b.links.rename(&Netns::Host, squatter, "other0").unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
 #[test]
 fn del_with_a_netns_path_that_is_no_netns_any_more() {
     let b = Bench::new(1);
