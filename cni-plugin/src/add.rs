@@ -245,7 +245,7 @@ fn locked(
             );
             crate::log::step("rollback");
             if report.ok()
-                && let Err(se) = ctx.state.remove(cid, ifname)
+                && let Err(se) = ctx.state.remove_attachment(&st)
             {
                 return Err(e.with_detail(format!("{}; {se}", report.summary())));
             }
@@ -780,7 +780,7 @@ fn settle(ctx: &Ctx<'_>, addr: PciAddr, cid: &str, ifname: &str) -> Result<(), C
                 format!("fix the problem and retry; the state is {}", path.display()),
             ));
         }
-        ctx.state.remove(&other.container_id, &other.ifname)?;
+        ctx.state.remove_attachment(&other)?;
     }
     Ok(())
 }

@@ -2276,6 +2276,145 @@ fn a_failed_add_and_gc_touch_only_their_own_attachment_when_ids_share_a_suffix()
     assert!(is_home(&b, 0) && b.state_files().is_empty());
 }
 
+/// Two ADDs of one attachment (c1/net1) with different VFs (a runtime retrying with
+/// another deviceID) run at once, each under its own VF's lock, and both pass their check
+/// for another file of it before either has saved: `won` is VF 1's file (c1/net1 in
+/// `pod2`), held back in the returned path until the test puts it in place.
+fn raced_attachment(b: &Bench, pod2: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    b.run("ADD", "c1", Some(pod2), &conf(1, "")).unwrap();
+    let won = b.state_dir().join("0000:18:00.2_c1@net1.json");
+    let held = b.dir.path().join("held.json");
+    fs::rename(&won, &held).unwrap();
+    (won, held)
+}
+
+#[test]
+fn a_failed_add_leaves_the_state_of_the_same_attachment_on_another_vf_alone() {
+    let b = Bench::new(2);
+    let pod2 = b.netns("pod2");
+    let (won, held) = raced_attachment(&b, &pod2);
+    // The ADD on VF 0 fails in its IPAM plugin, after VF 1's ADD has saved.
+    b.ipam_script(
+        "late-ipam",
+        &format!(
+            r#"cat >/dev/null; [ "$CNI_COMMAND" = ADD ] && mv {} {} && exit 1; exit 0"#,
+            held.display(),
+            won.display()
+        ),
+    );
+    b.run(
+        "ADD",
+        "c1",
+        Some(&b.pod),
+        &conf(0, r#""ipam":{"type":"late-ipam"}"#),
+    )
+    .unwrap_err();
+    assert!(is_home(&b, 0));
+    assert_eq!(b.state_files(), vec!["0000:18:00.2_c1@net1.json"]);
+    b.run("DEL", "c1", Some(&pod2), &conf(1, "")).unwrap();
+    assert!(is_home(&b, 1) && b.state_files().is_empty());
+}
+
+/// GC tears down a stale c1/net1 on VF 0 while an ADD of c1/net1 on VF 1 saves its state:
+/// GC removes the file it tore down, not the new one.
+#[test]
+fn gc_leaves_a_file_of_the_same_attachment_another_add_wrote_meanwhile_alone() {
+    let b = Bench::new(2);
+    let pod2 = b.netns("pod2");
+    let (won, held) = raced_attachment(&b, &pod2);
+    b.ipam_script(
+        "late-ipam",
+        &format!(
+            r#"cat >/dev/null
+[ "$CNI_COMMAND" = ADD ] && echo '{{"cniVersion":"1.1.0","ips":[]}}'
+[ "$CNI_COMMAND" = DEL ] && mv {} {}
+exit 0"#,
+            held.display(),
+            won.display()
+        ),
+    );
+    b.run(
+        "ADD",
+        "c1",
+        Some(&b.pod),
+        &conf(0, r#""ipam":{"type":"late-ipam"}"#),
+    )
+    .unwrap();
+    b.run("GC", "-", None, &gc_conf(serde_json::json!([])))
+        .unwrap();
+    assert!(is_home(&b, 0));
+    assert_eq!(b.state_files(), vec!["0000:18:00.2_c1@net1.json"]);
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&pod2)]);
+    b.run("DEL", "c1", Some(&pod2), &conf(1, "")).unwrap();
+    assert!(is_home(&b, 1) && b.state_files().is_empty());
+}
+
+/// Both ADDs of x/net1 saved; then VF 0's pod died, and an ADD takes VF 0 over: it removes
+/// the stale file on VF 0, not x/net1's on VF 1, whose VF is still in its pod.
+#[test]
+fn a_takeover_removes_the_stale_file_on_its_vf_only() {
+    let b = Bench::new(2);
+    let (pod2, pod3) = (b.netns("pod2"), b.netns("pod3"));
+    b.run("ADD", "x", Some(&pod2), &conf(1, "")).unwrap();
+    let on1 = b.state_dir().join("0000:18:00.2_x@net1.json");
+    let held = b.dir.path().join("held.json");
+    fs::rename(&on1, &held).unwrap();
+    b.run("ADD", "x", Some(&pod3), &conf(0, "")).unwrap();
+    fs::rename(&held, &on1).unwrap();
+    b.delete_netns(&pod3);
+
+    b.run("ADD", "new", Some(&b.pod), &conf(0, "")).unwrap();
+    let mut left = b.state_files();
+    left.sort();
+    assert_eq!(
+        left,
+        vec!["0000:18:00.1_new@net1.json", "0000:18:00.2_x@net1.json"]
+    );
+    b.run("DEL", "x", Some(&pod2), &conf(1, "")).unwrap();
+    assert!(is_home(&b, 1));
+}
+
+/// GC of c1/net1 with an unreadable file on VF 0 (home) and a readable one on VF 1 (in a
+/// pod): each file is undone under its own VF's lock, and both VFs end up home.
+#[test]
+fn gc_of_an_attachment_with_files_on_two_vfs_brings_both_home() {
+    let b = Bench::new(2);
+    let pod2 = b.netns("pod2");
+    b.run("ADD", "c1", Some(&pod2), &conf(1, "")).unwrap();
+    fs::write(b.state_dir().join("0000:18:00.1_c1@net1.json"), b"").unwrap();
+    b.run("GC", "-", None, &gc_conf(serde_json::json!([])))
+        .unwrap();
+    assert!(is_home(&b, 0) && is_home(&b, 1));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+/// The same with both files readable and VF 0's teardown failing (its IPAM release): GC
+/// still tears down VF 1's attachment, reading it by its VF, not VF 0's file again.
+#[test]
+fn gc_reads_each_file_of_an_attachment_by_its_vf() {
+    let b = Bench::new(2);
+    let pod2 = b.netns("pod2");
+    let (won, held) = raced_attachment(&b, &pod2);
+    b.ipam_script(
+        "no-release",
+        r#"cat >/dev/null
+[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.1.0","ips":[]}' && exit 0
+exit 1"#,
+    );
+    b.run(
+        "ADD",
+        "c1",
+        Some(&b.pod),
+        &conf(0, r#""ipam":{"type":"no-release"}"#),
+    )
+    .unwrap();
+    fs::rename(&held, &won).unwrap();
+    b.run("GC", "-", None, &gc_conf(serde_json::json!([])))
+        .unwrap_err();
+    assert!(is_home(&b, 1));
+    assert_eq!(b.state_files(), vec!["0000:18:00.1_c1@net1.json"]);
+}
+
 fn gc_conf(valid: Value) -> String {
     let mut gc: Value = serde_json::from_str(&conf(0, "")).unwrap();
     gc["cni.dev/valid-attachments"] = valid;
