@@ -22,9 +22,7 @@ use crate::ipam::{Call, Plugin};
 use crate::net::{Link, NetError, Netns, PodLink, parse_mac};
 use crate::netconf::NetConf;
 use crate::result::{CniResult, Interface};
-use crate::state::{
-    self, Attachment, GuidChange, HostLink, SCHEMA, StateDir, VfChange, VfSettingsRecord,
-};
+use crate::state::{self, Attachment, HostLink, SCHEMA, StateDir, VfChange, VfSettingsRecord};
 use crate::teardown::{self, Options};
 use crate::vf::{self, VfId};
 
@@ -186,15 +184,7 @@ fn locked(
     } else {
         None
     };
-    let guid_change = conf.guid.and_then(|target| {
-        let method = guid::method(root, &id);
-        let previous = guid::current(root, &id, method);
-        (!guid::in_effect(root, &id, method, target)).then_some(GuidChange {
-            method,
-            previous,
-            target,
-        })
-    });
+    let guid_change = conf.guid.and_then(|target| guid::change(root, &id, target));
     if let Some(g) = &guid_change {
         refuse_guid_in_use(
             root,
@@ -280,7 +270,7 @@ fn locked(
             );
             crate::log::step("rollback");
             if report.ok()
-                && let Err(se) = ctx.state.remove(cid, ifname)
+                && let Err(se) = ctx.state.remove_attachment(&st)
             {
                 return Err(e.with_detail(format!("{}; {se}", report.summary())));
             }
@@ -856,7 +846,7 @@ fn settle(ctx: &Ctx<'_>, addr: PciAddr, cid: &str, ifname: &str) -> Result<(), C
                 format!("fix the problem and retry; the state is {}", path.display()),
             ));
         }
-        ctx.state.remove(&other.container_id, &other.ifname)?;
+        ctx.state.remove_attachment(&other)?;
     }
     Ok(())
 }

@@ -204,7 +204,10 @@ pub(crate) fn unreadable(
     );
     let gone = |what: &str| {
         crate::log_warn!("{what}: removing unreadable state {}", path.display());
-        ctx.state.remove(cid, ifname).map_err(|e| e.to_string())
+        ctx.state
+            .remove_path(path)
+            .and_then(|()| ctx.state.remove_interrupted_save(&addr, cid, ifname))
+            .map_err(|e| e.to_string())
     };
     if !vf::exists(root, &addr) {
         return gone(&format!("VF {addr} no longer exists on this host"));
@@ -392,6 +395,7 @@ mod tests {
         a.guid = Some(GuidChange {
             method: crate::state::GuidMethod::OfedSysfs,
             previous: None,
+            previous_port: None,
             target: railvf_host::Guid(0x1122),
         });
         a.netconf = r#"{"guid": {"x": 1}, "host": 3}"#.into();

@@ -61,8 +61,9 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
             );
             continue;
         };
-        // Re-read under the lock: a DEL may have just removed it.
-        let Some(st) = ctx.state.load(&st.container_id, &st.ifname)? else {
+        // Re-read under the lock: a DEL may have just removed it. By its VF: the same
+        // attachment may have a file on another VF (two ADDs of it raced), not ours to touch.
+        let Some(st) = ctx.state.load_of(&st.vf, &st.container_id, &st.ifname)? else {
             continue;
         };
         crate::log_info!(
@@ -80,7 +81,7 @@ pub fn exec(ctx: &Ctx<'_>, conf: &NetConf) -> Result<(), CniError> {
             },
         );
         if report.ok() {
-            ctx.state.remove(&st.container_id, &st.ifname)?;
+            ctx.state.remove_attachment(&st)?;
             reaped += 1;
         } else {
             errors.push(format!("{}: {}", path.display(), report.errors.join("; ")));

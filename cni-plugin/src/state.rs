@@ -100,9 +100,21 @@ pub enum GuidMethod {
 #[serde(rename_all = "camelCase")]
 pub struct GuidChange {
     pub method: GuidMethod,
-    /// The GUID before ADD (`None`: unknown, restored as all-zero).
+    /// The node GUID before ADD (`None`: unknown, restored as all-zero).
     pub previous: Option<Guid>,
+    /// The port GUID before ADD (`None`: unknown, or a file of an earlier railvf, which
+    /// recorded only the node GUID: restored as `previous`, as that railvf did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_port: Option<Guid>,
     pub target: Guid,
+}
+
+impl GuidChange {
+    /// The node and port GUID to restore.
+    pub fn restore(&self) -> (Guid, Guid) {
+        let node = self.previous.unwrap_or(Guid(0));
+        (node, self.previous_port.unwrap_or(node))
+    }
 }
 
 /// Serializable twin of [`VfSettings`] (the net layer's type stays serde-free).
@@ -347,25 +359,10 @@ impl StateDir {
         fs::rename(&tmp, &path).map_err(|source| StateError::Io { path, source })
     }
 
-    /// Removes every file of the attachment (temp files of an interrupted save included).
-    pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), StateError> {
-        let tail = Self::tail(container_id, ifname);
-        for n in self.names()? {
-            // A temporary file is `.<name>.tmp`.
-            let name = match n.strip_prefix('.') {
-                Some(t) => t.strip_suffix(".tmp"),
-                None => Some(n.as_str()),
-            };
-            if name.and_then(split).is_some_and(|(_, t)| t == tail) {
-                self.remove_path(&self.dir.join(&n))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Removes the state file of `a` (and the temporary file of an interrupted save of it)
-    /// by name: what [`StateDir::remove`] does without listing the directory, for a caller
-    /// that has just read `a` from its file.
+    /// by name, for a caller holding `a.vf`'s lock that has just read `a` from its file.
+    /// Only that file: the same attachment may have one on another VF (two ADDs of it raced,
+    /// each under its own VF's lock), which is that VF's to undo.
     pub fn remove_attachment(&self, a: &Attachment) -> Result<(), StateError> {
         self.remove_interrupted_save(&a.vf, &a.container_id, &a.ifname)?;
         self.remove_path(&self.dir.join(Self::name(&a.vf, &a.container_id, &a.ifname)))
@@ -591,6 +588,7 @@ mod tests {
         a.guid = Some(GuidChange {
             method: GuidMethod::OfedSysfs,
             previous: Some(Guid(0)),
+            previous_port: Some(Guid(0x0600)),
             target: Guid(0x1122),
         });
         a.vf_settings = Some(VfChange {
@@ -627,10 +625,27 @@ mod tests {
         );
         // A temp file left by an interrupted save goes too.
         fs::write(d.path().join("state/.0000:18:00.1_c1@net1.json.tmp"), b"{").unwrap();
-        s.remove("c1", "net1").unwrap();
+        s.remove_attachment(&a).unwrap();
         assert_eq!(fs::read_dir(d.path().join("state")).unwrap().count(), 0);
-        s.remove("c1", "net1").unwrap();
+        s.remove_attachment(&a).unwrap();
         assert!(s.list().unwrap().is_empty());
+    }
+
+    /// Two ADDs of one attachment with different VFs, each under its own VF's lock, can
+    /// both have written a file: undoing one leaves the other's alone.
+    #[test]
+    fn removing_an_attachment_leaves_its_file_on_another_vf_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(d.path());
+        let on0 = sample("c1", "net1", "0000:18:00.1");
+        let on1 = sample("c1", "net1", "0000:18:00.2");
+        s.save(&on0).unwrap();
+        s.save(&on1).unwrap();
+        fs::write(d.path().join(".0000:18:00.2_c1@net1.json.tmp"), b"{").unwrap();
+        s.remove_attachment(&on0).unwrap();
+        assert!(s.load_of(&on0.vf, "c1", "net1").unwrap().is_none());
+        assert_eq!(s.load_of(&on1.vf, "c1", "net1").unwrap(), Some(on1));
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
     }
 
     #[test]
@@ -642,20 +657,22 @@ mod tests {
         fs::write(d.path().join(".0000:18:00.1_x_c1@net1.json.tmp"), b"{").unwrap();
         assert!(s.find("c1", "net1").unwrap().is_none());
         assert!(s.load("c1", "net1").unwrap().is_none());
-        s.remove("c1", "net1").unwrap();
+        s.remove_attachment(&sample("c1", "net1", "0000:18:00.1"))
+            .unwrap();
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
         assert!(
             s.list_where(|_, t| StateDir::is_attachment(t, "c1", "net1"))
                 .unwrap()
                 .is_empty()
         );
-        s.save(&sample("c1", "net1", "0000:18:00.2")).unwrap();
+        let c1 = sample("c1", "net1", "0000:18:00.2");
+        s.save(&c1).unwrap();
         assert_eq!(s.load("c1", "net1").unwrap().unwrap().container_id, "c1");
         assert_eq!(
             s.load("x_c1", "net1").unwrap().unwrap().container_id,
             "x_c1"
         );
-        s.remove("c1", "net1").unwrap();
+        s.remove_attachment(&c1).unwrap();
         assert_eq!(
             s.load("x_c1", "net1").unwrap().unwrap().container_id,
             "x_c1"

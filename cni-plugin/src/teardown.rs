@@ -11,8 +11,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use railvf_host::Guid;
-
 use crate::Ctx;
 use crate::guid;
 use crate::ipam::{Call, Plugin};
@@ -169,6 +167,10 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
     let vf_exists = vf::exists(root, &st.vf);
     // The VF's netdev in the host, once known (from the move's answer, else from sysfs).
     let mut home: Option<Link> = None;
+    // The move back failed with the VF seen where it is (still in the pod, or in the host
+    // under a name of its own), and the report says so: step 5 neither waits for it in
+    // the host nor renames it, unless a rebind re-creates it meanwhile.
+    let mut reported = false;
     if let Some(ns) = &ns {
         match locate_in_netns(links, ns, st) {
             Ok(Some(l)) => {
@@ -178,12 +180,18 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
                         r.did(format!("{} back to the host as {}", l.name, st.host.name));
                         home = Some(h);
                     }
-                    // Perhaps moved under its pod name: the host fixups below rename it.
-                    Err(e) => crate::log_info!(
-                        "moving {} back as {}: {e}; looking for it in the host",
-                        l.name,
-                        st.host.name
-                    ),
+                    Err(e) => match still_in(links, ns, &l) {
+                        Some(l) => {
+                            home_aside(links, ns, &l, st, &e, &mut r);
+                            reported = true;
+                        }
+                        // Moved under its pod name: the host fixups below rename it.
+                        None => crate::log_info!(
+                            "moving {} back as {}: {e}; looking for it in the host",
+                            l.name,
+                            st.host.name
+                        ),
+                    },
                 }
             }
             Ok(None) => {}
@@ -206,12 +214,13 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
     if let Some(g) = &st.guid
         && vf_exists
     {
-        let want = g.previous.unwrap_or(Guid(0));
-        // With OFED files, done when the file holds it and the VF runs with it (a DEL whose
-        // rebind failed or was killed left only the file restored). The RDMA device's GUID
-        // (netlink path) may lag a rebind, so there restore unconditionally.
+        // Node and port each to its own: hosts set them apart, and the SM keys on the port.
+        let (node, port) = g.restore();
+        // With OFED files, done when the files hold them and the VF runs with them (a DEL
+        // whose rebind failed or was killed left only the files restored). The RDMA
+        // device's GUIDs (netlink path) may lag a rebind, so there restore unconditionally.
         let restored = g.method == crate::state::GuidMethod::OfedSysfs
-            && guid::in_effect(root, &id, g.method, want);
+            && guid::in_effect(root, &id, g.method, node, port);
         if !restored {
             let pf_ifindex = match g.method {
                 crate::state::GuidMethod::Netlink => {
@@ -219,13 +228,14 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
                 }
                 crate::state::GuidMethod::OfedSysfs => None,
             };
-            match guid::set(root, links, g.method, &id, pf_ifindex, want)
+            match guid::set_pair(root, links, g.method, &id, pf_ifindex, node, port)
                 .and_then(|()| guid::rebind(root, &st.vf))
             {
                 Ok(()) => {
-                    r.did(format!("GUID restored to {want}"));
-                    // The rebind re-creates the netdev: find it again.
+                    r.did(format!("GUIDs restored to node {node}, port {port}"));
+                    // The rebind re-creates the netdev (in the host): find it again.
                     home = None;
+                    reported = false;
                 }
                 Err(e) => r.fail(e.to_string()),
             }
@@ -233,7 +243,9 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
     }
 
     // 5. On the host: original name, MTU, admin state.
-    if vf_exists {
+    if reported {
+        // Said in step 3; the next DEL picks it up from where it is.
+    } else if vf_exists {
         // Not in the pod netns and not seen yet: the kernel may still be returning it from
         // a destroyed netns, or re-probing it after a rebind.
         let wait = REAPPEAR_WAIT;
@@ -278,6 +290,58 @@ pub fn converge(ctx: &Ctx<'_>, st: &Attachment, opts: Options<'_>) -> Report {
         }
     }
     r
+}
+
+/// `l`, seen in `ns` before a move out of it failed, if it is still there.
+fn still_in(links: &dyn LinkOps, ns: &Netns, l: &Link) -> Option<Link> {
+    links
+        .link_by_index(ns, l.ifindex)
+        .ok()
+        .flatten()
+        .filter(|now| mac_eq(&now.mac, &l.mac))
+}
+
+/// The VF's netdev `l` could not come home from `ns` as its host name (`e`) and is still
+/// there. When its host name and its pod name are both taken in the host, the kernel can
+/// move it under neither: it comes home under a name of its own (`rv<ifindex>`, as
+/// `restore_host` steps aside), safe from the pod's teardown, and the next DEL renames it
+/// once its name is free. The failure, with `e` and the names, goes into `r` either way.
+fn home_aside(
+    links: &dyn LinkOps,
+    ns: &Netns,
+    l: &Link,
+    st: &Attachment,
+    e: &NetError,
+    r: &mut Report,
+) {
+    let want = &st.host.name;
+    let holder = |name: &str| match links.link_by_name(&Netns::Host, name) {
+        Ok(Some(h)) => Some(format!("{name} (ifindex {})", h.ifindex)),
+        _ => None,
+    };
+    let taken: Vec<String> = [want.as_str(), l.name.as_str()]
+        .into_iter()
+        .filter_map(holder)
+        .collect();
+    let fail = format!("moving {} back to the host as {want}: {e}", l.name);
+    if e.errno() != Some(libc::EEXIST) || taken.is_empty() {
+        return r.fail(format!(
+            "{fail}; it is still {} (ifindex {}) in the pod netns: fix the cause, and the next DEL moves it",
+            l.name, l.ifindex
+        ));
+    }
+    let taken = taken.join(" and ");
+    let aside = format!("rv{}", l.ifindex);
+    match links.move_found_link(ns, l, &Netns::Host, &aside) {
+        Ok(h) => r.fail(format!(
+            "{fail}: the host already has interfaces called {taken}; it came home as {} (ifindex {}) meanwhile: rename or remove the interface called {want} in the host, and the next DEL renames it to {want}",
+            h.name, h.ifindex
+        )),
+        Err(e2) => r.fail(format!(
+            "{fail}: the host already has interfaces called {taken}, and moving it as {aside} failed too ({e2}); it is still {} (ifindex {}) in the pod netns: rename or remove the interface called {want} in the host, and the next DEL moves it",
+            l.name, l.ifindex
+        )),
+    }
 }
 
 fn restore_host(links: &dyn LinkOps, l: &Link, st: &Attachment, r: &mut Report) {

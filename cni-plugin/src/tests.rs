@@ -329,6 +329,86 @@ fn del_after_the_netns_is_gone_renames_the_returned_vf() {
     assert!(b.state_files().is_empty());
 }
 
+/// Other interfaces hold both the VF's host name and its pod name in the host: the kernel
+/// can move it home under neither. DEL brings it home under a name of its own and says
+/// why; once its name is free, the next DEL gives it back.
+#[test]
+fn del_brings_the_vf_home_aside_when_its_host_and_pod_names_are_taken_there() {
+    let b = Bench::new(1);
+    let c = conf(0, "");
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let pod_ifindex = b
+        .links
+        .link_by_name(&Netns::path(&b.pod), "net1")
+        .unwrap()
+        .unwrap()
+        .ifindex;
+    let host_name = vf_netdev(0);
+    let squatter = b.links.add_link(&Netns::Host, &host_name);
+    b.links.add_link(&Netns::Host, "net1");
+
+    let e = b.run("DEL", "c1", Some(&b.pod), &c).unwrap_err();
+    assert_eq!(e.code, 106, "{e}");
+    let aside = format!("rv{pod_ifindex}");
+    for name in [host_name.as_str(), "net1", "already has", &aside] {
+        assert!(e.msg.contains(name), "{name}: {e}");
+    }
+    assert!(e.msg.contains("not moved"), "the kernel's answer: {e}");
+    assert!(!e.msg.contains("no netdev in the host"), "{e}");
+    assert!(e.details.contains("kept"), "{e:?}");
+    let home = b.links.link_by_name(&Netns::Host, &aside).unwrap().unwrap();
+    assert_eq!(home.mac, b.vf_mac[0]);
+    assert_eq!(b.state_files().len(), 1);
+
+    // The name is free again: the next DEL renames the VF.
+    b.links.rename(&Netns::Host, squatter, "other0").unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+    assert_eq!(
+        b.links
+            .link_by_name(&Netns::Host, &host_name)
+            .unwrap()
+            .unwrap()
+            .mac,
+        b.vf_mac[0]
+    );
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+/// The same, with the name to step aside under taken too: DEL fails at once, naming the
+/// names and where the VF is, and leaves it in the pod.
+#[test]
+fn del_that_cannot_bring_the_vf_home_says_why_and_where_it_is() {
+    let b = Bench::new(1);
+    let c = conf(0, "");
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    let pod_ifindex = b
+        .links
+        .link_by_name(&Netns::path(&b.pod), "net1")
+        .unwrap()
+        .unwrap()
+        .ifindex;
+    let host_name = vf_netdev(0);
+    let squatter = b.links.add_link(&Netns::Host, &host_name);
+    b.links.add_link(&Netns::Host, "net1");
+    b.links.add_link(&Netns::Host, &format!("rv{pod_ifindex}"));
+
+    let e = b.run("DEL", "c1", Some(&b.pod), &c).unwrap_err();
+    assert_eq!(e.code, 106, "{e}");
+    for name in [host_name.as_str(), "net1", "already has", "still net1"] {
+        assert!(e.msg.contains(name), "{name}: {e}");
+    }
+    // Seen in the pod: no wait for it in the host.
+    assert!(!e.msg.contains("no netdev in the host"), "{e}");
+    assert_eq!(b.whereis("net1"), vec![Netns::Host, Netns::path(&b.pod)]);
+    assert_eq!(b.state_files().len(), 1);
+
+    b.links.rename(&Netns::Host, squatter, "other0").unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
 #[test]
 fn del_with_a_netns_path_that_is_no_netns_any_more() {
     let b = Bench::new(1);
@@ -640,6 +720,7 @@ fn guid_through_ofed_files_with_rebind_and_restore() {
     assert_eq!(fs::read_to_string(b.sriov_file(0, "node")).unwrap(), before);
     assert!(is_home(&b, 0));
     wait_for_guid(&b, 0, before.trim());
+    wait_for_port_guid(&b, 0, before.trim());
 
     // Same GUID again, in effect: no write, no rebind.
     fs::write(drv.join("bind"), "").unwrap();
@@ -2116,6 +2197,162 @@ fn add_rebinds_when_the_guid_is_written_but_not_in_effect() {
     wait_for_guid(&b, 0, "02:00:00:00:00:00:aa:02");
 }
 
+/// VF 0's GUIDs as `setup-vfs` sets them, node and port apart (docs/host-setup.md), in the
+/// OFED files (when there) and as the VF runs with them.
+const HOST_NODE: &str = "02:00:00:00:00:00:00:05";
+const HOST_PORT: &str = "06:00:00:00:00:00:00:05";
+
+fn host_guids_apart(b: &Bench) {
+    let (node, port): (railvf_host::Guid, railvf_host::Guid) =
+        (HOST_NODE.parse().unwrap(), HOST_PORT.parse().unwrap());
+    if b.sriov_file(0, "node").exists() {
+        fs::write(b.sriov_file(0, "node"), format!("{HOST_NODE}\n")).unwrap();
+        fs::write(b.sriov_file(0, "port"), format!("{HOST_PORT}\n")).unwrap();
+    }
+    fs::write(b.node_guid_file(0), format!("{node}\n")).unwrap();
+    b.set_port(0, "gids/0", &format!("fe80:0000:0000:0000:{port}"));
+}
+
+/// Waits (up to 5 s) until VF `i`'s port shows the port GUID `guid` in GID 0.
+fn wait_for_port_guid(b: &Bench, i: u32, guid: &str) {
+    let want: railvf_host::Guid = guid.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = fs::read_to_string(b.port_file(i, "gids/0"))
+            .ok()
+            .and_then(|s| s.trim().parse::<railvf_host::attr::Gid>().ok())
+            .map(|g| g.interface_id());
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VF {i}'s port shows {now:?}, expected {want}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The subnet manager keys LIDs and partitions on the port GUID: DEL gives the VF back its
+/// own port GUID, not its node GUID.
+#[test]
+fn del_restores_node_and_port_guid_each_to_its_own_through_ofed_files() {
+    let b = Bench::new(1);
+    host_guids_apart(&b);
+    let (_, c) = add_with_pod_guid(&b);
+    for f in ["node", "port"] {
+        assert_eq!(
+            fs::read_to_string(b.sriov_file(0, f)).unwrap(),
+            "02:00:00:00:00:00:aa:01\n",
+            "{f}"
+        );
+    }
+    wait_for_port_guid(&b, 0, "02:00:00:00:00:00:aa:01");
+    let st = b.state_files();
+    let text = fs::read_to_string(b.state_dir().join(&st[0])).unwrap();
+    assert!(
+        text.contains("\"previousPort\": \"0600:0000:0000:0005\""),
+        "{text}"
+    );
+
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "node")).unwrap(),
+        format!("{HOST_NODE}\n")
+    );
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "port")).unwrap(),
+        format!("{HOST_PORT}\n")
+    );
+    wait_for_guid(&b, 0, HOST_NODE);
+    wait_for_port_guid(&b, 0, HOST_PORT);
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+#[test]
+fn del_restores_node_and_port_guid_each_to_its_own_through_netlink() {
+    let b = Bench::new(1);
+    fs::remove_dir_all(b.sriov_file(0, "node").parent().unwrap()).unwrap();
+    host_guids_apart(&b);
+    let c = conf(0, r#""guid":"02:00:00:00:00:00:bb:02""#);
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    let vf = b.links.vf(b.pf_ifindex, 0).unwrap();
+    assert_eq!(vf.node_guid, HOST_NODE.parse().unwrap());
+    assert_eq!(vf.port_guid, HOST_PORT.parse().unwrap());
+    wait_for_port_guid(&b, 0, HOST_PORT);
+}
+
+/// A state file cut short after its `guid` record: DEL still restores both GUIDs from it.
+#[test]
+fn an_unreadable_state_still_restores_node_and_port_guid_each_to_its_own() {
+    let b = Bench::new(1);
+    host_guids_apart(&b);
+    let (_, c) = add_with_pod_guid(&b);
+    wait_for_port_guid(&b, 0, "02:00:00:00:00:00:aa:01");
+    let file = b.state_dir().join(&b.state_files()[0]);
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, &text[..text.find("\n  \"moving\"").unwrap()]).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "port")).unwrap(),
+        format!("{HOST_PORT}\n")
+    );
+    wait_for_port_guid(&b, 0, HOST_PORT);
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+/// A state file of an earlier railvf records only the node GUID: its DEL still converges,
+/// restoring that to both, as the railvf that wrote it would have.
+#[test]
+fn a_state_file_without_the_previous_port_guid_restores_the_node_guid_to_both() {
+    let b = Bench::new(1);
+    host_guids_apart(&b);
+    let (_, c) = add_with_pod_guid(&b);
+    let file = b.state_dir().join(&b.state_files()[0]);
+    let mut st: Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(
+        st["guid"]
+            .as_object_mut()
+            .unwrap()
+            .remove("previousPort")
+            .is_some()
+    );
+    fs::write(&file, serde_json::to_vec_pretty(&st).unwrap()).unwrap();
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    for f in ["node", "port"] {
+        assert_eq!(
+            fs::read_to_string(b.sriov_file(0, f)).unwrap(),
+            format!("{HOST_NODE}\n"),
+            "{f}"
+        );
+    }
+    assert!(is_home(&b, 0));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+/// A VF whose node GUID already is the pod's but whose port GUID is not: ADD still sets
+/// the port GUID and rebinds.
+#[test]
+fn add_sets_the_guid_when_only_the_node_guid_already_has_it() {
+    let b = Bench::new(1);
+    host_guids_apart(&b);
+    b.fake_driver();
+    let c = conf(0, &format!(r#""guid":"{HOST_NODE}""#));
+    b.run("ADD", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "port")).unwrap(),
+        format!("{HOST_NODE}\n")
+    );
+    wait_for_port_guid(&b, 0, HOST_NODE);
+    b.run("DEL", "c1", Some(&b.pod), &c).unwrap();
+    assert_eq!(
+        fs::read_to_string(b.sriov_file(0, "port")).unwrap(),
+        format!("{HOST_PORT}\n")
+    );
+}
+
 #[test]
 fn a_failed_add_and_gc_touch_only_their_own_attachment_when_ids_share_a_suffix() {
     let b = Bench::new(2);
@@ -2152,6 +2389,145 @@ fn a_failed_add_and_gc_touch_only_their_own_attachment_when_ids_share_a_suffix()
     );
     b.run("DEL", "x_c1", Some(&b.pod), &conf(0, "")).unwrap();
     assert!(is_home(&b, 0) && b.state_files().is_empty());
+}
+
+/// Two ADDs of one attachment (c1/net1) with different VFs (a runtime retrying with
+/// another deviceID) run at once, each under its own VF's lock, and both pass their check
+/// for another file of it before either has saved: `won` is VF 1's file (c1/net1 in
+/// `pod2`), held back in the returned path until the test puts it in place.
+fn raced_attachment(b: &Bench, pod2: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    b.run("ADD", "c1", Some(pod2), &conf(1, "")).unwrap();
+    let won = b.state_dir().join("0000:18:00.2_c1@net1.json");
+    let held = b.dir.path().join("held.json");
+    fs::rename(&won, &held).unwrap();
+    (won, held)
+}
+
+#[test]
+fn a_failed_add_leaves_the_state_of_the_same_attachment_on_another_vf_alone() {
+    let b = Bench::new(2);
+    let pod2 = b.netns("pod2");
+    let (won, held) = raced_attachment(&b, &pod2);
+    // The ADD on VF 0 fails in its IPAM plugin, after VF 1's ADD has saved.
+    b.ipam_script(
+        "late-ipam",
+        &format!(
+            r#"cat >/dev/null; [ "$CNI_COMMAND" = ADD ] && mv {} {} && exit 1; exit 0"#,
+            held.display(),
+            won.display()
+        ),
+    );
+    b.run(
+        "ADD",
+        "c1",
+        Some(&b.pod),
+        &conf(0, r#""ipam":{"type":"late-ipam"}"#),
+    )
+    .unwrap_err();
+    assert!(is_home(&b, 0));
+    assert_eq!(b.state_files(), vec!["0000:18:00.2_c1@net1.json"]);
+    b.run("DEL", "c1", Some(&pod2), &conf(1, "")).unwrap();
+    assert!(is_home(&b, 1) && b.state_files().is_empty());
+}
+
+/// GC tears down a stale c1/net1 on VF 0 while an ADD of c1/net1 on VF 1 saves its state:
+/// GC removes the file it tore down, not the new one.
+#[test]
+fn gc_leaves_a_file_of_the_same_attachment_another_add_wrote_meanwhile_alone() {
+    let b = Bench::new(2);
+    let pod2 = b.netns("pod2");
+    let (won, held) = raced_attachment(&b, &pod2);
+    b.ipam_script(
+        "late-ipam",
+        &format!(
+            r#"cat >/dev/null
+[ "$CNI_COMMAND" = ADD ] && echo '{{"cniVersion":"1.1.0","ips":[]}}'
+[ "$CNI_COMMAND" = DEL ] && mv {} {}
+exit 0"#,
+            held.display(),
+            won.display()
+        ),
+    );
+    b.run(
+        "ADD",
+        "c1",
+        Some(&b.pod),
+        &conf(0, r#""ipam":{"type":"late-ipam"}"#),
+    )
+    .unwrap();
+    b.run("GC", "-", None, &gc_conf(serde_json::json!([])))
+        .unwrap();
+    assert!(is_home(&b, 0));
+    assert_eq!(b.state_files(), vec!["0000:18:00.2_c1@net1.json"]);
+    assert_eq!(b.whereis("net1"), vec![Netns::path(&pod2)]);
+    b.run("DEL", "c1", Some(&pod2), &conf(1, "")).unwrap();
+    assert!(is_home(&b, 1) && b.state_files().is_empty());
+}
+
+/// Both ADDs of x/net1 saved; then VF 0's pod died, and an ADD takes VF 0 over: it removes
+/// the stale file on VF 0, not x/net1's on VF 1, whose VF is still in its pod.
+#[test]
+fn a_takeover_removes_the_stale_file_on_its_vf_only() {
+    let b = Bench::new(2);
+    let (pod2, pod3) = (b.netns("pod2"), b.netns("pod3"));
+    b.run("ADD", "x", Some(&pod2), &conf(1, "")).unwrap();
+    let on1 = b.state_dir().join("0000:18:00.2_x@net1.json");
+    let held = b.dir.path().join("held.json");
+    fs::rename(&on1, &held).unwrap();
+    b.run("ADD", "x", Some(&pod3), &conf(0, "")).unwrap();
+    fs::rename(&held, &on1).unwrap();
+    b.delete_netns(&pod3);
+
+    b.run("ADD", "new", Some(&b.pod), &conf(0, "")).unwrap();
+    let mut left = b.state_files();
+    left.sort();
+    assert_eq!(
+        left,
+        vec!["0000:18:00.1_new@net1.json", "0000:18:00.2_x@net1.json"]
+    );
+    b.run("DEL", "x", Some(&pod2), &conf(1, "")).unwrap();
+    assert!(is_home(&b, 1));
+}
+
+/// GC of c1/net1 with an unreadable file on VF 0 (home) and a readable one on VF 1 (in a
+/// pod): each file is undone under its own VF's lock, and both VFs end up home.
+#[test]
+fn gc_of_an_attachment_with_files_on_two_vfs_brings_both_home() {
+    let b = Bench::new(2);
+    let pod2 = b.netns("pod2");
+    b.run("ADD", "c1", Some(&pod2), &conf(1, "")).unwrap();
+    fs::write(b.state_dir().join("0000:18:00.1_c1@net1.json"), b"").unwrap();
+    b.run("GC", "-", None, &gc_conf(serde_json::json!([])))
+        .unwrap();
+    assert!(is_home(&b, 0) && is_home(&b, 1));
+    assert!(b.state_files().is_empty(), "{:?}", b.state_files());
+}
+
+/// The same with both files readable and VF 0's teardown failing (its IPAM release): GC
+/// still tears down VF 1's attachment, reading it by its VF, not VF 0's file again.
+#[test]
+fn gc_reads_each_file_of_an_attachment_by_its_vf() {
+    let b = Bench::new(2);
+    let pod2 = b.netns("pod2");
+    let (won, held) = raced_attachment(&b, &pod2);
+    b.ipam_script(
+        "no-release",
+        r#"cat >/dev/null
+[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.1.0","ips":[]}' && exit 0
+exit 1"#,
+    );
+    b.run(
+        "ADD",
+        "c1",
+        Some(&b.pod),
+        &conf(0, r#""ipam":{"type":"no-release"}"#),
+    )
+    .unwrap();
+    fs::rename(&held, &won).unwrap();
+    b.run("GC", "-", None, &gc_conf(serde_json::json!([])))
+        .unwrap_err();
+    assert!(is_home(&b, 1));
+    assert_eq!(b.state_files(), vec!["0000:18:00.1_c1@net1.json"]);
 }
 
 fn gc_conf(valid: Value) -> String {

@@ -126,7 +126,10 @@ fn add_waits_for_the_subnet_manager_to_assign_a_lid_after_the_guid() {
         return;
     };
     let (sim, pod, cni) = (&s.sim, &s.pod, s.cni());
-    let old = sim.vf(VF).unwrap().node_guid;
+    // Node and port apart, as setup-vfs sets them.
+    let old = (0x0200_0000_0018_0105, 0x0600_0000_0018_0105);
+    sim.set_guid(VF, old.0, old.1).unwrap();
+    sim.sync().unwrap();
     let conf = netconf(
         "1.0.0",
         "rdma-guid",
@@ -145,7 +148,8 @@ fn add_waits_for_the_subnet_manager_to_assign_a_lid_after_the_guid() {
     cni.run("DEL", "c-guid", Some(pod.path()), &conf)
         .expect_ok();
     sim.sync().unwrap();
-    assert_eq!(sim.vf(VF).unwrap().node_guid, old, "DEL restores the GUID");
+    let v = sim.vf(VF).unwrap();
+    assert_eq!((v.node_guid, v.port_guid), old, "DEL restores each GUID");
 }
 
 /// A RoCE VF's port is ACTIVE only once its netdev runs (mlx5 reports it so): the gate

@@ -423,6 +423,17 @@ fn eexist_after_move_is_reported_and_link_is_in_target_under_old_name() {
         mac,
         "still in host"
     );
+
+    // A third name, free there: the kernel moves it under that one (how teardown brings a
+    // VF home when its host and pod names are both taken).
+    let aside = rt
+        .move_link(&host, back.ifindex, &netns_of(&ns), "rvaside0")
+        .unwrap();
+    assert_eq!(
+        (aside.name.as_str(), aside.mac.as_str()),
+        ("rvaside0", mac.as_str())
+    );
+    assert!(rt.link_by_name(&host, &veth.a).unwrap().is_none());
 }
 
 #[test]
