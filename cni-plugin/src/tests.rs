@@ -2112,18 +2112,25 @@ fn a_stale_attachment_of_the_same_container_is_replaced() {
 
 /// Waits (up to 5 s) until VF `i` runs with `guid` (the fake driver applies it after a bind).
 fn wait_for_guid(b: &Bench, i: u32, guid: &str) {
+    wait_for_guid_in(&format!("VF {i} runs with"), guid, || {
+        fs::read_to_string(b.node_guid_file(i))
+            .ok()
+            .and_then(|s| s.trim().parse::<railvf_host::Guid>().ok())
+    });
+}
+
+/// Waits (up to 5 s) until `read` gives `guid`; `what` says whose GUID it is.
+fn wait_for_guid_in(what: &str, guid: &str, read: impl Fn() -> Option<railvf_host::Guid>) {
     let want: railvf_host::Guid = guid.parse().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let now = fs::read_to_string(b.node_guid_file(i))
-            .ok()
-            .and_then(|s| s.trim().parse::<railvf_host::Guid>().ok());
+        let now = read();
         if now == Some(want) {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "VF {i} runs with {now:?}, expected {want}"
+            "{what} {now:?}, expected {want}"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -2215,22 +2222,12 @@ fn host_guids_apart(b: &Bench) {
 
 /// Waits (up to 5 s) until VF `i`'s port shows the port GUID `guid` in GID 0.
 fn wait_for_port_guid(b: &Bench, i: u32, guid: &str) {
-    let want: railvf_host::Guid = guid.parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = fs::read_to_string(b.port_file(i, "gids/0"))
+    wait_for_guid_in(&format!("VF {i}'s port shows"), guid, || {
+        fs::read_to_string(b.port_file(i, "gids/0"))
             .ok()
             .and_then(|s| s.trim().parse::<railvf_host::attr::Gid>().ok())
-            .map(|g| g.interface_id());
-        if now == Some(want) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "VF {i}'s port shows {now:?}, expected {want}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+            .map(|g| g.interface_id())
+    });
 }
 
 /// The subnet manager keys LIDs and partitions on the port GUID: DEL gives the VF back its

@@ -17,6 +17,33 @@ fn sim() -> SimNode {
     SimOptions::dgx_h200().no_links().build().expect("sim")
 }
 
+/// The simulated node, the fake kubelet, and the plugin serving its metrics at `addr`.
+struct Metered {
+    sim: SimNode,
+    _tmp: tempfile::TempDir,
+    dirs: Dirs,
+    kubelet: FakeKubelet,
+    plugin: Plugin,
+    addr: std::net::SocketAddr,
+}
+
+async fn start_metered() -> Metered {
+    let sim = sim();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(tmp.path());
+    let kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
+    let mut plugin = start_plugin(sim.root(), &dirs, None, METRICS);
+    let addr = metrics_addr(&mut plugin).await;
+    Metered {
+        sim,
+        _tmp: tmp,
+        dirs,
+        kubelet,
+        plugin,
+        addr,
+    }
+}
+
 fn vfs(state: &str) -> String {
     format!(r#"railvf_vfs{{resource="{RESOURCE}",state="{state}"}}"#)
 }
@@ -30,12 +57,14 @@ fn check_failed(vf: &str, check: &str) -> String {
 /// re-registration keeps failing, 200 again when kubelet is back.
 #[tokio::test]
 async fn metrics_and_healthz_follow_health_allocations_and_registration() {
-    let sim = sim();
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs = Dirs::new(tmp.path());
-    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = start_plugin(sim.root(), &dirs, None, METRICS);
-    let addr = metrics_addr(&mut plugin).await;
+    let Metered {
+        sim,
+        _tmp,
+        dirs,
+        mut kubelet,
+        mut plugin,
+        addr,
+    } = start_metered().await;
     let mut client = registration(&mut kubelet, &plugin).await.client;
 
     let text = wait_metrics(addr, "64 healthy VFs, registered", |t| {
@@ -257,12 +286,14 @@ fn drop_event(dir: &std::path::Path, name: &str, content: &str) {
 /// garbage is deleted with a warning; other files are left alone.
 #[tokio::test]
 async fn rail_events_are_counted_logged_and_deleted() {
-    let sim = sim();
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs = Dirs::new(tmp.path());
-    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = start_plugin(sim.root(), &dirs, None, METRICS);
-    let addr = metrics_addr(&mut plugin).await;
+    let Metered {
+        sim,
+        _tmp,
+        dirs: _dirs,
+        mut kubelet,
+        mut plugin,
+        addr,
+    } = start_metered().await;
     let _ = registration(&mut kubelet, &plugin).await;
     let dir = sim.root().join("run/railvf/rail-events");
     wait_log(&mut plugin, "reading rail-alignment events").await;
@@ -488,12 +519,14 @@ async fn keep_alive_request(s: &mut tokio::net::TcpStream) -> bool {
 /// kubelet's probe out: `/healthz` is still answered.
 #[tokio::test]
 async fn healthz_is_answered_while_one_peer_holds_every_connection() {
-    let sim = sim();
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs = Dirs::new(tmp.path());
-    let mut kubelet = FakeKubelet::start(&dirs.kubelet).await.unwrap();
-    let mut plugin = start_plugin(sim.root(), &dirs, None, METRICS);
-    let addr = metrics_addr(&mut plugin).await;
+    let Metered {
+        sim: _sim,
+        _tmp,
+        dirs: _dirs,
+        mut kubelet,
+        mut plugin,
+        addr,
+    } = start_metered().await;
     registration(&mut kubelet, &plugin).await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
